@@ -1,0 +1,262 @@
+package testcluster
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Agent is one consul agent process.
+type Agent struct {
+	Name    string
+	IP      string
+	Server  bool
+	Dir     string // holds config.hcl, data/ and agent.log
+	cluster *Cluster
+	joins   []string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func (c *Cluster) newAgent(name, ip string, server bool, joins []string) *Agent {
+	dir := filepath.Join(c.t.TempDir(), name)
+	a := &Agent{Name: name, IP: ip, Server: server, Dir: dir, cluster: c, joins: joins}
+	writeFile(c.t, a.ConfigPath(), a.config())
+	return a
+}
+
+// ConfigPath is the agent's main configuration file.
+func (a *Agent) ConfigPath() string { return filepath.Join(a.Dir, "config.hcl") }
+
+// HTTPAddr is host:port of the agent's HTTP API.
+func (a *Agent) HTTPAddr() string { return a.IP + ":8500" }
+
+// ServerAddr is host:port of the agent's server RPC, as raft and Status().Leader() name it.
+func (a *Agent) ServerAddr() string { return a.IP + ":8300" }
+
+// DNSAddr is host:port of the agent's DNS interface.
+func (a *Agent) DNSAddr() string { return a.IP + ":8600" }
+
+// Client returns an API client talking to this agent.
+func (a *Agent) Client() *api.Client {
+	cfg := api.DefaultConfig()
+	cfg.Address = a.HTTPAddr()
+	cfg.Token = ""
+	cl, err := api.NewClient(cfg)
+	if err != nil {
+		panic(err) // only fails on bad TLS settings, which we never set
+	}
+	return cl
+}
+
+func (a *Agent) config() string {
+	c := a.cluster
+	var b strings.Builder
+	q := func(s string) string { return fmt.Sprintf("%q", s) }
+	fmt.Fprintf(&b, "node_name = %s\ndatacenter = %s\ndata_dir = %s\n", q(a.Name), q(c.opts.Datacenter), q(filepath.Join(a.Dir, "data")))
+	fmt.Fprintf(&b, "bind_addr = %s\nclient_addr = %s\nadvertise_addr = %s\n", q(a.IP), q(a.IP), q(a.IP))
+	var joins []string
+	for _, j := range a.joins {
+		if j != a.IP {
+			joins = append(joins, q(j))
+		}
+	}
+	fmt.Fprintf(&b, "retry_join = [%s]\nretry_interval = \"1s\"\n", strings.Join(joins, ", "))
+	b.WriteString(`log_level = "info"
+disable_update_check = true
+enable_script_checks = false
+ports {
+  grpc     = -1
+  grpc_tls = -1
+  https    = -1
+  serf_wan = -1
+}
+performance { raft_multiplier = 1 }
+`)
+	if a.Server {
+		fmt.Fprintf(&b, "server = true\nbootstrap_expect = %d\n", c.opts.Servers)
+	}
+	if c.opts.NodeMeta != nil {
+		if meta := c.opts.NodeMeta(a.Name); len(meta) > 0 {
+			b.WriteString("node_meta {\n")
+			for k, v := range meta {
+				fmt.Fprintf(&b, "  %s = %s\n", k, q(v))
+			}
+			b.WriteString("}\n")
+		}
+	}
+	if c.opts.ExtraHCL != nil {
+		b.WriteString(c.opts.ExtraHCL(a))
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+// Start starts the agent process. It does not wait for it to join.
+func (a *Agent) Start(t testing.TB) {
+	t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cmd != nil {
+		t.Fatalf("testcluster: %s already running", a.Name)
+	}
+	logf, err := os.OpenFile(filepath.Join(a.Dir, "agent.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatalf("testcluster: %v", err)
+	}
+	cmd := exec.Command(a.cluster.Binary, "agent", "-config-file", a.ConfigPath(), "-config-dir", a.ConfigDir())
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Its own process group, so a kill reaches the watch handlers it runs too; and
+	// killed with the test process, so an aborted `go test` leaves no agent behind.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := os.MkdirAll(a.ConfigDir(), 0o755); err != nil {
+		t.Fatalf("testcluster: %v", err)
+	}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		t.Fatalf("testcluster: start %s: %v", a.Name, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		logf.Close()
+		close(done)
+	}()
+	a.cmd, a.done = cmd, done
+}
+
+// ConfigDir is a directory of extra agent configuration files loaded after config.hcl;
+// tests drop watch or service definitions there before (re)starting the agent.
+func (a *Agent) ConfigDir() string { return filepath.Join(a.Dir, "config.d") }
+
+// Running reports whether the agent process is alive.
+func (a *Agent) Running() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cmd == nil {
+		return false
+	}
+	select {
+	case <-a.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Kill sends SIGKILL to the agent and its children and waits for it to exit: a crash.
+func (a *Agent) Kill(t testing.TB) {
+	t.Helper()
+	a.signalAndWait(t, syscall.SIGKILL, 10*time.Second)
+}
+
+// Stop sends SIGTERM (a shutdown without leave, as leave_on_terminate is false for
+// servers) and waits for the agent to exit.
+func (a *Agent) Stop(t testing.TB) {
+	t.Helper()
+	a.signalAndWait(t, syscall.SIGTERM, 30*time.Second)
+}
+
+// Leave makes the agent leave the cluster gracefully (as `consul leave` does) and waits
+// for the process to exit.
+func (a *Agent) Leave(t testing.TB) {
+	t.Helper()
+	if err := a.Client().Agent().Leave(); err != nil {
+		t.Fatalf("testcluster: leave %s: %v", a.Name, err)
+	}
+	a.waitExit(t, 60*time.Second)
+}
+
+// Restart starts a stopped agent again with the same data directory and address.
+func (a *Agent) Restart(t testing.TB) {
+	t.Helper()
+	if a.Running() {
+		t.Fatalf("testcluster: restart %s: still running", a.Name)
+	}
+	a.Start(t)
+	a.waitMember(t, a.cluster.opts.StartTimeout)
+}
+
+func (a *Agent) signalAndWait(t testing.TB, sig syscall.Signal, timeout time.Duration) {
+	t.Helper()
+	a.mu.Lock()
+	cmd := a.cmd
+	a.mu.Unlock()
+	if cmd == nil {
+		t.Fatalf("testcluster: %s is not running", a.Name)
+	}
+	_ = syscall.Kill(-cmd.Process.Pid, sig)
+	a.waitExit(t, timeout)
+}
+
+func (a *Agent) waitExit(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	a.mu.Lock()
+	done := a.done
+	a.mu.Unlock()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		t.Fatalf("testcluster: %s did not exit within %s", a.Name, timeout)
+	}
+	a.mu.Lock()
+	a.cmd, a.done = nil, nil
+	a.mu.Unlock()
+}
+
+// stop ends the agent however it can, for cleanup: SIGTERM, then SIGKILL.
+func (a *Agent) stop() {
+	a.mu.Lock()
+	cmd, done := a.cmd, a.done
+	a.cmd, a.done = nil, nil
+	a.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
+}
+
+// waitMember waits until the agent's HTTP API answers and it sees a leader.
+func (a *Agent) waitMember(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	WaitFor(t, timeout, a.Name+" to join", func() (bool, string) {
+		if !a.Running() {
+			return false, "process exited: " + a.LogTail(5)
+		}
+		l, err := a.Client().Status().Leader()
+		if err != nil {
+			return false, err.Error()
+		}
+		return l != "", "no leader known"
+	})
+}
+
+// LogTail returns the last n lines of the agent's log.
+func (a *Agent) LogTail(n int) string {
+	data, err := os.ReadFile(filepath.Join(a.Dir, "agent.log"))
+	if err != nil {
+		return err.Error()
+	}
+	lines := bytes.Split(bytes.TrimRight(data, "\n"), []byte("\n"))
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return string(bytes.Join(lines, []byte("\n")))
+}

@@ -1,0 +1,281 @@
+// Package testcluster starts real Consul agents (servers and clients) on loopback
+// addresses for integration tests, and stops every one of them when the test ends.
+//
+// Each cluster owns a 127.0.<n>.0/24 block (see AllocateBlock), servers on .1, .2, …
+// and clients on .101, .102, …, all on Consul's default ports. Every wait is bounded
+// and fails the test with what it last saw.
+package testcluster
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Options configure a cluster.
+type Options struct {
+	// Servers is the number of server agents (default 3).
+	Servers int
+	// Clients is the number of client agents (default 0).
+	Clients int
+	// Datacenter defaults to "dc1".
+	Datacenter string
+	// NodeMeta, if set, returns extra node meta for an agent.
+	NodeMeta func(name string) map[string]string
+	// ExtraHCL, if set, returns HCL appended to an agent's configuration (watches,
+	// ACLs, services, …).
+	ExtraHCL func(a *Agent) string
+	// StartTimeout bounds the wait for a leader and a healthy autopilot (default 60s).
+	StartTimeout time.Duration
+}
+
+// Cluster is a set of running Consul agents.
+type Cluster struct {
+	t       testing.TB
+	opts    Options
+	Block   Block
+	Binary  string
+	Servers []*Agent
+	Clients []*Agent
+}
+
+// ConsulBinary returns the consul binary tests run: $CONSUL_BIN, else `consul` on PATH.
+// `make test` builds the pinned version and puts it on PATH.
+func ConsulBinary() (string, error) {
+	if p := os.Getenv("CONSUL_BIN"); p != "" {
+		return p, nil
+	}
+	p, err := exec.LookPath("consul")
+	if err != nil {
+		return "", errors.New("no consul binary: set CONSUL_BIN or run the tests with `make test`, which builds the pinned Consul")
+	}
+	return p, nil
+}
+
+// Start starts a cluster, waits until it has a leader and autopilot reports it healthy,
+// and registers its teardown with t.Cleanup.
+func Start(t testing.TB, opts Options) *Cluster {
+	t.Helper()
+	if opts.Servers == 0 {
+		opts.Servers = 3
+	}
+	if opts.Datacenter == "" {
+		opts.Datacenter = "dc1"
+	}
+	if opts.StartTimeout == 0 {
+		opts.StartTimeout = 60 * time.Second
+	}
+	bin, err := ConsulBinary()
+	if err != nil {
+		t.Fatalf("testcluster: %v", err)
+	}
+	c := &Cluster{t: t, opts: opts, Block: AllocateBlock(t), Binary: bin}
+	t.Cleanup(c.stopAll)
+
+	var joins []string
+	for i := 1; i <= opts.Servers; i++ {
+		joins = append(joins, c.Block.Addr(i))
+	}
+	for i := 1; i <= opts.Servers; i++ {
+		c.Servers = append(c.Servers, c.newAgent(fmt.Sprintf("server-%d", i), c.Block.Addr(i), true, joins))
+	}
+	for i := 1; i <= opts.Clients; i++ {
+		c.Clients = append(c.Clients, c.newAgent(fmt.Sprintf("client-%d", i), c.Block.Addr(100+i), false, joins))
+	}
+	for _, a := range c.Agents() {
+		a.Start(t)
+	}
+	c.WaitForLeader(t, opts.StartTimeout)
+	c.WaitHealthy(t, opts.StartTimeout)
+	for _, a := range c.Clients {
+		a.waitMember(t, opts.StartTimeout)
+	}
+	return c
+}
+
+// Agents returns servers then clients.
+func (c *Cluster) Agents() []*Agent {
+	return append(append([]*Agent(nil), c.Servers...), c.Clients...)
+}
+
+// AddClient starts one more client agent joined to the servers.
+func (c *Cluster) AddClient(t testing.TB) *Agent {
+	t.Helper()
+	var joins []string
+	for _, s := range c.Servers {
+		joins = append(joins, s.IP)
+	}
+	a := c.newAgent(fmt.Sprintf("client-%d", len(c.Clients)+1), c.Block.Addr(101+len(c.Clients)), false, joins)
+	c.Clients = append(c.Clients, a)
+	a.Start(t)
+	a.waitMember(t, c.opts.StartTimeout)
+	return a
+}
+
+// Client returns an API client of a running server (the first one that answers).
+func (c *Cluster) Client(t testing.TB) *api.Client {
+	t.Helper()
+	for _, s := range c.Servers {
+		if s.Running() {
+			return s.Client()
+		}
+	}
+	t.Fatalf("testcluster: no running server")
+	return nil
+}
+
+// Leader returns the server that currently leads, failing the test if none does.
+func (c *Cluster) Leader(t testing.TB) *Agent {
+	t.Helper()
+	l := c.leader()
+	if l == nil {
+		t.Fatalf("testcluster: no leader")
+	}
+	return l
+}
+
+func (c *Cluster) leader() *Agent {
+	for _, s := range c.Servers {
+		if !s.Running() {
+			continue
+		}
+		addr, err := s.Client().Status().Leader()
+		if err != nil || addr == "" {
+			continue
+		}
+		for _, cand := range c.Servers {
+			if cand.ServerAddr() == addr {
+				return cand
+			}
+		}
+	}
+	return nil
+}
+
+// WaitForLeader waits until a running server reports a leader that is itself running.
+func (c *Cluster) WaitForLeader(t testing.TB, timeout time.Duration) *Agent {
+	t.Helper()
+	var l *Agent
+	WaitFor(t, timeout, "a leader", func() (bool, string) {
+		l = c.leader()
+		if l == nil || !l.Running() {
+			return false, "no running leader"
+		}
+		return true, ""
+	})
+	return l
+}
+
+// Health returns autopilot's view of server health, asked of any running server.
+func (c *Cluster) Health() (*api.OperatorHealthReply, error) {
+	var lastErr error = errors.New("no running server")
+	for _, s := range c.Servers {
+		if !s.Running() {
+			continue
+		}
+		h, err := s.Client().Operator().AutopilotServerHealth(nil)
+		if err == nil {
+			return h, nil
+		}
+		lastErr = err
+	}
+	return nil, lastErr
+}
+
+// WaitHealthy waits until autopilot reports every server healthy and the raft
+// configuration has as many voters as there are running servers.
+func (c *Cluster) WaitHealthy(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	c.waitHealth(t, timeout, true)
+}
+
+// WaitUnhealthy waits until autopilot reports the cluster unhealthy.
+func (c *Cluster) WaitUnhealthy(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	c.waitHealth(t, timeout, false)
+}
+
+func (c *Cluster) waitHealth(t testing.TB, timeout time.Duration, want bool) {
+	t.Helper()
+	WaitFor(t, timeout, fmt.Sprintf("autopilot healthy=%v", want), func() (bool, string) {
+		h, err := c.Health()
+		if err != nil {
+			return false, err.Error()
+		}
+		if h.Healthy != want {
+			return false, describeHealth(h)
+		}
+		if want {
+			running := 0
+			for _, s := range c.Servers {
+				if s.Running() {
+					running++
+				}
+			}
+			if len(h.Servers) != running {
+				return false, fmt.Sprintf("%d servers in autopilot, %d running: %s", len(h.Servers), running, describeHealth(h))
+			}
+			for _, s := range h.Servers {
+				if !s.Voter {
+					return false, describeHealth(h)
+				}
+			}
+		}
+		return true, ""
+	})
+}
+
+func describeHealth(h *api.OperatorHealthReply) string {
+	var parts []string
+	for _, s := range h.Servers {
+		parts = append(parts, fmt.Sprintf("%s(healthy=%v voter=%v leader=%v serf=%s)", s.Name, s.Healthy, s.Voter, s.Leader, s.SerfStatus))
+	}
+	return fmt.Sprintf("healthy=%v failure_tolerance=%d [%s]", h.Healthy, h.FailureTolerance, strings.Join(parts, " "))
+}
+
+// stopAll stops every agent; on failure it first prints the tail of each agent's log.
+func (c *Cluster) stopAll() {
+	failed := c.t.Failed()
+	for _, a := range c.Agents() {
+		if failed {
+			c.t.Logf("--- log of %s (%s), last lines:\n%s", a.Name, a.IP, a.LogTail(40))
+		}
+		a.stop()
+	}
+}
+
+// WaitFor polls cond every 100ms until it returns true or timeout passes, then fails
+// the test with what cond last reported.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	last := ""
+	for {
+		ok, why := cond()
+		if ok {
+			return
+		}
+		last = why
+		if time.Now().After(deadline) {
+			t.Fatalf("testcluster: timed out after %s waiting for %s; last: %s", timeout, what, last)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func writeFile(t testing.TB, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatalf("testcluster: %v", err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatalf("testcluster: %v", err)
+	}
+}
