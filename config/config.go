@@ -1,0 +1,353 @@
+// Package config loads the HCL file every consul-rehydrate handler reads.
+//
+// Load (or Parse) starts from Default, overlays only the attributes the file
+// sets, resolves relative paths against the file's directory and validates the
+// result, reporting every problem at once with its file:line:column. After a
+// successful Load every field is safe to use as is.
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Keys of the configuration file, written as the dotted paths that error
+// messages use. Provider keys include the provider type as their second part.
+const (
+	KeyCluster  = "cluster"
+	KeyServers  = "servers"
+	KeyLogLevel = "log_level"
+
+	KeyConsul                      = "consul"
+	KeyConsulAddress               = "consul.address"
+	KeyConsulScheme                = "consul.scheme"
+	KeyConsulDatacenter            = "consul.datacenter"
+	KeyConsulToken                 = "consul.token"
+	KeyConsulTokenFile             = "consul.token_file"
+	KeyConsulTLS                   = "consul.tls"
+	KeyConsulTLSCAFile             = "consul.tls.ca_file"
+	KeyConsulTLSCertFile           = "consul.tls.cert_file"
+	KeyConsulTLSKeyFile            = "consul.tls.key_file"
+	KeyConsulTLSServerName         = "consul.tls.server_name"
+	KeyConsulTLSInsecureSkipVerify = "consul.tls.insecure_skip_verify"
+
+	KeyLock                = "lock"
+	KeyLockSessionTTL      = "lock.session_ttl"
+	KeyLockLockDelay       = "lock.lock_delay"
+	KeyLockWait            = "lock.wait"
+	KeyRoll                = "roll"
+	KeyRollEventName       = "roll.event_name"
+	KeyRollStabilization   = "roll.stabilization"
+	KeyRollLaunchTimeout   = "roll.launch_timeout"
+	KeyRollLeaveTimeout    = "roll.leave_timeout"
+	KeyRollMaxTrailingLogs = "roll.max_trailing_logs"
+	KeyRollAllowDowngrade  = "roll.allow_downgrade"
+	KeyRollPollInterval    = "roll.poll_interval"
+
+	KeyProvider          = "provider"
+	KeyLocal             = "provider.local"
+	KeyLocalStateDir     = "provider.local.state_dir"
+	KeyLocalConsulBinary = "provider.local.consul_binary"
+	KeyLocalAddresses    = "provider.local.addresses"
+
+	KeyAWS                 = "provider.aws"
+	KeyAWSRegion           = "provider.aws.region"
+	KeyAWSAutoscalingGroup = "provider.aws.autoscaling_group"
+	KeyAWSLaunchTemplate   = "provider.aws.launch_template"
+	KeyAWSEndpointURL      = "provider.aws.endpoint_url"
+	KeyAWSMaxAttempts      = "provider.aws.max_attempts"
+	KeyAWSImage            = "provider.aws.image"
+	KeyAWSImageOwners      = "provider.aws.image.owners"
+	KeyAWSImageNamePattern = "provider.aws.image.name_pattern"
+	KeyAWSImageTags        = "provider.aws.image.tags"
+)
+
+// Provider types: the label of the file's one provider block.
+const (
+	ProviderLocal = "local"
+	ProviderAWS   = "aws"
+)
+
+// Defaults of every optional setting. Default (and its counterparts for the
+// provider blocks, beside it) is the only place that applies them.
+const (
+	DefaultLogLevel            = "info"
+	DefaultConsulAddress       = "127.0.0.1:8500"
+	DefaultConsulScheme        = "http"
+	DefaultLockSessionTTL      = 15 * time.Second
+	DefaultLockDelay           = 5 * time.Second
+	DefaultLockWait            = 10 * time.Second
+	DefaultRollEventName       = "consul-rehydrate"
+	DefaultRollStabilization   = 10 * time.Second // Consul autopilot's server_stabilization_time
+	DefaultRollLaunchTimeout   = 10 * time.Minute
+	DefaultRollLeaveTimeout    = 2 * time.Minute
+	DefaultRollMaxTrailingLogs = 250 // Consul autopilot's max_trailing_logs
+	DefaultRollPollInterval    = time.Second
+	DefaultLocalConsulBinary   = "consul"
+	DefaultLocalAddresses      = "127.0.1.0/24"
+	DefaultAWSMaxAttempts      = 5
+	DefaultAWSImageOwner       = "self"
+)
+
+// Config is the whole configuration file, defaults filled in.
+type Config struct {
+	// Cluster names the cluster; its KV data lives under rehydrate/<Cluster>/.
+	Cluster string
+	// Servers is the desired number of Consul servers: odd, 1 to 7.
+	Servers int
+	// LogLevel is one of trace, debug, info, warn, error.
+	LogLevel string
+	// Consul says how handlers reach the local Consul agent.
+	Consul ConsulConfig
+	// Lock tunes the session lock that serialises roll steps.
+	Lock LockConfig
+	// Roll tunes the roll itself.
+	Roll RollConfig
+	// Provider is where servers are launched and terminated.
+	Provider ProviderConfig
+}
+
+// ConsulConfig says how to reach the Consul HTTP API. It prints without its
+// token: InlineToken is a Secret.
+type ConsulConfig struct {
+	// Address is host:port (or scheme://host:port) of the agent's HTTP API.
+	// The file's consul.address wins; CONSUL_HTTP_ADDR applies only when the
+	// file does not set it; DefaultConsulAddress applies when neither does.
+	Address string
+	// Scheme is http or https.
+	Scheme string
+	// Datacenter is empty for the agent's own datacenter.
+	Datacenter string
+	// InlineToken is consul.token, the ACL token written in the file itself.
+	// Prefer TokenFile; use Token to get the effective token.
+	InlineToken Secret
+	// TokenFile is an absolute path to a file holding the ACL token.
+	TokenFile string
+	// TLS configures HTTPS; all paths are absolute.
+	TLS TLSConfig
+}
+
+// TLSConfig configures TLS for the Consul HTTP API.
+type TLSConfig struct {
+	// CAFile verifies the agent's certificate.
+	CAFile string
+	// CertFile and KeyFile are the client certificate, both or neither.
+	CertFile string
+	// KeyFile is the client certificate's private key.
+	KeyFile string
+	// ServerName is the name expected in the agent's certificate (SNI).
+	ServerName string
+	// InsecureSkipVerify disables verification of the agent's certificate.
+	InsecureSkipVerify bool
+}
+
+// LockConfig tunes the session lock at rehydrate/<cluster>/lock.
+type LockConfig struct {
+	// SessionTTL is the session's TTL, 10s to 24h (Consul's limits).
+	SessionTTL time.Duration
+	// LockDelay is the session's lock-delay, 0 to 60s.
+	LockDelay time.Duration
+	// Wait bounds how long a handler waits for the lock.
+	Wait time.Duration
+}
+
+// RollConfig tunes the roll.
+type RollConfig struct {
+	// EventName is the Consul user event that triggers a roll step.
+	EventName string
+	// Stabilization is how long a new server must be a healthy voter before an
+	// old one is retired.
+	Stabilization time.Duration
+	// LaunchTimeout bounds how long a new server may take to become a healthy
+	// voter before it is terminated and its image marked bad.
+	LaunchTimeout time.Duration
+	// LeaveTimeout bounds a retiring server's graceful leave.
+	LeaveTimeout time.Duration
+	// MaxTrailingLogs is how far behind the leader a new server may be.
+	MaxTrailingLogs int
+	// AllowDowngrade allows a target image older than the cluster runs.
+	AllowDowngrade bool
+	// PollInterval is how often bounded waits re-check.
+	PollInterval time.Duration
+}
+
+// ProviderConfig is the one provider block: Type says which of Local and AWS
+// is set; the other is nil.
+type ProviderConfig struct {
+	// Type is ProviderLocal or ProviderAWS.
+	Type string
+	// Local is set when Type is ProviderLocal.
+	Local *LocalProvider
+	// AWS is set when Type is ProviderAWS.
+	AWS *AWSProvider
+}
+
+// Format prints the provider that is set, rather than two pointers.
+func (p ProviderConfig) Format(f fmt.State, verb rune) {
+	var set any
+	switch {
+	case p.Local != nil:
+		set = *p.Local
+	case p.AWS != nil:
+		set = *p.AWS
+	}
+	fmt.Fprintf(f, "%s:"+fmt.FormatString(f, verb), p.Type, set)
+}
+
+// LocalProvider runs servers as local processes on loopback addresses.
+type LocalProvider struct {
+	// StateDir is the absolute path of the provider's state directory.
+	StateDir string
+	// ConsulBinary is the consul executable: a bare name is looked up on PATH
+	// when used, a relative path is resolved against the config's directory.
+	ConsulBinary string
+	// Addresses is the loopback network that servers take addresses from.
+	Addresses netip.Prefix
+}
+
+// AWSProvider runs servers in an EC2 Auto Scaling group.
+type AWSProvider struct {
+	// Region is empty for the SDK's default chain.
+	Region string
+	// AutoscalingGroup is the name of the servers' Auto Scaling group.
+	AutoscalingGroup string
+	// LaunchTemplate is the name of the group's launch template.
+	LaunchTemplate string
+	// EndpointURL, when set, overrides every AWS client's endpoint (tests).
+	EndpointURL string
+	// MaxAttempts is the SDK retryer's attempts, 1 to 20.
+	MaxAttempts int
+	// Image selects the AMIs that servers may run.
+	Image ImageFilter
+}
+
+// ImageFilter selects AMIs; an image must match every part that is set.
+type ImageFilter struct {
+	// Owners are AMI owners (account ids or aliases such as "self").
+	Owners []string
+	// NamePattern is an AMI name pattern with * and ? wildcards.
+	NamePattern string
+	// Tags are tags the AMI must carry.
+	Tags map[string]string
+}
+
+// Default returns the configuration of a file that sets nothing: every
+// optional setting at its default; Cluster, Servers and Provider are left
+// empty because the file must set them.
+func Default() *Config {
+	return &Config{
+		LogLevel: DefaultLogLevel,
+		Consul: ConsulConfig{
+			Address: DefaultConsulAddress,
+			Scheme:  DefaultConsulScheme,
+		},
+		Lock: LockConfig{
+			SessionTTL: DefaultLockSessionTTL,
+			LockDelay:  DefaultLockDelay,
+			Wait:       DefaultLockWait,
+		},
+		Roll: RollConfig{
+			EventName:       DefaultRollEventName,
+			Stabilization:   DefaultRollStabilization,
+			LaunchTimeout:   DefaultRollLaunchTimeout,
+			LeaveTimeout:    DefaultRollLeaveTimeout,
+			MaxTrailingLogs: DefaultRollMaxTrailingLogs,
+			PollInterval:    DefaultRollPollInterval,
+		},
+	}
+}
+
+// defaultLocal and defaultAWS are Default's counterparts for provider blocks.
+func defaultLocal() *LocalProvider {
+	return &LocalProvider{
+		ConsulBinary: DefaultLocalConsulBinary,
+		Addresses:    netip.MustParsePrefix(DefaultLocalAddresses),
+	}
+}
+
+func defaultAWS() *AWSProvider {
+	return &AWSProvider{
+		MaxAttempts: DefaultAWSMaxAttempts,
+		Image:       ImageFilter{Owners: []string{DefaultAWSImageOwner}},
+	}
+}
+
+// Token returns the ACL token to use: consul.token, else the trimmed contents
+// of consul.token_file, else $CONSUL_HTTP_TOKEN, else "" (anonymous).
+func (c ConsulConfig) Token() (string, error) {
+	if c.InlineToken != "" {
+		return string(c.InlineToken), nil
+	}
+	if c.TokenFile != "" {
+		b, err := os.ReadFile(c.TokenFile)
+		if err != nil {
+			return "", fmt.Errorf("read token file: %w", err)
+		}
+		tok := strings.TrimSpace(string(b))
+		if tok == "" {
+			return "", fmt.Errorf("token file %s is empty", c.TokenFile)
+		}
+		return tok, nil
+	}
+	return os.Getenv(api.HTTPTokenEnvName), nil
+}
+
+// APIConfig returns a Consul API client configuration with the address,
+// scheme, datacenter, token and TLS settings of c. api.NewClient still fills
+// the fields c leaves empty from its own CONSUL_* environment variables.
+func (c ConsulConfig) APIConfig() (*api.Config, error) {
+	tok, err := c.Token()
+	if err != nil {
+		return nil, fmt.Errorf("consul token: %w", err)
+	}
+	return &api.Config{
+		Address:    c.Address,
+		Scheme:     c.Scheme,
+		Datacenter: c.Datacenter,
+		Token:      tok,
+		TLSConfig: api.TLSConfig{
+			Address:            c.TLS.ServerName,
+			CAFile:             c.TLS.CAFile,
+			CertFile:           c.TLS.CertFile,
+			KeyFile:            c.TLS.KeyFile,
+			InsecureSkipVerify: c.TLS.InsecureSkipVerify,
+		},
+	}, nil
+}
+
+// Secret is a string that never prints: every fmt verb, String, GoString and
+// MarshalText render a non-empty Secret as "[redacted]". Convert it with
+// string(s) only where the secret is used.
+type Secret string
+
+const redacted = "[redacted]"
+
+func (s Secret) shown() string {
+	if s == "" {
+		return ""
+	}
+	return redacted
+}
+
+// String returns "[redacted]", or "" for an empty Secret.
+func (s Secret) String() string { return s.shown() }
+
+// GoString returns the quoted redaction, so %#v shows no secret either.
+func (s Secret) GoString() string { return fmt.Sprintf("%q", s.shown()) }
+
+// Format implements fmt.Formatter so that no verb (%x, %d, ...) leaks the secret.
+func (s Secret) Format(f fmt.State, verb rune) {
+	if verb == 'v' && f.Flag('#') {
+		fmt.Fprint(f, s.GoString())
+		return
+	}
+	fmt.Fprint(f, s.shown())
+}
+
+// MarshalText keeps the secret out of JSON and text encodings (e.g. logs).
+func (s Secret) MarshalText() ([]byte, error) { return []byte(s.shown()), nil }

@@ -1,0 +1,396 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/hashicorp/hcl/v2/json"
+)
+
+// Load reads and parses the configuration file at path; see Parse.
+func Load(path string) (*Config, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(src, path)
+}
+
+// Parse parses src, the contents of the configuration file filename: HCL
+// native syntax, or HCL's JSON syntax when filename ends in ".json". It starts
+// from Default, overlays what the file sets and validates the result.
+// Relative paths in the file resolve against filename's directory. A file
+// that does not parse, decode or validate gives an *Error listing every
+// problem with its position.
+func Parse(src []byte, filename string) (*Config, error) {
+	var file *hcl.File
+	var diags hcl.Diagnostics
+	if strings.HasSuffix(filename, ".json") {
+		file, diags = json.Parse(src, filename)
+	} else {
+		file, diags = hclsyntax.ParseConfig(src, filename, hcl.InitialPos)
+	}
+	if diags.HasErrors() {
+		// Decoding a body that did not parse only adds noise.
+		return nil, newError(diags)
+	}
+	dir, err := filepath.Abs(filepath.Dir(filename))
+	if err != nil {
+		return nil, fmt.Errorf("resolve directory of %s: %w", filename, err)
+	}
+	d := &decoder{
+		dir:     dir,
+		missing: file.Body.MissingItemRange(),
+		pos:     map[string]hcl.Range{},
+		bad:     map[string]bool{},
+		fromEnv: map[string]string{},
+	}
+	c := d.config(file.Body)
+	for _, p := range c.validate() {
+		// A key that failed to decode has already been reported; its
+		// value is the default, so any problem with it would mislead.
+		if !d.reported(p.key) {
+			msg := p.msg
+			if env, ok := d.fromEnv[p.key]; ok {
+				msg += " (set by $" + env + ")"
+			}
+			d.errorf(p.key, "%s", msg)
+		}
+	}
+	if err := newError(d.diags); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// The file* types are the file's schema: every attribute is a pointer, nil
+// when the file does not set it, so that only what is set overrides Default.
+type fileConfig struct {
+	Cluster   *string        `hcl:"cluster,optional"`
+	Servers   *int           `hcl:"servers,optional"`
+	LogLevel  *string        `hcl:"log_level,optional"`
+	Consul    *fileConsul    `hcl:"consul,block"`
+	Lock      *fileLock      `hcl:"lock,block"`
+	Roll      *fileRoll      `hcl:"roll,block"`
+	Providers []fileProvider `hcl:"provider,block"`
+}
+
+type fileConsul struct {
+	Address    *string  `hcl:"address,optional"`
+	Scheme     *string  `hcl:"scheme,optional"`
+	Datacenter *string  `hcl:"datacenter,optional"`
+	Token      *Secret  `hcl:"token,optional"`
+	TokenFile  *string  `hcl:"token_file,optional"`
+	TLS        *fileTLS `hcl:"tls,block"`
+}
+
+type fileTLS struct {
+	CAFile             *string `hcl:"ca_file,optional"`
+	CertFile           *string `hcl:"cert_file,optional"`
+	KeyFile            *string `hcl:"key_file,optional"`
+	ServerName         *string `hcl:"server_name,optional"`
+	InsecureSkipVerify *bool   `hcl:"insecure_skip_verify,optional"`
+}
+
+type fileLock struct {
+	SessionTTL *string `hcl:"session_ttl,optional"`
+	LockDelay  *string `hcl:"lock_delay,optional"`
+	Wait       *string `hcl:"wait,optional"`
+}
+
+type fileRoll struct {
+	EventName       *string `hcl:"event_name,optional"`
+	Stabilization   *string `hcl:"stabilization,optional"`
+	LaunchTimeout   *string `hcl:"launch_timeout,optional"`
+	LeaveTimeout    *string `hcl:"leave_timeout,optional"`
+	MaxTrailingLogs *int    `hcl:"max_trailing_logs,optional"`
+	AllowDowngrade  *bool   `hcl:"allow_downgrade,optional"`
+	PollInterval    *string `hcl:"poll_interval,optional"`
+}
+
+// fileProvider defers the body's decoding until the label names its schema.
+type fileProvider struct {
+	Type     string    `hcl:"type,label"`
+	Body     hcl.Body  `hcl:",remain"`
+	DefRange hcl.Range `hcl:",def_range"`
+}
+
+type fileLocal struct {
+	StateDir     *string `hcl:"state_dir,optional"`
+	ConsulBinary *string `hcl:"consul_binary,optional"`
+	Addresses    *string `hcl:"addresses,optional"`
+}
+
+type fileAWS struct {
+	Region           *string    `hcl:"region,optional"`
+	AutoscalingGroup *string    `hcl:"autoscaling_group,optional"`
+	LaunchTemplate   *string    `hcl:"launch_template,optional"`
+	EndpointURL      *string    `hcl:"endpoint_url,optional"`
+	MaxAttempts      *int       `hcl:"max_attempts,optional"`
+	Image            *fileImage `hcl:"image,block"`
+}
+
+type fileImage struct {
+	Owners      *[]string          `hcl:"owners,optional"`
+	NamePattern *string            `hcl:"name_pattern,optional"`
+	Tags        *map[string]string `hcl:"tags,optional"`
+}
+
+// decoder turns a parsed file into a Config, collecting every problem.
+type decoder struct {
+	dir     string               // the config file's directory, absolute
+	missing hcl.Range            // where to report a problem with no better place
+	pos     map[string]hcl.Range // where each attribute and block is, by key
+	bad     map[string]bool      // keys with a problem reported already
+	fromEnv map[string]string    // keys set from an environment variable
+	diags   hcl.Diagnostics
+}
+
+func (d *decoder) config(body hcl.Body) *Config {
+	var f fileConfig
+	d.decode(body, &f, "")
+	c := Default()
+	set(&c.Cluster, f.Cluster)
+	set(&c.Servers, f.Servers)
+	set(&c.LogLevel, f.LogLevel)
+	if f.Consul != nil {
+		set(&c.Consul.Address, f.Consul.Address)
+		set(&c.Consul.Scheme, f.Consul.Scheme)
+		set(&c.Consul.Datacenter, f.Consul.Datacenter)
+		set(&c.Consul.InlineToken, f.Consul.Token)
+		d.path(&c.Consul.TokenFile, f.Consul.TokenFile)
+		if t := f.Consul.TLS; t != nil {
+			d.path(&c.Consul.TLS.CAFile, t.CAFile)
+			d.path(&c.Consul.TLS.CertFile, t.CertFile)
+			d.path(&c.Consul.TLS.KeyFile, t.KeyFile)
+			set(&c.Consul.TLS.ServerName, t.ServerName)
+			set(&c.Consul.TLS.InsecureSkipVerify, t.InsecureSkipVerify)
+		}
+	}
+	if _, inFile := d.pos[KeyConsulAddress]; !inFile {
+		if addr := os.Getenv(api.HTTPAddrEnvName); addr != "" {
+			c.Consul.Address = addr
+			d.fromEnv[KeyConsulAddress] = api.HTTPAddrEnvName
+		}
+	}
+	if f.Lock != nil {
+		d.duration(&c.Lock.SessionTTL, f.Lock.SessionTTL, KeyLockSessionTTL)
+		d.duration(&c.Lock.LockDelay, f.Lock.LockDelay, KeyLockLockDelay)
+		d.duration(&c.Lock.Wait, f.Lock.Wait, KeyLockWait)
+	}
+	if r := f.Roll; r != nil {
+		set(&c.Roll.EventName, r.EventName)
+		d.duration(&c.Roll.Stabilization, r.Stabilization, KeyRollStabilization)
+		d.duration(&c.Roll.LaunchTimeout, r.LaunchTimeout, KeyRollLaunchTimeout)
+		d.duration(&c.Roll.LeaveTimeout, r.LeaveTimeout, KeyRollLeaveTimeout)
+		set(&c.Roll.MaxTrailingLogs, r.MaxTrailingLogs)
+		set(&c.Roll.AllowDowngrade, r.AllowDowngrade)
+		d.duration(&c.Roll.PollInterval, r.PollInterval, KeyRollPollInterval)
+	}
+	c.Provider = d.provider(f.Providers)
+	return c
+}
+
+func (d *decoder) provider(blocks []fileProvider) ProviderConfig {
+	if len(blocks) == 0 {
+		d.errorf(KeyProvider, "missing provider block: want provider %q { ... } or provider %q { ... }",
+			ProviderLocal, ProviderAWS)
+		return ProviderConfig{}
+	}
+	for _, b := range blocks[1:] {
+		d.diags = append(d.diags, &hcl.Diagnostic{
+			Severity: hcl.DiagError,
+			Summary: fmt.Sprintf("duplicate provider block: only one is allowed, the first is at %s",
+				position(blocks[0].DefRange)),
+			Subject: b.DefRange.Ptr(),
+		})
+	}
+	b := blocks[0]
+	key := KeyProvider + "." + b.Type
+	switch b.Type {
+	case ProviderLocal:
+		var f fileLocal
+		d.decode(b.Body, &f, key+".")
+		p := defaultLocal()
+		d.path(&p.StateDir, f.StateDir)
+		if f.ConsulBinary != nil {
+			// A bare name is looked up on PATH when used; only a path
+			// is relative to the config file.
+			p.ConsulBinary = *f.ConsulBinary
+			if strings.ContainsRune(p.ConsulBinary, filepath.Separator) {
+				d.path(&p.ConsulBinary, f.ConsulBinary)
+			}
+		}
+		if f.Addresses != nil {
+			prefix, err := netip.ParsePrefix(*f.Addresses)
+			if err != nil {
+				d.errorf(KeyLocalAddresses, "invalid CIDR %q for %s: %v", *f.Addresses, KeyLocalAddresses, err)
+			}
+			p.Addresses = prefix
+		}
+		return ProviderConfig{Type: ProviderLocal, Local: p}
+	case ProviderAWS:
+		var f fileAWS
+		d.decode(b.Body, &f, key+".")
+		p := defaultAWS()
+		set(&p.Region, f.Region)
+		set(&p.AutoscalingGroup, f.AutoscalingGroup)
+		set(&p.LaunchTemplate, f.LaunchTemplate)
+		set(&p.EndpointURL, f.EndpointURL)
+		set(&p.MaxAttempts, f.MaxAttempts)
+		if f.Image == nil {
+			d.errorf(KeyAWSImage, "missing %s block: it selects the images servers may run", KeyAWSImage)
+		} else {
+			set(&p.Image.Owners, f.Image.Owners)
+			set(&p.Image.NamePattern, f.Image.NamePattern)
+			set(&p.Image.Tags, f.Image.Tags)
+		}
+		return ProviderConfig{Type: ProviderAWS, AWS: p}
+	default:
+		d.errorf(key, "unknown provider %q: want %q or %q", b.Type, ProviderLocal, ProviderAWS)
+		d.bad[KeyProvider] = true
+		return ProviderConfig{}
+	}
+}
+
+// decode decodes body into v, a pointer to a file struct whose keys start
+// with prefix, first recording where each of its attributes and blocks is.
+func (d *decoder) decode(body hcl.Body, v any, prefix string) {
+	d.locate(body, v, prefix)
+	for _, diag := range gohcl.DecodeBody(body, nil, v) {
+		// gohcl's messages (e.g. "a number is required") do not say which
+		// attribute is wrong; name it when the position tells.
+		if key := d.keyAt(diag.Subject); key != "" {
+			d.bad[key] = true
+			diag.Summary = fmt.Sprintf("invalid value for %s", key)
+			diag.Detail = strings.TrimPrefix(diag.Detail, "Unsuitable value: ")
+		}
+		d.diags = append(d.diags, diag)
+	}
+}
+
+// locate records in d.pos where body defines each attribute and block that
+// the file struct v declares, recursing into blocks.
+func (d *decoder) locate(body hcl.Body, v any, prefix string) {
+	schema, _ := gohcl.ImpliedBodySchema(v)
+	content, _, _ := body.PartialContent(schema)
+	if content == nil {
+		return
+	}
+	for name, attr := range content.Attributes {
+		d.pos[prefix+name] = attr.Range
+	}
+	for _, b := range content.Blocks {
+		key := prefix + strings.Join(append([]string{b.Type}, b.Labels...), ".")
+		if _, dup := d.pos[key]; dup {
+			continue // gohcl reports the duplicate
+		}
+		d.pos[key] = b.DefRange
+		if child := blockStruct(v, b.Type); child != nil {
+			d.locate(b.Body, child, key+".")
+		}
+	}
+}
+
+// blockStruct returns a new value of the struct that v's field tagged
+// `hcl:"<name>,block"` decodes into, or nil if v has none.
+func blockStruct(v any, name string) any {
+	t := reflect.TypeOf(v).Elem()
+	for i := range t.NumField() {
+		if f := t.Field(i); f.Tag.Get("hcl") == name+",block" {
+			ft := f.Type
+			for ft.Kind() == reflect.Pointer || ft.Kind() == reflect.Slice {
+				ft = ft.Elem()
+			}
+			return reflect.New(ft).Interface()
+		}
+	}
+	return nil
+}
+
+// keyAt returns the key of the attribute that contains r, if any.
+func (d *decoder) keyAt(r *hcl.Range) string {
+	if r == nil {
+		return ""
+	}
+	for key, at := range d.pos {
+		if at.Filename == r.Filename && at.ContainsOffset(r.Start.Byte) {
+			return key
+		}
+	}
+	return ""
+}
+
+// at returns where the problem with key is: the key's own attribute or
+// block, else its closest enclosing block, else the file's start.
+func (d *decoder) at(key string) *hcl.Range {
+	for k := key; ; {
+		if r, ok := d.pos[k]; ok {
+			return &r
+		}
+		i := strings.LastIndexByte(k, '.')
+		if i < 0 {
+			return d.missing.Ptr()
+		}
+		k = k[:i]
+	}
+}
+
+// reported says whether a problem with key, or with a key inside it, has
+// been reported already.
+func (d *decoder) reported(key string) bool {
+	for k := range d.bad {
+		if k == key || strings.HasPrefix(k, key+".") {
+			return true
+		}
+	}
+	return false
+}
+
+func (d *decoder) errorf(key, format string, args ...any) {
+	d.bad[key] = true
+	d.diags = append(d.diags, &hcl.Diagnostic{
+		Severity: hcl.DiagError,
+		Summary:  fmt.Sprintf(format, args...),
+		Subject:  d.at(key),
+	})
+}
+
+func (d *decoder) duration(dst *time.Duration, src *string, key string) {
+	if src == nil {
+		return
+	}
+	v, err := time.ParseDuration(*src)
+	if err != nil {
+		d.errorf(key, "invalid duration %q for %s: %v", *src, key, err)
+		return
+	}
+	*dst = v
+}
+
+// path sets dst to src resolved against the config file's directory.
+func (d *decoder) path(dst, src *string) {
+	if src == nil {
+		return
+	}
+	*dst = *src
+	if *src != "" && !filepath.IsAbs(*src) {
+		*dst = filepath.Join(d.dir, *src)
+	}
+}
+
+// set overrides the default in dst when the file sets src.
+func set[T any](dst, src *T) {
+	if src != nil {
+		*dst = *src
+	}
+}

@@ -1,0 +1,7 @@
+cluster = "main"
+servers = 9
+
+provider "aws" {
+  endpoint_url = "localhost:4566"
+  max_attempts = 21
+}

@@ -1,0 +1,6 @@
+cluster = "main"
+servers = 4
+
+provider "local" {
+  state_dir = "state"
+}

@@ -1,0 +1,2 @@
+cluster = "main"
+servers = 3

@@ -1,0 +1,6 @@
+cluster = "main"
+servers = 3
+
+provider "gcp" {
+  project = "consul"
+}

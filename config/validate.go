@@ -1,0 +1,250 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+)
+
+// Limits that Validate enforces.
+const (
+	minServers        = 1
+	maxServers        = 7
+	minSessionTTL     = 10 * time.Second // Consul's limits
+	maxSessionTTL     = 24 * time.Hour
+	maxLockDelay      = 60 * time.Second
+	maxAWSMaxAttempts = 20
+)
+
+var (
+	// clusterName keeps the name safe in a KV path, a log line and a tag.
+	clusterName = regexp.MustCompile(`^[a-z0-9_-]{1,63}$`)
+	// datacenterName is what Consul accepts for a datacenter.
+	datacenterName = regexp.MustCompile(`^[a-z0-9_-]+$`)
+	logLevels      = []string{"trace", "debug", "info", "warn", "error"}
+	schemes        = []string{"http", "https"}
+	loopback       = netip.MustParsePrefix("127.0.0.0/8")
+)
+
+// problem is one thing wrong with a Config, named by the key it concerns.
+type problem struct{ key, msg string }
+
+// Validate reports every problem with c as an *Error. It needs no file:
+// Load and Parse call it on what they decode and add each problem's position.
+// It checks that files named by c exist, but reads none of them.
+func (c *Config) Validate() error {
+	var diags hcl.Diagnostics
+	for _, p := range c.validate() {
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: p.msg})
+	}
+	return newError(diags)
+}
+
+func (c *Config) validate() []problem {
+	var ps []problem
+	add := func(key, format string, args ...any) {
+		ps = append(ps, problem{key, fmt.Sprintf(format, args...)})
+	}
+
+	switch {
+	case c.Cluster == "":
+		add(KeyCluster, "%s is required", KeyCluster)
+	case !clusterName.MatchString(c.Cluster):
+		add(KeyCluster, "%s %q must be 1 to 63 characters of a-z, 0-9, - and _", KeyCluster, c.Cluster)
+	}
+	switch {
+	case c.Servers == 0:
+		add(KeyServers, "%s is required: an odd number from %d to %d", KeyServers, minServers, maxServers)
+	case c.Servers < minServers || c.Servers > maxServers || c.Servers%2 == 0:
+		add(KeyServers, "%s must be an odd number from %d to %d, got %d", KeyServers, minServers, maxServers, c.Servers)
+	}
+	if !slices.Contains(logLevels, c.LogLevel) {
+		add(KeyLogLevel, "%s %q must be one of %s", KeyLogLevel, c.LogLevel, strings.Join(logLevels, ", "))
+	}
+
+	cc := c.Consul
+	if err := checkAddress(cc.Address); err != nil {
+		add(KeyConsulAddress, "invalid %s %q: %v", KeyConsulAddress, cc.Address, err)
+	}
+	if !slices.Contains(schemes, cc.Scheme) {
+		add(KeyConsulScheme, "%s %q must be http or https", KeyConsulScheme, cc.Scheme)
+	}
+	if cc.Datacenter != "" && !datacenterName.MatchString(cc.Datacenter) {
+		add(KeyConsulDatacenter, "%s %q must be characters of a-z, 0-9, - and _", KeyConsulDatacenter, cc.Datacenter)
+	}
+	if cc.InlineToken != "" && cc.TokenFile != "" {
+		add(KeyConsulToken, "%s and %s are mutually exclusive: keep %s", KeyConsulToken, KeyConsulTokenFile, KeyConsulTokenFile)
+	}
+	for _, f := range []struct{ key, path string }{
+		{KeyConsulTokenFile, cc.TokenFile},
+		{KeyConsulTLSCAFile, cc.TLS.CAFile},
+		{KeyConsulTLSCertFile, cc.TLS.CertFile},
+		{KeyConsulTLSKeyFile, cc.TLS.KeyFile},
+	} {
+		if err := checkFile(f.path); err != nil {
+			add(f.key, "%s: %v", f.key, err)
+		}
+	}
+	switch {
+	case cc.TLS.CertFile != "" && cc.TLS.KeyFile == "":
+		add(KeyConsulTLSCertFile, "%s needs %s", KeyConsulTLSCertFile, KeyConsulTLSKeyFile)
+	case cc.TLS.KeyFile != "" && cc.TLS.CertFile == "":
+		add(KeyConsulTLSKeyFile, "%s needs %s", KeyConsulTLSKeyFile, KeyConsulTLSCertFile)
+	}
+
+	durations := []struct {
+		key      string
+		d, lo    time.Duration
+		hi       time.Duration // 0: no upper bound
+		positive bool
+	}{
+		{key: KeyLockSessionTTL, d: c.Lock.SessionTTL, lo: minSessionTTL, hi: maxSessionTTL},
+		{key: KeyLockLockDelay, d: c.Lock.LockDelay, hi: maxLockDelay},
+		{key: KeyLockWait, d: c.Lock.Wait, positive: true},
+		{key: KeyRollStabilization, d: c.Roll.Stabilization},
+		{key: KeyRollLaunchTimeout, d: c.Roll.LaunchTimeout, positive: true},
+		{key: KeyRollLeaveTimeout, d: c.Roll.LeaveTimeout, positive: true},
+		{key: KeyRollPollInterval, d: c.Roll.PollInterval, positive: true},
+	}
+	for _, r := range durations {
+		switch {
+		case r.hi != 0 && (r.d < r.lo || r.d > r.hi):
+			add(r.key, "%s must be from %s to %s, got %s", r.key, short(r.lo), short(r.hi), short(r.d))
+		case r.positive && r.d <= 0:
+			add(r.key, "%s must be positive, got %s", r.key, short(r.d))
+		case r.d < 0:
+			add(r.key, "%s must not be negative, got %s", r.key, short(r.d))
+		}
+	}
+	if c.Roll.EventName == "" || strings.ContainsAny(c.Roll.EventName, "/ \t\r\n") {
+		add(KeyRollEventName, "%s %q must be non-empty, without spaces or /", KeyRollEventName, c.Roll.EventName)
+	}
+	if c.Roll.MaxTrailingLogs < 0 {
+		add(KeyRollMaxTrailingLogs, "%s must not be negative, got %d", KeyRollMaxTrailingLogs, c.Roll.MaxTrailingLogs)
+	}
+
+	switch p := c.Provider; {
+	case p.Type == ProviderLocal && p.Local != nil && p.AWS == nil:
+		p.Local.validate(c.Servers, add)
+	case p.Type == ProviderAWS && p.AWS != nil && p.Local == nil:
+		p.AWS.validate(add)
+	default:
+		// Parse reports a missing or unknown provider block itself.
+		add(KeyProvider, "%s is required: exactly one of %s and %s", KeyProvider, ProviderLocal, ProviderAWS)
+	}
+	return ps
+}
+
+func (p *LocalProvider) validate(servers int, add func(key, format string, args ...any)) {
+	if p.StateDir == "" {
+		add(KeyLocalStateDir, "%s is required", KeyLocalStateDir)
+	}
+	if p.ConsulBinary == "" {
+		add(KeyLocalConsulBinary, "%s must not be empty", KeyLocalConsulBinary)
+	}
+	a := p.Addresses
+	switch {
+	case !a.IsValid():
+		add(KeyLocalAddresses, "%s is required", KeyLocalAddresses)
+	case !a.Addr().Is4() || a.Bits() < loopback.Bits() || !loopback.Contains(a.Addr()):
+		add(KeyLocalAddresses, "%s %s must be inside %s (loopback only)", KeyLocalAddresses, a, loopback)
+	case a != a.Masked():
+		add(KeyLocalAddresses, "%s %s has host bits set: did you mean %s?", KeyLocalAddresses, a, a.Masked())
+	case 1<<(32-a.Bits()) < servers+1:
+		add(KeyLocalAddresses, "%s %s is too small for %d servers and a replacement", KeyLocalAddresses, a, servers)
+	}
+}
+
+func (p *AWSProvider) validate(add func(key, format string, args ...any)) {
+	if p.AutoscalingGroup == "" {
+		add(KeyAWSAutoscalingGroup, "%s is required", KeyAWSAutoscalingGroup)
+	}
+	if p.LaunchTemplate == "" {
+		add(KeyAWSLaunchTemplate, "%s is required", KeyAWSLaunchTemplate)
+	}
+	if p.EndpointURL != "" {
+		if u, err := url.Parse(p.EndpointURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			add(KeyAWSEndpointURL, "%s %q must be an http or https URL", KeyAWSEndpointURL, p.EndpointURL)
+		}
+	}
+	if p.MaxAttempts < 1 || p.MaxAttempts > maxAWSMaxAttempts {
+		add(KeyAWSMaxAttempts, "%s must be from 1 to %d, got %d", KeyAWSMaxAttempts, maxAWSMaxAttempts, p.MaxAttempts)
+	}
+	img := p.Image
+	if len(img.Owners) == 0 || slices.Contains(img.Owners, "") {
+		add(KeyAWSImageOwners, "%s must list at least one owner, none empty", KeyAWSImageOwners)
+	}
+	if img.NamePattern == "" && len(img.Tags) == 0 {
+		// Without either, any image the owners have would do.
+		add(KeyAWSImage, "%s needs name_pattern or tags", KeyAWSImage)
+	}
+	if _, ok := img.Tags[""]; ok {
+		add(KeyAWSImageTags, "%s must not have an empty key", KeyAWSImageTags)
+	}
+}
+
+// checkAddress accepts host:port, optionally after http:// or https://, and
+// unix://<path>: what the Consul API client accepts.
+func checkAddress(addr string) error {
+	if scheme, rest, ok := strings.Cut(addr, "://"); ok {
+		switch scheme {
+		case "unix":
+			if rest == "" {
+				return fmt.Errorf("missing socket path")
+			}
+			return nil
+		case "http", "https":
+			addr = rest
+		default:
+			return fmt.Errorf("unknown scheme %q", scheme)
+		}
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if host == "" {
+		return fmt.Errorf("missing host")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("invalid port %q", port)
+	}
+	return nil
+}
+
+// checkFile reports an optional file that is set but not a regular file.
+func checkFile(path string) error {
+	if path == "" {
+		return nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", path)
+	}
+	return nil
+}
+
+// short renders d without the trailing zero units of time.Duration.String:
+// "24h" rather than "24h0m0s".
+func short(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
+}
