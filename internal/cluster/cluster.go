@@ -1,0 +1,115 @@
+// Package cluster observes a Consul cluster's servers: autopilot health, the raft
+// configuration, the leader, and each server's node meta (image_id, instance_id).
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Node meta keys that tie a Consul server to the cloud instance it runs on.
+const (
+	MetaImageID    = "image_id"
+	MetaInstanceID = "instance_id"
+)
+
+// Server is one server in the raft configuration, as autopilot sees it.
+type Server struct {
+	ID         string // raft server ID (the node ID)
+	Name       string // node name
+	Address    string // raft address, host:port
+	ImageID    string // node meta image_id ("" if the node does not say)
+	InstanceID string // node meta instance_id
+	Voter      bool
+	Leader     bool
+	Healthy    bool
+	SerfStatus string
+	// StableSince is when autopilot last saw the server turn healthy.
+	StableSince time.Time
+	LastIndex   uint64
+}
+
+// Observation is one look at the cluster.
+type Observation struct {
+	Healthy          bool
+	FailureTolerance int
+	// Servers are those in the raft configuration, sorted by name.
+	Servers []Server
+	// Joining are servers registered in the catalog (alive in serf) but not yet in the
+	// raft configuration, keyed by instance ID.
+	Joining map[string]Server
+}
+
+// Leader returns the leading server, or nil.
+func (o *Observation) Leader() *Server {
+	for i := range o.Servers {
+		if o.Servers[i].Leader {
+			return &o.Servers[i]
+		}
+	}
+	return nil
+}
+
+// ByInstance returns the server in the raft configuration running the instance, or nil.
+func (o *Observation) ByInstance(id string) *Server {
+	for i := range o.Servers {
+		if id != "" && o.Servers[i].InstanceID == id {
+			return &o.Servers[i]
+		}
+	}
+	return nil
+}
+
+// Trailing returns how many raft log entries s trails the leader by (0 if no leader).
+func (o *Observation) Trailing(s *Server) uint64 {
+	l := o.Leader()
+	if l == nil || s.LastIndex >= l.LastIndex {
+		return 0
+	}
+	return l.LastIndex - s.LastIndex
+}
+
+// Observe takes one observation with two requests: autopilot health (which lists the
+// raft configuration with each server's health and log index) and the catalog's
+// `consul` service (which carries the servers' node meta).
+func Observe(ctx context.Context, c *api.Client) (*Observation, error) {
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	health, err := c.Operator().AutopilotServerHealth(q)
+	if err != nil {
+		return nil, fmt.Errorf("read autopilot health: %w", err)
+	}
+	svcs, _, err := c.Catalog().Service("consul", "", q)
+	if err != nil {
+		return nil, fmt.Errorf("read consul service catalog: %w", err)
+	}
+	meta := make(map[string]map[string]string, len(svcs))
+	for _, s := range svcs {
+		meta[s.Node] = s.NodeMeta
+	}
+
+	obs := &Observation{Healthy: health.Healthy, FailureTolerance: health.FailureTolerance, Joining: map[string]Server{}}
+	inRaft := map[string]bool{}
+	for _, h := range health.Servers {
+		obs.Servers = append(obs.Servers, Server{
+			ID: h.ID, Name: h.Name, Address: h.Address,
+			ImageID: meta[h.Name][MetaImageID], InstanceID: meta[h.Name][MetaInstanceID],
+			Voter: h.Voter, Leader: h.Leader, Healthy: h.Healthy, SerfStatus: h.SerfStatus,
+			StableSince: h.StableSince, LastIndex: h.LastIndex,
+		})
+		inRaft[h.Name] = true
+	}
+	for _, s := range svcs {
+		if inRaft[s.Node] || s.NodeMeta[MetaInstanceID] == "" {
+			continue
+		}
+		obs.Joining[s.NodeMeta[MetaInstanceID]] = Server{
+			Name: s.Node, Address: s.Address, ImageID: s.NodeMeta[MetaImageID], InstanceID: s.NodeMeta[MetaInstanceID],
+		}
+	}
+	sort.Slice(obs.Servers, func(i, j int) bool { return obs.Servers[i].Name < obs.Servers[j].Name })
+	return obs, nil
+}

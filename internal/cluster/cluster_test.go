@@ -1,0 +1,73 @@
+package cluster_test
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cluster"
+	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
+)
+
+func TestObserve_ReportsRaftHealthLeaderAndNodeMeta(t *testing.T) {
+	t.Parallel()
+	c := testcluster.Start(t, testcluster.Options{Servers: 3, NodeMeta: func(name string) map[string]string {
+		return map[string]string{cluster.MetaImageID: "img-A", cluster.MetaInstanceID: "i-" + name}
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	var obs *cluster.Observation
+	testcluster.WaitFor(t, 30*time.Second, "node meta of all servers", func() (bool, string) {
+		var err error
+		obs, err = cluster.Observe(ctx, c.Client(t))
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, s := range obs.Servers {
+			if s.InstanceID == "" {
+				return false, s.Name + " has no instance_id yet"
+			}
+		}
+		return len(obs.Servers) == 3, "servers: " + itoa(len(obs.Servers))
+	})
+	assert.True(t, obs.Healthy)
+	assert.Equal(t, 1, obs.FailureTolerance)
+	require.NotNil(t, obs.Leader())
+	assert.Equal(t, c.Leader(t).Name, obs.Leader().Name)
+	for _, s := range obs.Servers {
+		assert.Equal(t, "img-A", s.ImageID)
+		assert.Equal(t, "i-"+s.Name, s.InstanceID)
+		assert.True(t, s.Voter)
+		assert.True(t, s.Healthy)
+		assert.Same(t, obs.ByInstance(s.InstanceID), obs.ByInstance(s.InstanceID))
+		assert.LessOrEqual(t, obs.Trailing(&s), uint64(10))
+	}
+	assert.Empty(t, obs.Joining)
+
+	// A crashed follower is still in the raft configuration, unhealthy.
+	var victim *testcluster.Agent
+	for _, s := range c.Servers {
+		if s.Name != obs.Leader().Name {
+			victim = s
+			break
+		}
+	}
+	victim.Kill(t)
+	testcluster.WaitFor(t, 30*time.Second, "autopilot to see the crash", func() (bool, string) {
+		var err error
+		obs, err = cluster.Observe(ctx, c.Client(t))
+		if err != nil {
+			return false, err.Error()
+		}
+		return !obs.Healthy, "still healthy"
+	})
+	require.Len(t, obs.Servers, 3)
+	assert.False(t, obs.ByInstance("i-"+victim.Name).Healthy)
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
