@@ -1,0 +1,343 @@
+// Package plan decides the single next step of a roll. It is a pure function of what
+// was observed: no I/O, no clock, no randomness, so every rule is a table test.
+package plan
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cluster"
+)
+
+// Kind is what the next step does.
+type Kind string
+
+// The kinds of step.
+const (
+	// Nothing: no step is due (up to date, or not safe now); Reason says why.
+	Nothing Kind = "nothing"
+	// Refuse: the request itself is not acceptable (image outside the filter, bad,
+	// or a downgrade). Nothing changes.
+	Refuse Kind = "refuse"
+	// Hold: a roll is due but not safe now (cluster unhealthy or below size). The
+	// roll is recorded so that the next trigger, e.g. the recovery itself, resumes it.
+	Hold Kind = "hold"
+	// Wait: a step is in progress (a server stabilizing, raft shrinking); look again.
+	Wait Kind = "wait"
+	// Launch one server on Image (surge to N+1).
+	Launch Kind = "launch"
+	// Transfer leadership from the outdated leader to TransferTo.
+	Transfer Kind = "transfer"
+	// Retire Instance: graceful leave, then terminate with a decrement.
+	Retire Kind = "retire"
+	// Fail: Instance on Image never became a healthy voter; terminate it and mark the
+	// image bad.
+	Fail Kind = "fail"
+	// Done: the roll in progress has every server on its target.
+	Done Kind = "done"
+)
+
+// Input is everything the decision depends on.
+type Input struct {
+	Now     time.Time
+	Desired int // N, the desired number of servers
+
+	Stabilization   time.Duration
+	LaunchTimeout   time.Duration
+	MaxTrailingLogs uint64
+	AllowDowngrade  bool
+
+	Cluster   *cluster.Observation
+	Instances []cloud.Instance // the group's instances, any state
+	Images    []cloud.Image    // images the filter allows, any order
+	BadImages map[string]bool
+
+	// RollTarget is the target of the roll in progress, "" if none.
+	RollTarget string
+	// Requested is the image an event asked for, "" for the newest allowed.
+	Requested string
+}
+
+// Step is the decision.
+type Step struct {
+	Kind   Kind
+	Reason string
+	// Image is the roll's target image.
+	Image string
+	// Instance is the instance the step acts on: the outdated instance a launch
+	// replaces, the instance to retire, the failed instance to terminate.
+	Instance string
+	// TransferTo is the raft ID of the server to hand leadership to.
+	TransferTo string
+	// ActionID names the action deterministically, so that a repeated or recovered
+	// invocation acts once.
+	ActionID string
+}
+
+func (s Step) String() string {
+	var b strings.Builder
+	b.WriteString(string(s.Kind))
+	for _, kv := range [][2]string{{"image", s.Image}, {"instance", s.Instance}, {"transfer_to", s.TransferTo}} {
+		if kv[1] != "" {
+			fmt.Fprintf(&b, " %s=%s", kv[0], kv[1])
+		}
+	}
+	if s.Reason != "" {
+		b.WriteString(": " + s.Reason)
+	}
+	return b.String()
+}
+
+// Next returns the one next step.
+func Next(in Input) Step {
+	target, refusal := chooseTarget(in)
+	if refusal != nil {
+		return *refusal
+	}
+	st := classify(in, target)
+
+	if len(st.leaving) > 0 {
+		return Step{Kind: Wait, Image: target, Reason: "waiting for " + strings.Join(st.leaving, ", ") + " to leave"}
+	}
+	if extra := len(in.Cluster.Servers) - len(st.live); extra > 0 && len(st.live) >= in.Desired && in.RollTarget != "" {
+		return Step{Kind: Wait, Image: target, Reason: fmt.Sprintf(
+			"raft configuration has %d servers for %d instances; waiting for departed servers to leave", len(in.Cluster.Servers), len(st.live))}
+	}
+
+	switch {
+	case len(st.outdated) == 0 && len(st.live) <= in.Desired:
+		if in.RollTarget != "" {
+			return Step{Kind: Done, Image: target, Reason: fmt.Sprintf("all %d servers run %s", len(st.live), target)}
+		}
+		return Step{Kind: Nothing, Image: target, Reason: fmt.Sprintf("up to date: all %d servers run %s", len(st.live), target)}
+
+	case len(st.live) < in.Desired:
+		return Step{Kind: Hold, Image: target, Reason: fmt.Sprintf(
+			"only %d of %d servers; waiting for the cluster to recover before rolling", len(st.live), in.Desired)}
+
+	case len(st.live) == in.Desired:
+		if why := unhealthy(in, st); why != "" {
+			return Step{Kind: Hold, Image: target, Reason: "cluster not healthy, will not launch: " + why}
+		}
+		// The ID counts the outdated servers left: it is the same for every invocation
+		// that sees this state, and new once a retire has made progress, whichever
+		// outdated server that retire took.
+		replaced := retireOrder(in, st.outdated)[0]
+		return Step{Kind: Launch, Image: target, Instance: replaced.ID, ActionID: fmt.Sprintf("launch/%s/%d-outdated", target, len(st.outdated)),
+			Reason: fmt.Sprintf("%d of %d servers run an outdated image; surge one on %s to replace %s", len(st.outdated), in.Desired, target, replaced.ID)}
+
+	case len(st.live) == in.Desired+1:
+		// The surge is the newest instance. If it never settled, the roll fails; a
+		// server that settled and fell ill later is the cluster's trouble, not the image's.
+		if surge := st.live[len(st.live)-1]; surge.ImageID == target && !st.settled[surge.ID] && in.Now.Sub(surge.Launched) > in.LaunchTimeout {
+			return Step{Kind: Fail, Image: target, Instance: surge.ID, ActionID: "fail/" + surge.ID,
+				Reason: fmt.Sprintf("%s on %s is not a stable healthy voter %s after launch (launch_timeout %s): %s",
+					surge.ID, target, in.Now.Sub(surge.Launched).Round(time.Second), in.LaunchTimeout, st.why[surge.ID])}
+		}
+		for _, inst := range st.onTarget {
+			if !st.settled[inst.ID] {
+				return Step{Kind: Wait, Image: target, Instance: inst.ID, Reason: fmt.Sprintf("waiting for %s to become a stable healthy voter: %s", inst.ID, st.why[inst.ID])}
+			}
+		}
+		if len(st.outdated) == 0 {
+			return Step{Kind: Nothing, Image: target, Reason: fmt.Sprintf("%d servers, all on %s: one more than desired; leaving it to the operator", len(st.live), target)}
+		}
+		return retire(in, st, target)
+
+	default:
+		return Step{Kind: Nothing, Image: target, Reason: fmt.Sprintf(
+			"%d servers, more than %d+1; refusing to act until the group is back to size", len(st.live), in.Desired)}
+	}
+}
+
+// retireOrder sorts outdated servers in the order they are retired: unhealthy ones
+// first (retiring them costs no healthy voter), then followers, the leader last,
+// oldest first within each group. Launches name the server they replace by the same
+// order, so the history reads true.
+func retireOrder(in Input, outdated []cloud.Instance) []cloud.Instance {
+	cands := append([]cloud.Instance(nil), outdated...)
+	rank := func(inst cloud.Instance) int {
+		srv := in.Cluster.ByInstance(inst.ID)
+		switch {
+		case srv == nil || !srv.Healthy:
+			return 0
+		case !srv.Leader:
+			return 1
+		default:
+			return 2
+		}
+	}
+	sort.SliceStable(cands, func(i, j int) bool { return rank(cands[i]) < rank(cands[j]) })
+	return cands
+}
+
+// retire retires the first outdated server in retireOrder, moving leadership away
+// from it first if it leads.
+func retire(in Input, st state, target string) Step {
+	leader := in.Cluster.Leader()
+	cands := retireOrder(in, st.outdated)
+	victim := cands[0]
+	srv := in.Cluster.ByInstance(victim.ID)
+
+	healthyAfter := 0
+	for _, s := range in.Cluster.Servers {
+		if s.Voter && s.Healthy && s.InstanceID != victim.ID {
+			healthyAfter++
+		}
+	}
+	if healthyAfter < in.Desired {
+		return Step{Kind: Hold, Image: target, Reason: fmt.Sprintf(
+			"retiring %s would leave %d healthy voters, fewer than %d", victim.ID, healthyAfter, in.Desired)}
+	}
+	if srv != nil && leader != nil && srv.ID == leader.ID {
+		to := bestSuccessor(in, st)
+		if to == nil {
+			return Step{Kind: Wait, Image: target, Reason: "leader is the last outdated server but no server on the target is ready to lead"}
+		}
+		return Step{Kind: Transfer, Image: target, Instance: victim.ID, TransferTo: to.ID, ActionID: "transfer/" + victim.ID,
+			Reason: fmt.Sprintf("leader %s is the last outdated server; move leadership to %s first", srv.Name, to.Name)}
+	}
+	return Step{Kind: Retire, Image: target, Instance: victim.ID, ActionID: "retire/" + victim.ID,
+		Reason: fmt.Sprintf("%s is settled on %s; retire outdated %s (%d outdated left)", settledNames(in, st), target, victim.ID, len(st.outdated))}
+}
+
+func bestSuccessor(in Input, st state) *cluster.Server {
+	var best *cluster.Server
+	for _, inst := range st.onTarget {
+		s := in.Cluster.ByInstance(inst.ID)
+		if s != nil && st.settled[inst.ID] && (best == nil || s.LastIndex > best.LastIndex) {
+			best = s
+		}
+	}
+	return best
+}
+
+func settledNames(in Input, st state) string {
+	var names []string
+	for _, inst := range st.onTarget {
+		names = append(names, inst.ID)
+	}
+	return strings.Join(names, ", ")
+}
+
+type state struct {
+	live     []cloud.Instance // pending or running, oldest first
+	outdated []cloud.Instance // live and not on target, oldest first
+	onTarget []cloud.Instance // live and on target
+	leaving  []string         // shutting down but still in the raft configuration
+	settled  map[string]bool  // instance ID -> healthy stable voter within trailing logs
+	why      map[string]string
+}
+
+func classify(in Input, target string) state {
+	insts := append([]cloud.Instance(nil), in.Instances...)
+	sort.SliceStable(insts, func(i, j int) bool { return insts[i].Launched.Before(insts[j].Launched) })
+	st := state{settled: map[string]bool{}, why: map[string]string{}}
+	for _, inst := range insts {
+		if !inst.Live() {
+			if inst.State == cloud.StateShuttingDown && in.Cluster.ByInstance(inst.ID) != nil {
+				st.leaving = append(st.leaving, inst.ID)
+			}
+			continue
+		}
+		st.live = append(st.live, inst)
+		if inst.ImageID == target {
+			st.onTarget = append(st.onTarget, inst)
+		} else {
+			st.outdated = append(st.outdated, inst)
+		}
+		st.settled[inst.ID], st.why[inst.ID] = settled(in, inst)
+	}
+	return st
+}
+
+// settled reports whether the instance's server is a healthy voter, stable for the
+// stabilization time, and close enough to the leader's log.
+func settled(in Input, inst cloud.Instance) (bool, string) {
+	s := in.Cluster.ByInstance(inst.ID)
+	switch {
+	case s == nil:
+		return false, "not in the raft configuration yet"
+	case !s.Healthy:
+		return false, "not healthy"
+	case !s.Voter:
+		return false, "not a voter yet"
+	case s.StableSince.IsZero() || in.Now.Sub(s.StableSince) < in.Stabilization:
+		return false, fmt.Sprintf("stable for %s of %s", in.Now.Sub(s.StableSince).Round(time.Second), in.Stabilization)
+	case in.Cluster.Trailing(s) > in.MaxTrailingLogs:
+		return false, fmt.Sprintf("trails the leader by %d logs (max %d)", in.Cluster.Trailing(s), in.MaxTrailingLogs)
+	}
+	return true, ""
+}
+
+// unhealthy says why the cluster may not take a launch now, or "".
+func unhealthy(in Input, st state) string {
+	if !in.Cluster.Healthy {
+		return "autopilot reports unhealthy"
+	}
+	if in.Cluster.Leader() == nil {
+		return "no leader"
+	}
+	voters := 0
+	for _, s := range in.Cluster.Servers {
+		if s.Voter && s.Healthy {
+			voters++
+		}
+	}
+	if voters < in.Desired {
+		return fmt.Sprintf("%d healthy voters, want %d", voters, in.Desired)
+	}
+	for _, inst := range st.live {
+		if in.Cluster.ByInstance(inst.ID) == nil {
+			return inst.ID + " is not in the raft configuration"
+		}
+	}
+	return ""
+}
+
+// chooseTarget returns the roll's target image, or a refusal of the request.
+func chooseTarget(in Input) (string, *Step) {
+	if in.RollTarget != "" {
+		if in.Requested != "" && in.Requested != in.RollTarget {
+			return "", &Step{Kind: Nothing, Image: in.RollTarget, Reason: fmt.Sprintf(
+				"a roll to %s is in progress; %s can follow when it is done", in.RollTarget, in.Requested)}
+		}
+		return in.RollTarget, nil
+	}
+	byID := map[string]cloud.Image{}
+	var newest *cloud.Image
+	for i, img := range in.Images {
+		byID[img.ID] = img
+		if !in.BadImages[img.ID] && (newest == nil || img.Created.After(newest.Created)) {
+			newest = &in.Images[i]
+		}
+	}
+	if in.Requested == "" {
+		if newest == nil {
+			return "", &Step{Kind: Nothing, Reason: "no image matches the filter (or every match is marked bad)"}
+		}
+		return newest.ID, nil
+	}
+	img, ok := byID[in.Requested]
+	switch {
+	case !ok:
+		return "", &Step{Kind: Refuse, Image: in.Requested, Reason: fmt.Sprintf("image %s is not allowed by the image filter or does not exist", in.Requested)}
+	case in.BadImages[img.ID]:
+		return "", &Step{Kind: Refuse, Image: img.ID, Reason: fmt.Sprintf("image %s is marked bad: an earlier roll to it failed", img.ID)}
+	}
+	if !in.AllowDowngrade {
+		// An image the filter no longer lists (a deregistered AMI) has no known age, so
+		// it cannot make a request a downgrade.
+		for _, inst := range in.Instances {
+			cur, known := byID[inst.ImageID]
+			if inst.Live() && known && cur.Created.After(img.Created) {
+				return "", &Step{Kind: Refuse, Image: img.ID, Reason: fmt.Sprintf(
+					"image %s is older than %s, which %s runs; set allow_downgrade to roll back", img.ID, inst.ImageID, inst.ID)}
+			}
+		}
+	}
+	return img.ID, nil
+}

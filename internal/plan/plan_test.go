@@ -1,0 +1,372 @@
+package plan
+
+import (
+	"fmt"
+	"math/rand"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cluster"
+)
+
+var t0 = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+
+// world is a cluster under construction: each server is an instance and, unless it
+// says otherwise, a healthy voter stable for an hour.
+type world struct {
+	in Input
+}
+
+func newWorld(n int, image string) *world {
+	w := &world{in: Input{
+		Now: t0, Desired: n, Stabilization: 10 * time.Second, LaunchTimeout: 10 * time.Minute, MaxTrailingLogs: 250,
+		Cluster: &cluster.Observation{Healthy: true},
+		Images: []cloud.Image{
+			{ID: "A", Created: t0.Add(-72 * time.Hour)},
+			{ID: "B", Created: t0.Add(-48 * time.Hour)},
+			{ID: "C", Created: t0.Add(-24 * time.Hour)},
+		},
+	}}
+	for i := 1; i <= n; i++ {
+		w.server(fmt.Sprintf("i-%d", i), image, t0.Add(-time.Duration(100-i)*time.Hour))
+	}
+	if n > 0 {
+		w.in.Cluster.Servers[0].Leader = true
+	}
+	return w
+}
+
+func (w *world) server(id, image string, launched time.Time) *cluster.Server {
+	w.in.Instances = append(w.in.Instances, cloud.Instance{ID: id, ImageID: image, State: cloud.StateRunning, Launched: launched})
+	w.in.Cluster.Servers = append(w.in.Cluster.Servers, cluster.Server{
+		ID: "raft-" + id, Name: "node-" + id, InstanceID: id, ImageID: image,
+		Voter: true, Healthy: true, StableSince: t0.Add(-time.Hour), LastIndex: 1000,
+	})
+	return &w.in.Cluster.Servers[len(w.in.Cluster.Servers)-1]
+}
+
+func (w *world) srv(id string) *cluster.Server { return w.in.Cluster.ByInstance(id) }
+
+// surge adds a server on image launched `ago`, stable for `stable` (0: not a voter yet).
+func (w *world) surge(id, image string, ago, stable time.Duration) *cluster.Server {
+	s := w.server(id, image, t0.Add(-ago))
+	s.StableSince = t0.Add(-stable)
+	s.Voter = stable >= 10*time.Second
+	return s
+}
+
+func (w *world) setLeader(id string) {
+	for i := range w.in.Cluster.Servers {
+		w.in.Cluster.Servers[i].Leader = w.in.Cluster.Servers[i].InstanceID == id
+	}
+}
+
+func TestNext_Rules(t *testing.T) {
+	tests := []struct {
+		name   string
+		build  func() Input
+		kind   Kind
+		inst   string
+		reason string
+	}{
+		{"up to date does nothing", func() Input { return newWorld(3, "C").in }, Nothing, "", "up to date"},
+		{"outdated healthy cluster launches one, naming the oldest follower it replaces", func() Input { return newWorld(3, "B").in }, Launch, "i-2", "surge one on C"},
+		{"requested image is the target", func() Input {
+			w := newWorld(3, "A")
+			w.in.Requested = "B"
+			return w.in
+		}, Launch, "i-2", "on B"},
+		{"unhealthy cluster never launches", func() Input {
+			w := newWorld(3, "B")
+			w.in.Cluster.Healthy = false
+			w.srv("i-2").Healthy = false
+			return w.in
+		}, Hold, "", "not healthy"},
+		{"missing server never launches", func() Input {
+			w := newWorld(3, "B")
+			w.in.Instances = w.in.Instances[:2]
+			w.in.Cluster.Servers = w.in.Cluster.Servers[:2]
+			return w.in
+		}, Hold, "", "only 2 of 3"},
+		{"a server not in raft blocks the launch", func() Input {
+			w := newWorld(3, "B")
+			w.in.Cluster.Servers = w.in.Cluster.Servers[:2]
+			return w.in
+		}, Hold, "", "will not launch"},
+		{"surge not yet a voter: wait", func() Input {
+			w := newWorld(3, "B")
+			w.surge("i-9", "C", 20*time.Second, 0)
+			return w.in
+		}, Wait, "i-9", "not a voter yet"},
+		{"surge voter but not stable long enough: wait", func() Input {
+			w := newWorld(3, "B")
+			w.surge("i-9", "C", 20*time.Second, 12*time.Second)
+			w.in.Stabilization = 30 * time.Second
+			return w.in
+		}, Wait, "i-9", "stable for 12s of 30s"},
+		{"surge trailing too far: wait", func() Input {
+			w := newWorld(3, "B")
+			w.surge("i-9", "C", time.Minute, time.Minute).LastIndex = 10
+			return w.in
+		}, Wait, "i-9", "trails the leader by 990"},
+		{"settled surge: retire the oldest outdated follower", func() Input {
+			w := newWorld(3, "B")
+			w.surge("i-9", "C", time.Minute, 30*time.Second)
+			return w.in
+		}, Retire, "i-2", "retire outdated i-2"},
+		{"unhealthy outdated server goes first", func() Input {
+			w := newWorld(5, "B")
+			w.surge("i-9", "C", time.Minute, 30*time.Second)
+			w.srv("i-4").Healthy = false
+			return w.in
+		}, Retire, "i-4", ""},
+		{"leader last: transfer when it is the only outdated one", func() Input {
+			w := newWorld(3, "C")
+			w.in.Instances[0].ImageID, w.srv("i-1").ImageID = "B", "B"
+			w.in.RollTarget = "C"
+			w.surge("i-9", "C", time.Minute, 30*time.Second).LastIndex = 1001
+			return w.in
+		}, Transfer, "i-1", "move leadership to node-i-9"},
+		{"after the transfer the old leader is retired", func() Input {
+			w := newWorld(3, "C")
+			w.in.Instances[0].ImageID, w.srv("i-1").ImageID = "B", "B"
+			w.in.RollTarget = "C"
+			w.surge("i-9", "C", time.Minute, 30*time.Second)
+			w.setLeader("i-9")
+			return w.in
+		}, Retire, "i-1", ""},
+		{"retiring would leave fewer than N healthy voters", func() Input {
+			w := newWorld(3, "B")
+			w.surge("i-9", "C", time.Minute, 30*time.Second)
+			w.srv("i-2").Healthy = false // two outdated servers ill: even retiring an ill one
+			w.srv("i-3").Healthy = false // leaves only i-1 and i-9 healthy
+			return w.in
+		}, Hold, "", "would leave 2 healthy voters, fewer than 3"},
+		{"surge that never settles fails the roll after launch_timeout", func() Input {
+			w := newWorld(3, "B")
+			w.in.RollTarget = "C"
+			w.surge("i-9", "C", 11*time.Minute, 0)
+			return w.in
+		}, Fail, "i-9", "launch_timeout"},
+		{"a settled target server falling ill later is not an image failure", func() Input {
+			w := newWorld(3, "C")
+			w.in.RollTarget = "C"
+			w.in.Cluster.Healthy = false
+			w.srv("i-3").Healthy = false
+			return w.in
+		}, Done, "", ""},
+		{"more than one surge: refuse to act", func() Input {
+			w := newWorld(3, "B")
+			w.surge("i-8", "C", time.Minute, time.Minute)
+			w.surge("i-9", "C", time.Minute, time.Minute)
+			return w.in
+		}, Nothing, "", "more than 3+1"},
+		{"a retired server still leaving: wait", func() Input {
+			w := newWorld(3, "C")
+			w.in.RollTarget = "C"
+			w.in.Instances = append(w.in.Instances, cloud.Instance{ID: "i-0", ImageID: "B", State: cloud.StateShuttingDown, Launched: t0.Add(-200 * time.Hour)})
+			w.in.Cluster.Servers = append(w.in.Cluster.Servers, cluster.Server{ID: "raft-i-0", InstanceID: "i-0", Voter: true})
+			return w.in
+		}, Wait, "", "i-0 to leave"},
+		{"roll in progress and all on target: done", func() Input {
+			w := newWorld(3, "C")
+			w.in.RollTarget = "C"
+			return w.in
+		}, Done, "", "all 3 servers run C"},
+		{"roll in progress keeps its target over a newer request", func() Input {
+			w := newWorld(3, "B")
+			w.in.RollTarget = "B"
+			w.in.Requested = "C"
+			return w.in
+		}, Nothing, "", "in progress"},
+		{"image outside the filter is refused", func() Input {
+			w := newWorld(3, "B")
+			w.in.Requested = "ami-evil"
+			return w.in
+		}, Refuse, "", "not allowed by the image filter"},
+		{"bad image is refused", func() Input {
+			w := newWorld(3, "B")
+			w.in.Requested = "C"
+			w.in.BadImages = map[string]bool{"C": true}
+			return w.in
+		}, Refuse, "", "marked bad"},
+		{"bad images are skipped when choosing the newest", func() Input {
+			w := newWorld(3, "B")
+			w.in.BadImages = map[string]bool{"C": true}
+			return w.in
+		}, Nothing, "", "up to date: all 3 servers run B"},
+		{"downgrade is refused", func() Input {
+			w := newWorld(3, "C")
+			w.in.Requested = "A"
+			return w.in
+		}, Refuse, "", "older than C"},
+		{"downgrade allowed when configured", func() Input {
+			w := newWorld(3, "C")
+			w.in.Requested = "A"
+			w.in.AllowDowngrade = true
+			return w.in
+		}, Launch, "i-2", "on A"},
+		{"a deregistered current image does not block an upgrade", func() Input {
+			w := newWorld(3, "ami-old")
+			w.in.Requested = "B"
+			return w.in
+		}, Launch, "i-2", ""},
+		{"no image at all", func() Input {
+			w := newWorld(3, "B")
+			w.in.Images = nil
+			return w.in
+		}, Nothing, "", "no image matches"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Next(tt.build())
+			assert.Equal(t, tt.kind, got.Kind, "step: %s", got)
+			if tt.inst != "" {
+				assert.Equal(t, tt.inst, got.Instance, "step: %s", got)
+			}
+			assert.Contains(t, got.String(), tt.reason)
+		})
+	}
+}
+
+func TestNext_ActionIDsAreDeterministic(t *testing.T) {
+	w := newWorld(3, "B")
+	a, b := Next(w.in), Next(w.in)
+	require.Equal(t, Launch, a.Kind)
+	assert.Equal(t, "launch/C/3-outdated", a.ActionID)
+	assert.Equal(t, a, b)
+}
+
+// TestNext_FullRollTakesLeaderLast walks a whole roll through the planner, applying
+// each step to the world the way the cloud and Consul would.
+func TestNext_FullRollTakesLeaderLast(t *testing.T) {
+	for _, n := range []int{3, 5} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			w := newWorld(n, "B")
+			w.in.RollTarget = "C"
+			var kinds []Kind
+			retiredLeader := false
+			for i := 0; i < 10*n; i++ {
+				s := Next(w.in)
+				kinds = append(kinds, s.Kind)
+				switch s.Kind {
+				case Launch:
+					w.surge(fmt.Sprintf("i-new-%d", i), "C", 0, time.Minute).LastIndex = 1000
+				case Transfer:
+					for _, srv := range w.in.Cluster.Servers {
+						if srv.ID == s.TransferTo {
+							w.setLeader(srv.InstanceID)
+						}
+					}
+				case Retire:
+					require.False(t, w.srv(s.Instance).Leader, "retired the leader without a transfer")
+					for _, srv := range w.in.Cluster.Servers {
+						if srv.ImageID == "B" && srv.InstanceID != s.Instance {
+							require.False(t, retiredLeader)
+						}
+					}
+					if w.srv(s.Instance).ID == "raft-i-1" {
+						retiredLeader = true
+					}
+					w.remove(s.Instance)
+				case Done:
+					assert.True(t, retiredLeader, "the original leader was replaced")
+					assert.Len(t, w.in.Instances, n)
+					return
+				default:
+					t.Fatalf("unexpected step %s after %v", s, kinds)
+				}
+			}
+			t.Fatalf("roll did not finish: %v", kinds)
+		})
+	}
+}
+
+func (w *world) remove(id string) {
+	var insts []cloud.Instance
+	for _, i := range w.in.Instances {
+		if i.ID != id {
+			insts = append(insts, i)
+		}
+	}
+	var srvs []cluster.Server
+	for _, s := range w.in.Cluster.Servers {
+		if s.InstanceID != id {
+			srvs = append(srvs, s)
+		}
+	}
+	w.in.Instances, w.in.Cluster.Servers = insts, srvs
+}
+
+// TestNext_SafetyProperties checks the rules of DESIGN.md over random cluster states.
+func TestNext_SafetyProperties(t *testing.T) {
+	rng := rand.New(rand.NewSource(1))
+	images := []string{"A", "B", "C"}
+	for iter := 0; iter < 20000; iter++ {
+		n := []int{3, 5}[rng.Intn(2)]
+		w := newWorld(0, "")
+		w.in.Desired = n
+		w.in.Cluster.Healthy = rng.Intn(4) > 0
+		count := n - 1 + rng.Intn(4) // N-1 .. N+2
+		for i := 0; i < count; i++ {
+			s := w.server(fmt.Sprintf("i-%d", i), images[rng.Intn(3)], t0.Add(-time.Duration(rng.Intn(1000))*time.Minute))
+			s.Healthy = rng.Intn(6) > 0
+			s.Voter = rng.Intn(6) > 0
+			s.StableSince = t0.Add(-time.Duration(rng.Intn(60)) * time.Second)
+			s.LastIndex = uint64(900 + rng.Intn(200))
+			if rng.Intn(10) == 0 {
+				w.in.Cluster.Servers = w.in.Cluster.Servers[:len(w.in.Cluster.Servers)-1] // not joined yet
+			}
+		}
+		if len(w.in.Cluster.Servers) > 0 && rng.Intn(8) > 0 {
+			w.in.Cluster.Servers[rng.Intn(len(w.in.Cluster.Servers))].Leader = true
+		}
+		if rng.Intn(2) == 0 {
+			w.in.RollTarget = images[1+rng.Intn(2)]
+		}
+		s := Next(w.in)
+		live := len(w.in.Instances)
+		healthyVoters := 0
+		for _, srv := range w.in.Cluster.Servers {
+			if srv.Voter && srv.Healthy {
+				healthyVoters++
+			}
+		}
+		switch s.Kind {
+		case Launch:
+			require.True(t, w.in.Cluster.Healthy, "launched while unhealthy: %s", s)
+			require.Equal(t, n, live, "launch must keep at most one surge: %s", s)
+			require.GreaterOrEqual(t, healthyVoters, n)
+		case Retire:
+			srv := w.srv(s.Instance)
+			after := healthyVoters
+			if srv != nil && srv.Voter && srv.Healthy {
+				after--
+			}
+			require.GreaterOrEqual(t, after, n, "retire left fewer than N healthy voters: %s", s)
+			require.False(t, srv != nil && srv.Leader, "retired the leader: %s", s)
+			var target string
+			for _, i := range w.in.Instances {
+				if i.ID == s.Instance {
+					target = i.ImageID
+				}
+			}
+			require.NotEqual(t, s.Image, target, "retired a server on the target image: %s", s)
+		case Transfer:
+			require.True(t, w.srv(s.Instance).Leader)
+		}
+	}
+}
+
+func BenchmarkNext(b *testing.B) {
+	w := newWorld(5, "B")
+	w.surge("i-9", "C", time.Minute, 30*time.Second)
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = Next(w.in)
+	}
+}
