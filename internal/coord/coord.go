@@ -1,0 +1,276 @@
+// Package coord keeps the roll's coordination state in Consul KV under
+// rehydrate/<cluster>/: the session lock, the roll record, action receipts, handled
+// events and bad images.
+package coord
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Phases of a roll.
+const (
+	PhaseRolling = "rolling"
+	PhaseDone    = "done"
+	PhaseFailed  = "failed"
+)
+
+// Bounds on what the records keep.
+const (
+	MaxHistory = 100 // roll history entries
+	MaxEvents  = 256 // handled event IDs, as many as an agent's event buffer replays
+)
+
+// ErrLockHeld means another handler holds the lock; it will take the step.
+var ErrLockHeld = errors.New("lock held by another handler")
+
+// Store reads and writes one cluster's coordination keys.
+type Store struct {
+	c      *api.Client
+	prefix string
+}
+
+// New returns the store for cluster name.
+func New(c *api.Client, name string) *Store {
+	return &Store{c: c, prefix: "rehydrate/" + name + "/"}
+}
+
+// Key returns the full KV key of a name under the cluster's prefix.
+func (s *Store) Key(name string) string { return s.prefix + name }
+
+// LockOptions configure the session lock.
+type LockOptions struct {
+	TTL    time.Duration
+	Delay  time.Duration
+	Wait   time.Duration
+	Holder string // who holds it, stored as the lock's value for `status`
+}
+
+// Held is an acquired lock. Its Context is cancelled as soon as the lock is lost
+// (session invalidated or the key taken away), so a handler checks it before every
+// non-idempotent call.
+type Held struct {
+	lock   *api.Lock
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// Context is cancelled when the lock is lost or released.
+func (h *Held) Context() context.Context { return h.ctx }
+
+// Release gives the lock up and destroys its session.
+func (h *Held) Release() error {
+	h.cancel()
+	if err := h.lock.Unlock(); err != nil && !errors.Is(err, api.ErrLockNotHeld) {
+		return fmt.Errorf("release lock: %w", err)
+	}
+	return nil
+}
+
+// Lock tries to take the lock, waiting at most o.Wait. It returns ErrLockHeld if
+// another handler keeps it that long.
+func (s *Store) Lock(ctx context.Context, o LockOptions) (*Held, error) {
+	ttl := o.TTL.String()
+	lock, err := s.c.LockOpts(&api.LockOptions{
+		Key:   s.Key("lock"),
+		Value: []byte(o.Holder),
+		SessionOpts: &api.SessionEntry{
+			Name: "consul-rehydrate " + o.Holder, TTL: ttl, LockDelay: o.Delay,
+			Behavior: api.SessionBehaviorDelete,
+		},
+		SessionTTL:   ttl,
+		LockWaitTime: o.Wait,
+		LockTryOnce:  true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("prepare lock %s: %w", s.Key("lock"), err)
+	}
+	stop := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-time.After(o.Wait + time.Second):
+		}
+		close(stop)
+	}()
+	lost, err := lock.Lock(stop)
+	if err != nil {
+		return nil, fmt.Errorf("take lock %s: %w", s.Key("lock"), err)
+	}
+	if lost == nil {
+		return nil, ErrLockHeld
+	}
+	hctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-lost:
+		case <-hctx.Done():
+		}
+		cancel()
+	}()
+	return &Held{lock: lock, ctx: hctx, cancel: cancel}, nil
+}
+
+// Holder returns who holds the lock now ("" if nobody).
+func (s *Store) Holder(ctx context.Context) (string, error) {
+	kv, _, err := s.c.KV().Get(s.Key("lock"), (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", s.Key("lock"), err)
+	}
+	if kv == nil || kv.Session == "" {
+		return "", nil
+	}
+	return string(kv.Value), nil
+}
+
+// Roll is the record of the current or last roll.
+type Roll struct {
+	Target  string    `json:"target_image"`
+	Phase   string    `json:"phase"`
+	Started time.Time `json:"started"`
+	Updated time.Time `json:"updated"`
+	Failure string    `json:"failure,omitempty"`
+	History []Entry   `json:"history"`
+}
+
+// Entry is one step in a roll's history.
+type Entry struct {
+	Time     time.Time `json:"time"`
+	Step     string    `json:"step"`
+	Instance string    `json:"instance,omitempty"`
+	Detail   string    `json:"detail"`
+}
+
+// InProgress reports whether r is a roll still under way.
+func (r *Roll) InProgress() bool { return r != nil && r.Phase == PhaseRolling }
+
+// Add appends a history entry, keeping the newest MaxHistory.
+func (r *Roll) Add(e Entry) {
+	r.History = append(r.History, e)
+	if len(r.History) > MaxHistory {
+		r.History = r.History[len(r.History)-MaxHistory:]
+	}
+	r.Updated = e.Time
+}
+
+// Roll reads the roll record; nil when there has never been a roll.
+func (s *Store) Roll(ctx context.Context) (*Roll, error) {
+	var r *Roll
+	ok, err := s.getJSON(ctx, "roll", &r)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return r, nil
+}
+
+// PutRoll writes the roll record.
+func (s *Store) PutRoll(ctx context.Context, r *Roll) error { return s.putJSON(ctx, "roll", r) }
+
+// Receipt records an action: Intent is written before acting, Result after.
+type Receipt struct {
+	Intent   string    `json:"intent"`
+	Started  time.Time `json:"started"`
+	Result   string    `json:"result,omitempty"`
+	Finished time.Time `json:"finished,omitzero"`
+}
+
+// Receipt reads the receipt of an action; nil if there is none.
+func (s *Store) Receipt(ctx context.Context, actionID string) (*Receipt, error) {
+	var r *Receipt
+	ok, err := s.getJSON(ctx, "actions/"+actionID, &r)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return r, nil
+}
+
+// PutReceipt writes the receipt of an action.
+func (s *Store) PutReceipt(ctx context.Context, actionID string, r *Receipt) error {
+	return s.putJSON(ctx, "actions/"+actionID, r)
+}
+
+// Handled reports whether the event was already handled.
+func (s *Store) Handled(ctx context.Context, eventID string) (bool, error) {
+	kv, _, err := s.c.KV().Get(s.Key("events/"+eventID), (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", s.Key("events/"+eventID), err)
+	}
+	return kv != nil, nil
+}
+
+// MarkHandled records the event as handled and prunes the oldest records beyond
+// MaxEvents.
+func (s *Store) MarkHandled(ctx context.Context, eventID, result string) error {
+	w := (&api.WriteOptions{}).WithContext(ctx)
+	if _, err := s.c.KV().Put(&api.KVPair{Key: s.Key("events/" + eventID), Value: []byte(result)}, w); err != nil {
+		return fmt.Errorf("record event %s: %w", eventID, err)
+	}
+	keys, _, err := s.c.KV().List(s.Key("events/"), (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("list handled events: %w", err)
+	}
+	if len(keys) <= MaxEvents {
+		return nil
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i].CreateIndex < keys[j].CreateIndex })
+	for _, kv := range keys[:len(keys)-MaxEvents] {
+		if _, err := s.c.KV().Delete(kv.Key, w); err != nil {
+			return fmt.Errorf("prune %s: %w", kv.Key, err)
+		}
+	}
+	return nil
+}
+
+// BadImages returns the images marked bad, with the reason each was marked.
+func (s *Store) BadImages(ctx context.Context) (map[string]string, error) {
+	kvs, _, err := s.c.KV().List(s.Key("bad-images/"), (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("list bad images: %w", err)
+	}
+	out := make(map[string]string, len(kvs))
+	for _, kv := range kvs {
+		out[strings.TrimPrefix(kv.Key, s.Key("bad-images/"))] = string(kv.Value)
+	}
+	return out, nil
+}
+
+// MarkBad marks an image bad so that no roll uses it again.
+func (s *Store) MarkBad(ctx context.Context, image, reason string) error {
+	_, err := s.c.KV().Put(&api.KVPair{Key: s.Key("bad-images/" + image), Value: []byte(reason)}, (&api.WriteOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("mark image %s bad: %w", image, err)
+	}
+	return nil
+}
+
+func (s *Store) getJSON(ctx context.Context, name string, v any) (bool, error) {
+	kv, _, err := s.c.KV().Get(s.Key(name), (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", s.Key(name), err)
+	}
+	if kv == nil {
+		return false, nil
+	}
+	if err := json.Unmarshal(kv.Value, v); err != nil {
+		return false, fmt.Errorf("decode %s: %w", s.Key(name), err)
+	}
+	return true, nil
+}
+
+func (s *Store) putJSON(ctx context.Context, name string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", s.Key(name), err)
+	}
+	if _, err := s.c.KV().Put(&api.KVPair{Key: s.Key(name), Value: b}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return fmt.Errorf("write %s: %w", s.Key(name), err)
+	}
+	return nil
+}

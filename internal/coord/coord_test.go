@@ -1,0 +1,127 @@
+package coord_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
+	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
+)
+
+func TestCoord(t *testing.T) {
+	// The subtests share one cluster; each uses its own cluster name, hence KV prefix.
+	c := testcluster.Start(t, testcluster.Options{Servers: 3})
+	cl := c.Client(t)
+	opts := coord.LockOptions{TTL: 10 * time.Second, Delay: 0, Wait: 500 * time.Millisecond, Holder: "test"}
+
+	t.Run("LockIsExclusiveUntilReleased", func(t *testing.T) {
+		s := coord.New(cl, "excl")
+		ctx := context.Background()
+		h1, err := s.Lock(ctx, opts)
+		require.NoError(t, err)
+		holder, err := s.Holder(ctx)
+		require.NoError(t, err)
+		assert.Equal(t, "test", holder)
+
+		start := time.Now()
+		_, err = coord.New(cl, "excl").Lock(ctx, opts)
+		require.ErrorIs(t, err, coord.ErrLockHeld)
+		assert.Less(t, time.Since(start), 5*time.Second, "the wait is bounded")
+
+		require.NoError(t, h1.Release())
+		h2, err := s.Lock(ctx, opts)
+		require.NoError(t, err, "released lock can be taken")
+		require.NoError(t, h2.Release())
+	})
+
+	t.Run("LosingTheSessionCancelsTheHeldContext", func(t *testing.T) {
+		s := coord.New(cl, "lost")
+		h, err := s.Lock(context.Background(), opts)
+		require.NoError(t, err)
+		kv, _, err := cl.KV().Get(s.Key("lock"), nil)
+		require.NoError(t, err)
+		require.NotEmpty(t, kv.Session)
+		_, err = cl.Session().Destroy(kv.Session, nil)
+		require.NoError(t, err)
+		select {
+		case <-h.Context().Done():
+		case <-time.After(20 * time.Second):
+			t.Fatal("lock loss not noticed within 20s")
+		}
+		require.NoError(t, h.Release())
+	})
+
+	t.Run("RollRecordRoundTripsAndKeepsBoundedHistory", func(t *testing.T) {
+		s := coord.New(cl, "roll")
+		ctx := context.Background()
+		r, err := s.Roll(ctx)
+		require.NoError(t, err)
+		assert.Nil(t, r)
+		assert.False(t, r.InProgress())
+
+		r = &coord.Roll{Target: "B", Phase: coord.PhaseRolling, Started: time.Now().UTC()}
+		for i := 0; i < coord.MaxHistory+5; i++ {
+			r.Add(coord.Entry{Time: time.Now().UTC(), Step: "wait", Detail: fmt.Sprint(i)})
+		}
+		require.NoError(t, s.PutRoll(ctx, r))
+		got, err := s.Roll(ctx)
+		require.NoError(t, err)
+		assert.True(t, got.InProgress())
+		assert.Len(t, got.History, coord.MaxHistory)
+		assert.Equal(t, "5", got.History[0].Detail, "the oldest entries go first")
+	})
+
+	t.Run("HandledEventsArePrunedOldestFirst", func(t *testing.T) {
+		s := coord.New(cl, "events")
+		ctx := context.Background()
+		for i := 0; i < coord.MaxEvents+3; i++ {
+			require.NoError(t, s.MarkHandled(ctx, fmt.Sprintf("ev-%03d", i), "ok"))
+		}
+		keys, _, err := cl.KV().Keys(s.Key("events/"), "", nil)
+		require.NoError(t, err)
+		assert.Len(t, keys, coord.MaxEvents)
+		old, err := s.Handled(ctx, "ev-000")
+		require.NoError(t, err)
+		assert.False(t, old)
+		recent, err := s.Handled(ctx, fmt.Sprintf("ev-%03d", coord.MaxEvents+2))
+		require.NoError(t, err)
+		assert.True(t, recent)
+	})
+
+	t.Run("ReceiptsAndBadImages", func(t *testing.T) {
+		s := coord.New(cl, "receipts")
+		ctx := context.Background()
+		r, err := s.Receipt(ctx, "launch/B/i-1")
+		require.NoError(t, err)
+		assert.Nil(t, r)
+		require.NoError(t, s.PutReceipt(ctx, "launch/B/i-1", &coord.Receipt{Intent: "launch", Started: time.Now()}))
+		r, err = s.Receipt(ctx, "launch/B/i-1")
+		require.NoError(t, err)
+		assert.Equal(t, "launch", r.Intent)
+		assert.Empty(t, r.Result)
+
+		require.NoError(t, s.MarkBad(ctx, "B", "never became a voter"))
+		bad, err := s.BadImages(ctx)
+		require.NoError(t, err)
+		assert.Equal(t, map[string]string{"B": "never became a voter"}, bad)
+	})
+
+	t.Run("UnreachableConsulIsAnError", func(t *testing.T) {
+		cfg := api.DefaultConfig()
+		cfg.Address = "127.0.0.1:1" // nothing listens there
+		dead, err := api.NewClient(cfg)
+		require.NoError(t, err)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err = coord.New(dead, "x").Roll(ctx)
+		require.Error(t, err)
+		assert.False(t, errors.Is(err, coord.ErrLockHeld))
+	})
+}
