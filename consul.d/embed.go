@@ -1,0 +1,21 @@
+// Package consuld embeds the agent configuration files we ship, so the local provider
+// runs its servers with exactly these files, rendered for local paths.
+package consuld
+
+import _ "embed"
+
+// Paths the shipped files use; the local provider replaces them with its own.
+const (
+	BinDir     = "/opt/consul-rehydrate/bin"
+	ConfigPath = "/etc/consul-rehydrate/config.hcl"
+)
+
+// ServerHCL is server.hcl: settings every server shares.
+//
+//go:embed server.hcl
+var ServerHCL string
+
+// WatchesHCL is watches.hcl: the spinup and spindown watches.
+//
+//go:embed watches.hcl
+var WatchesHCL string
