@@ -1,0 +1,611 @@
+// Package local is the embedded cloud provider: a real Consul cluster of detached
+// `consul agent -server` processes on loopback addresses of this machine. An image is a
+// named Consul binary plus extra agent config; an instance is one server process with
+// node meta image_id/instance_id. All state lives in one JSON file guarded by flock(2),
+// because the handlers that call the provider are many short-lived processes.
+//
+// `make demo` and the end-to-end tests roll real clusters with it.
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cluster"
+)
+
+// Defaults for Config.
+const (
+	DefaultDatacenter   = "dc1"
+	DefaultConsulBinary = "consul"
+	DefaultLeaveTimeout = 2 * time.Minute
+)
+
+const (
+	// upTimeout bounds Up's wait for a leader and a healthy autopilot.
+	upTimeout = 60 * time.Second
+	// stopTimeout bounds Down's wait after SIGTERM, and every wait after a SIGKILL.
+	stopTimeout = 10 * time.Second
+	pollEvery   = 100 * time.Millisecond
+	clientName  = "local-client"
+	httpPort    = "8500"
+)
+
+// ErrUnknownInstance is returned by Terminate for an ID this provider never launched.
+var ErrUnknownInstance = errors.New("unknown instance")
+
+// Config configures a Provider.
+type Config struct {
+	// StateDir holds all state (created if missing).
+	StateDir string
+	// ConsulBinary is the default binary of registered images: a path or a name looked
+	// up on PATH (default "consul").
+	ConsulBinary string
+	// Addresses is the loopback range agents get addresses from, e.g. 127.0.1.0/24: the
+	// client agent the first usable one, servers the next.
+	Addresses netip.Prefix
+	// Datacenter defaults to "dc1".
+	Datacenter string
+	// BinDir is where the watch handlers (spinup, spindown) are; "" renders no watches.
+	BinDir string
+	// ConfigPath is the handler config file the watches pass with -config.
+	ConfigPath string
+	// LeaveTimeout bounds a graceful leave before SIGKILL (default 2m).
+	LeaveTimeout time.Duration
+	// Logger may be nil.
+	Logger hclog.Logger
+}
+
+// ImageOptions describe an image.
+type ImageOptions struct {
+	// ConsulBinary is the binary its servers run (default Config.ConsulBinary).
+	ConsulBinary string
+	// ExtraHCL is appended to the config of every server launched from the image.
+	ExtraHCL string
+}
+
+// Provider runs Consul servers as local processes. Any number of Providers, in any
+// number of processes, may share one StateDir.
+type Provider struct {
+	cfg   Config
+	addrs addrRange
+	log   hclog.Logger
+}
+
+// New returns a Provider for cfg. It touches no files.
+func New(cfg Config) (*Provider, error) {
+	if cfg.StateDir == "" {
+		return nil, errors.New("new local provider: no state dir")
+	}
+	// Absolute paths, because they end up in agent configs and, for the state dir, in
+	// the /proc cmdline that tells our agents from reused PIDs.
+	for _, p := range []*string{&cfg.StateDir, &cfg.BinDir, &cfg.ConfigPath} {
+		if *p == "" {
+			continue
+		}
+		abs, err := filepath.Abs(*p)
+		if err != nil {
+			return nil, fmt.Errorf("new local provider: path %q: %w", *p, err)
+		}
+		*p = abs
+	}
+	if cfg.BinDir != "" && cfg.ConfigPath == "" {
+		return nil, errors.New("new local provider: watches need a handler config path")
+	}
+	addrs, err := newAddrRange(cfg.Addresses)
+	if err != nil {
+		return nil, fmt.Errorf("new local provider: %w", err)
+	}
+	if cfg.Datacenter == "" {
+		cfg.Datacenter = DefaultDatacenter
+	}
+	if cfg.ConsulBinary == "" {
+		cfg.ConsulBinary = DefaultConsulBinary
+	}
+	if cfg.LeaveTimeout <= 0 {
+		cfg.LeaveTimeout = DefaultLeaveTimeout
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	return &Provider{cfg: cfg, addrs: addrs, log: log}, nil
+}
+
+// RegisterImage registers an image named name. Registering a name twice is an error.
+func (p *Provider) RegisterImage(ctx context.Context, name string, opts ImageOptions) (cloud.Image, error) {
+	if name == "" {
+		return cloud.Image{}, errors.New("register image: empty name")
+	}
+	bin := opts.ConsulBinary
+	if bin == "" {
+		bin = p.cfg.ConsulBinary
+	}
+	// Resolved now, so every handler process launches the same binary whatever its PATH.
+	bin, err := exec.LookPath(bin)
+	if err == nil {
+		bin, err = filepath.Abs(bin)
+	}
+	if err != nil {
+		return cloud.Image{}, fmt.Errorf("register image %q: consul binary: %w", name, err)
+	}
+	var img imageRecord
+	err = p.withState(func(s *state) (bool, error) {
+		if s.image(name) != nil {
+			return false, errors.New("already registered")
+		}
+		// Created orders images, and the roll picks the newest: keep it strictly
+		// increasing even for images registered within one clock tick.
+		created := time.Now().UTC()
+		for _, im := range s.Images {
+			if !created.After(im.Created) {
+				created = im.Created.Add(time.Millisecond)
+			}
+		}
+		img = imageRecord{Name: name, ConsulBinary: bin, ExtraHCL: opts.ExtraHCL, Created: created}
+		s.Images = append(s.Images, img)
+		return true, nil
+	})
+	if err != nil {
+		return cloud.Image{}, fmt.Errorf("register image %q: %w", name, err)
+	}
+	p.log.Info("registered image", "image_id", name, "consul_binary", bin)
+	return toImage(img), nil
+}
+
+// Images returns every registered image, oldest first.
+func (p *Provider) Images(ctx context.Context) ([]cloud.Image, error) {
+	var out []cloud.Image
+	err := p.withState(func(s *state) (bool, error) {
+		for _, im := range s.Images {
+			out = append(out, toImage(im))
+		}
+		return false, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list images: %w", err)
+	}
+	return out, nil
+}
+
+// Instances returns every instance not terminated, in launch order. An instance is
+// pending until its process has been seen alive, then running for good, as on EC2: a
+// crashed agent on a running instance is an unhealthy server, not a vanished instance.
+func (p *Provider) Instances(ctx context.Context) ([]cloud.Instance, error) {
+	var out []cloud.Instance
+	err := p.withState(func(s *state) (bool, error) {
+		changed := false
+		for _, in := range s.Instances {
+			if in.State == cloud.StateTerminated {
+				continue
+			}
+			changed = p.refresh(in) || changed
+			out = append(out, toInstance(in))
+		}
+		return changed, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list instances: %w", err)
+	}
+	return out, nil
+}
+
+// refresh promotes a pending instance whose process is alive to running.
+func (p *Provider) refresh(in *instanceRecord) bool {
+	if in.State == cloud.StatePending && alive(in.PID, configPath(p.instanceDir(in.ID))) {
+		in.State = cloud.StateRunning
+		return true
+	}
+	return false
+}
+
+// Launch starts one server on the image and returns it pending; it does not wait for
+// the server to join. If a live instance was already launched for actionID, Launch
+// returns it and starts nothing.
+func (p *Provider) Launch(ctx context.Context, imageID, actionID string) (cloud.Instance, error) {
+	var out cloud.Instance
+	started := 0
+	err := p.withState(func(s *state) (bool, error) {
+		if actionID != "" {
+			for _, in := range s.Instances {
+				if in.ActionID == actionID && in.State != cloud.StateTerminated {
+					changed := p.refresh(in)
+					out = toInstance(in)
+					return changed, nil
+				}
+			}
+		}
+		img := s.image(imageID)
+		if img == nil {
+			return false, cloud.ErrUnknownImage
+		}
+		if s.BootstrapExpect == 0 {
+			return false, errors.New("no cluster: run Up first")
+		}
+		addr, err := s.allocate(p.addrs)
+		if err != nil {
+			return false, err
+		}
+		id, err := s.newInstanceID()
+		if err != nil {
+			return false, err
+		}
+		var joins []string
+		for _, in := range s.Instances {
+			if in.State != cloud.StateTerminated {
+				joins = append(joins, in.Address)
+			}
+		}
+		in := &instanceRecord{ID: id, ImageID: imageID, Address: addr, State: cloud.StatePending, ActionID: actionID, Launched: time.Now().UTC()}
+		// Started under the lock, so no process runs unrecorded; starting takes
+		// milliseconds, joining (which we do not wait for) takes seconds.
+		in.PID, err = p.start(img.ConsulBinary, agentSpec{
+			name: id, addr: addr, dir: p.instanceDir(id), joins: joins,
+			server: true, expect: s.BootstrapExpect, imageID: imageID, extra: img.ExtraHCL,
+		})
+		if err != nil {
+			return false, err
+		}
+		started = in.PID
+		s.Instances = append(s.Instances, in)
+		out = toInstance(in)
+		return true, nil
+	})
+	if err != nil {
+		if started != 0 { // it runs, but the state could not record it
+			_ = syscall.Kill(started, syscall.SIGKILL)
+		}
+		return cloud.Instance{}, fmt.Errorf("launch instance on image %q: %w", imageID, err)
+	}
+	p.log.Info("launched instance", "instance_id", out.ID, "image_id", imageID, "address", out.Address, "action_id", actionID)
+	return out, nil
+}
+
+// Terminate makes the instance's server leave the cluster gracefully, waits for its
+// process to exit (SIGKILL after LeaveTimeout), and marks it terminated. Terminating a
+// terminated instance does nothing; an ID never launched is ErrUnknownInstance.
+func (p *Provider) Terminate(ctx context.Context, instanceID, actionID string) error {
+	var rec instanceRecord
+	done := false
+	err := p.withState(func(s *state) (bool, error) {
+		in := s.instance(instanceID)
+		switch {
+		case in == nil:
+			return false, ErrUnknownInstance
+		case in.State == cloud.StateTerminated:
+			done = true
+			return false, nil
+		}
+		rec = *in
+		// shutting-down is recorded before the leave, so a terminator killed mid-way
+		// leaves the instance visibly on its way out; the next Terminate finishes it.
+		changed := in.State != cloud.StateShuttingDown
+		in.State = cloud.StateShuttingDown
+		return changed, nil
+	})
+	if err != nil || done {
+		if err != nil {
+			return fmt.Errorf("terminate instance %q: %w", instanceID, err)
+		}
+		return nil
+	}
+	p.log.Info("terminating instance", "instance_id", instanceID, "address", rec.Address, "action_id", actionID)
+	// Outside the lock: a leave takes seconds, and every other handler needs the state.
+	if err := p.leave(ctx, rec); err != nil {
+		return fmt.Errorf("terminate instance %q: %w", instanceID, err)
+	}
+	err = p.withState(func(s *state) (bool, error) {
+		in := s.instance(instanceID)
+		if in == nil {
+			return false, ErrUnknownInstance // the state dir was replaced under us
+		}
+		changed := in.State != cloud.StateTerminated
+		in.State = cloud.StateTerminated
+		return changed, nil
+	})
+	if err != nil {
+		return fmt.Errorf("terminate instance %q: %w", instanceID, err)
+	}
+	p.log.Info("terminated instance", "instance_id", instanceID)
+	return nil
+}
+
+// leave makes a live server leave gracefully and waits for its process to exit,
+// killing it if it takes longer than LeaveTimeout.
+func (p *Provider) leave(ctx context.Context, in instanceRecord) error {
+	cfg := configPath(p.instanceDir(in.ID))
+	if !alive(in.PID, cfg) {
+		return nil // crashed or never started: nothing to leave
+	}
+	deadline := time.Now().Add(p.cfg.LeaveTimeout)
+	cl, err := apiClient(in.Address, p.cfg.LeaveTimeout)
+	if err == nil {
+		err = cl.Agent().Leave()
+	}
+	if err != nil {
+		// leave_on_terminate (server.hcl) makes SIGTERM a graceful leave too.
+		p.log.Warn("leave failed, sending SIGTERM", "instance_id", in.ID, "error", err)
+		_ = syscall.Kill(in.PID, syscall.SIGTERM)
+	}
+	if exited, err := waitExit(ctx, deadline, agentProc{in.PID, cfg}); err != nil || exited {
+		return err
+	}
+	p.log.Warn("server did not leave in time, killing it", "instance_id", in.ID, "leave_timeout", p.cfg.LeaveTimeout)
+	// Only the agent, not its process group: the handler terminating it may be one of
+	// the agent's own watch handlers.
+	_ = syscall.Kill(in.PID, syscall.SIGKILL)
+	exited, err := waitExit(ctx, time.Now().Add(stopTimeout), agentProc{in.PID, cfg})
+	if err == nil && !exited {
+		err = fmt.Errorf("process %d survived SIGKILL", in.PID)
+	}
+	return err
+}
+
+type agentProc struct {
+	pid int
+	cfg string
+}
+
+// waitExit polls until every process has exited (true), the deadline passes (false) or
+// ctx ends (its error).
+func waitExit(ctx context.Context, deadline time.Time, procs ...agentProc) (bool, error) {
+	for {
+		procs = slices.DeleteFunc(procs, func(a agentProc) bool { return !alive(a.pid, a.cfg) })
+		if len(procs) == 0 {
+			return true, nil
+		}
+		if time.Now().After(deadline) {
+			return false, nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, fmt.Errorf("wait for exit: %w", ctx.Err())
+		case <-time.After(pollEvery):
+		}
+	}
+}
+
+// Up starts a fresh cluster: one client agent and servers servers on imageID, and
+// waits (at most a minute) for a leader, a healthy autopilot with that many voters, and
+// every server's node meta in the catalog.
+// It refuses to run while any instance or the client agent exists.
+func (p *Provider) Up(ctx context.Context, servers int, imageID string) ([]cloud.Instance, error) {
+	if servers < 1 {
+		return nil, fmt.Errorf("start cluster: %d servers", servers)
+	}
+	var clientAddr string
+	var procs []agentProc
+	ids := map[string]string{} // instance ID -> image ID
+	err := p.withState(func(s *state) (bool, error) {
+		if s.Client != nil || slices.ContainsFunc(s.Instances, func(in *instanceRecord) bool { return in.State != cloud.StateTerminated }) {
+			return false, errors.New("a cluster already exists: run Down first")
+		}
+		img := s.image(imageID)
+		if img == nil {
+			return false, cloud.ErrUnknownImage
+		}
+		if p.addrs.count < servers+1 {
+			return false, fmt.Errorf("address range %s has room for %d agents", p.cfg.Addresses, p.addrs.count)
+		}
+		s.BootstrapExpect = servers
+		var ins []*instanceRecord
+		var joins []string
+		for range servers {
+			addr, err := s.allocate(p.addrs)
+			if err != nil {
+				return false, err
+			}
+			id, err := s.newInstanceID()
+			if err != nil {
+				return false, err
+			}
+			in := &instanceRecord{ID: id, ImageID: imageID, Address: addr, State: cloud.StatePending, Launched: time.Now().UTC()}
+			s.Instances = append(s.Instances, in) // so allocate sees the address taken
+			ins = append(ins, in)
+			joins = append(joins, addr)
+		}
+		for _, in := range ins {
+			others := slices.DeleteFunc(slices.Clone(joins), func(a string) bool { return a == in.Address })
+			dir := p.instanceDir(in.ID)
+			pid, err := p.start(img.ConsulBinary, agentSpec{
+				name: in.ID, addr: in.Address, dir: dir, joins: others,
+				server: true, expect: servers, imageID: imageID, extra: img.ExtraHCL,
+			})
+			if err != nil {
+				return false, err
+			}
+			in.PID = pid
+			ids[in.ID] = imageID
+			procs = append(procs, agentProc{pid, configPath(dir)})
+		}
+		clientAddr = p.addrs.at(0)
+		pid, err := p.start(img.ConsulBinary, agentSpec{name: clientName, addr: clientAddr, dir: p.clientDir(), joins: joins})
+		if err != nil {
+			return false, err
+		}
+		procs = append(procs, agentProc{pid, configPath(p.clientDir())})
+		s.Client = &agentRecord{Address: clientAddr, PID: pid}
+		return true, nil
+	})
+	if err != nil {
+		for _, a := range procs { // they run, but the state does not record them
+			_ = syscall.Kill(a.pid, syscall.SIGKILL)
+		}
+		return nil, fmt.Errorf("start cluster on image %q: %w", imageID, err)
+	}
+	p.log.Info("started cluster", "servers", servers, "image_id", imageID, "client_addr", clientAddr)
+	if err := p.waitHealthy(ctx, clientAddr, servers, ids, procs); err != nil {
+		return nil, fmt.Errorf("start cluster on image %q: %w", imageID, err)
+	}
+	return p.Instances(ctx)
+}
+
+// waitHealthy waits until autopilot, asked through the client agent, reports a healthy
+// cluster of servers voters, one of them leading, and the catalog has the node meta of
+// every server in ids.
+func (p *Provider) waitHealthy(ctx context.Context, clientAddr string, servers int, ids map[string]string, procs []agentProc) error {
+	ctx, cancel := context.WithTimeout(ctx, upTimeout)
+	defer cancel()
+	cl, err := apiClient(clientAddr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	last := ""
+	for {
+		for _, a := range procs {
+			if !alive(a.pid, a.cfg) {
+				return fmt.Errorf("agent %s exited; see %s", filepath.Dir(a.cfg), filepath.Join(filepath.Dir(a.cfg), "agent.log"))
+			}
+		}
+		h, err := cl.Operator().AutopilotServerHealth((&api.QueryOptions{}).WithContext(ctx))
+		switch {
+		case err != nil:
+			last = err.Error()
+		case !h.Healthy || len(h.Servers) != servers:
+			last = describeHealth(h)
+		case !slices.ContainsFunc(h.Servers, func(s api.ServerHealth) bool { return s.Leader }) ||
+			slices.ContainsFunc(h.Servers, func(s api.ServerHealth) bool { return !s.Voter }):
+			last = describeHealth(h)
+		default:
+			// The catalog learns a node from serf before its agent syncs the node meta
+			// the roll identifies servers by.
+			if ok, why := p.metaSynced(ctx, cl, ids); !ok {
+				last = why
+				break
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for a healthy cluster of %d voters: %w; last: %s", servers, ctx.Err(), last)
+		case <-time.After(pollEvery):
+		}
+	}
+}
+
+// metaSynced reports whether the catalog carries node meta of every instance in ids
+// (instance ID -> image ID).
+func (p *Provider) metaSynced(ctx context.Context, cl *api.Client, ids map[string]string) (bool, string) {
+	nodes, _, err := cl.Catalog().Nodes((&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return false, err.Error()
+	}
+	synced := 0
+	for _, n := range nodes {
+		if img, ok := ids[n.Node]; ok && n.Meta[cluster.MetaInstanceID] == n.Node && n.Meta[cluster.MetaImageID] == img {
+			synced++
+		}
+	}
+	return synced == len(ids), fmt.Sprintf("node meta of %d of %d servers in the catalog", synced, len(ids))
+}
+
+func describeHealth(h *api.OperatorHealthReply) string {
+	parts := []string{fmt.Sprintf("healthy=%v", h.Healthy)}
+	for _, s := range h.Servers {
+		parts = append(parts, fmt.Sprintf("%s(healthy=%v voter=%v leader=%v)", s.Name, s.Healthy, s.Voter, s.Leader))
+	}
+	return strings.Join(parts, " ")
+}
+
+// Down stops every agent (client included): SIGINT to each agent's process group
+// (its watch handlers too), SIGKILL after 10s; then it removes the state dir.
+// Down on a missing state dir does nothing.
+func (p *Provider) Down(ctx context.Context) error {
+	if _, err := os.Stat(p.cfg.StateDir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	var procs []agentProc
+	err := p.withState(func(s *state) (bool, error) {
+		if s.Client != nil {
+			procs = append(procs, agentProc{s.Client.PID, configPath(p.clientDir())})
+		}
+		for _, in := range s.Instances {
+			procs = append(procs, agentProc{in.PID, configPath(p.instanceDir(in.ID))})
+		}
+		return false, nil
+	})
+	if err != nil {
+		return fmt.Errorf("stop cluster: %w", err)
+	}
+	signal := func(sig syscall.Signal) {
+		for _, a := range procs {
+			// Setsid made each agent its process group's leader; signal the group
+			// only while the leader is verified ours, as a dead one's PID may be reused.
+			if alive(a.pid, a.cfg) {
+				_ = syscall.Kill(-a.pid, sig)
+			}
+		}
+	}
+	// SIGINT, not SIGTERM: server.hcl sets leave_on_terminate, and servers all leaving
+	// at once lose quorum and hang until killed, while on SIGINT (skip_leave_on_interrupt,
+	// a server default) they shut down at once. The data is removed anyway.
+	signal(syscall.SIGINT)
+	exited, err := waitExit(ctx, time.Now().Add(stopTimeout), procs...)
+	if err == nil && !exited {
+		p.log.Warn("agents did not stop in time, killing them")
+		signal(syscall.SIGKILL)
+		exited, err = waitExit(ctx, time.Now().Add(stopTimeout), procs...)
+		if err == nil && !exited {
+			err = errors.New("agents survived SIGKILL")
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("stop cluster: %w", err)
+	}
+	if err := os.RemoveAll(p.cfg.StateDir); err != nil {
+		return fmt.Errorf("remove state dir: %w", err)
+	}
+	p.log.Info("stopped cluster", "state_dir", p.cfg.StateDir)
+	return nil
+}
+
+// ClientAddr returns ip:port of the client agent's HTTP API.
+func (p *Provider) ClientAddr() (string, error) {
+	var addr string
+	err := p.withState(func(s *state) (bool, error) {
+		if s.Client == nil {
+			return false, errors.New("no cluster: run Up first")
+		}
+		addr = s.Client.Address + ":" + httpPort
+		return false, nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("client agent address: %w", err)
+	}
+	return addr, nil
+}
+
+// apiClient talks plain HTTP to the agent at ip, whatever CONSUL_HTTP_* says, with
+// every request bounded by timeout.
+func apiClient(ip string, timeout time.Duration) (*api.Client, error) {
+	c := api.DefaultNonPooledConfig()
+	c.Address, c.Scheme, c.Token, c.TokenFile = ip+":"+httpPort, "http", "", ""
+	c.HttpClient = &http.Client{Transport: c.Transport, Timeout: timeout}
+	cl, err := api.NewClient(c)
+	if err != nil {
+		return nil, fmt.Errorf("consul client for %s: %w", ip, err)
+	}
+	return cl, nil
+}
+
+func toImage(im imageRecord) cloud.Image {
+	return cloud.Image{ID: im.Name, Name: im.Name, Created: im.Created}
+}
+
+func toInstance(in *instanceRecord) cloud.Instance {
+	return cloud.Instance{ID: in.ID, ImageID: in.ImageID, Address: in.Address, State: in.State, Launched: in.Launched, ActionID: in.ActionID}
+}

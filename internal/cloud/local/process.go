@@ -1,0 +1,137 @@
+package local
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	consuld "github.com/consul-rehydrate/consul-rehydrate/consul.d"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cluster"
+)
+
+// agentSpec is what differs between the agents the provider runs.
+type agentSpec struct {
+	name    string
+	addr    string
+	dir     string
+	joins   []string
+	server  bool
+	expect  int
+	imageID string
+	extra   string // the image's ExtraHCL
+}
+
+func (p *Provider) instanceDir(id string) string {
+	return filepath.Join(p.cfg.StateDir, "instances", id)
+}
+
+func (p *Provider) clientDir() string { return filepath.Join(p.cfg.StateDir, "client") }
+
+func configPath(dir string) string { return filepath.Join(dir, "config.hcl") }
+
+// render returns the agent's config.hcl.
+func (p *Provider) render(a agentSpec) string {
+	var b strings.Builder
+	q := func(s string) string { return fmt.Sprintf("%q", s) }
+	fmt.Fprintf(&b, "node_name = %s\ndatacenter = %s\ndata_dir = %s\n", q(a.name), q(p.cfg.Datacenter), q(filepath.Join(a.dir, "data")))
+	fmt.Fprintf(&b, "bind_addr = %s\nclient_addr = %s\nadvertise_addr = %s\n", q(a.addr), q(a.addr), q(a.addr))
+	b.WriteString("ports {\n  grpc     = -1\n  grpc_tls = -1\n  https    = -1\n  serf_wan = -1\n  dns      = 8600\n}\n")
+	joins := make([]string, len(a.joins))
+	for i, j := range a.joins {
+		joins[i] = q(j)
+	}
+	fmt.Fprintf(&b, "retry_join = [%s]\nretry_interval = \"1s\"\n", strings.Join(joins, ", "))
+	b.WriteString("disable_update_check = true\nlog_level = \"info\"\n")
+	if !a.server {
+		return b.String()
+	}
+	fmt.Fprintf(&b, "bootstrap_expect = %d\n", a.expect)
+	fmt.Fprintf(&b, "node_meta {\n  %s = %s\n  %s = %s\n}\n", cluster.MetaImageID, q(a.imageID), cluster.MetaInstanceID, q(a.name))
+	b.WriteString("\n" + consuld.ServerHCL + "\n")
+	if p.cfg.BinDir != "" {
+		w := strings.ReplaceAll(consuld.WatchesHCL, consuld.BinDir, p.cfg.BinDir)
+		b.WriteString(strings.ReplaceAll(w, consuld.ConfigPath, p.cfg.ConfigPath) + "\n")
+	}
+	if a.extra != "" {
+		b.WriteString(a.extra + "\n")
+	}
+	return b.String()
+}
+
+// start writes the agent's config and starts it detached: in its own session, so it
+// outlives the short-lived handler that launched it (and a signal to the handler's
+// process group never reaches it), logging to agent.log. It returns the PID.
+func (p *Provider) start(binary string, a agentSpec) (int, error) {
+	if err := os.MkdirAll(filepath.Join(a.dir, "data"), 0o755); err != nil {
+		return 0, fmt.Errorf("create agent dir: %w", err)
+	}
+	cfgPath := configPath(a.dir)
+	if err := os.WriteFile(cfgPath, []byte(p.render(a)), 0o644); err != nil {
+		return 0, fmt.Errorf("write agent config: %w", err)
+	}
+	logf, err := os.OpenFile(filepath.Join(a.dir, "agent.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return 0, fmt.Errorf("open agent log: %w", err)
+	}
+	defer logf.Close() // the child has its own copy
+	cmd := exec.Command(binary, "agent", "-config-file", cfgPath)
+	cmd.Dir = a.dir
+	cmd.Stdout, cmd.Stderr = logf, logf // Stdin stays nil: /dev/null
+	cmd.Env = p.agentEnv(a.addr)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("start %s: %w", binary, err)
+	}
+	pid := cmd.Process.Pid
+	// Nobody waits for it: liveness is read from /proc (see alive), from any process.
+	_ = cmd.Process.Release()
+	return pid, nil
+}
+
+// agentEnv points the watch handlers an agent runs at that agent. Inherited
+// CONSUL_HTTP_* settings (address, token, TLS) would point them elsewhere.
+func (p *Provider) agentEnv(addr string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CONSUL_HTTP_") {
+			env = append(env, kv)
+		}
+	}
+	return append(env,
+		"CONSUL_HTTP_ADDR="+addr+":8500",
+		"REHYDRATE_LOG_FILE="+filepath.Join(p.cfg.StateDir, "handlers.log"),
+	)
+}
+
+// alive reports whether pid is the agent started with cfgPath. kill(pid, 0) is not
+// enough: PIDs are reused, and an exited agent whose launcher never reaps it stays a
+// zombie that still answers signals.
+func alive(pid int, cfgPath string) bool {
+	if pid <= 0 {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name, which is in parentheses and may contain any
+	// byte, so look after the last ')'.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z' || stat[i+2] == 'X' {
+		return false
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	for _, arg := range bytes.Split(cmdline, []byte{0}) {
+		if string(arg) == cfgPath {
+			return true
+		}
+	}
+	return false
+}
