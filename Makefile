@@ -40,6 +40,10 @@ build: ## build every handler into bin/
 	@mkdir -p bin
 	go build -trimpath -o bin/ $(addprefix ./handlers/,$(HANDLERS))
 
+.PHONY: demo
+demo: $(CONSUL_BIN) build ## roll a real local cluster from image A to B under write load (SERVERS=3)
+	bin/rehydrate local demo --servers $${SERVERS:-3}
+
 .PHONY: test
 test: $(CONSUL_BIN) ## unit and integration tests against a real Consul, race detector on
 	go test $(GO_TEST_FLAGS) ./...

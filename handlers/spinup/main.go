@@ -1,0 +1,10 @@
+// Command spinup: see internal/command.Spinup.
+package main
+
+import (
+	"os"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/command"
+)
+
+func main() { os.Exit(command.Spinup(os.Args[1:], command.OSEnv())) }

@@ -1,0 +1,218 @@
+// Package command holds the executables' entry points. Each takes its arguments and
+// an Env and returns an exit code, so tests drive whole programs without a subprocess.
+package command
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-cleanhttp"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/consul-rehydrate/consul-rehydrate/config"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/roll"
+)
+
+// Exit codes. Callers tell causes apart by code; the log line says the detail.
+const (
+	ExitOK         = 0
+	ExitError      = 10 // anything unexpected
+	ExitUsage      = 11 // bad flags or arguments
+	ExitConfig     = 12 // the configuration file is missing or invalid
+	ExitBadPayload = 13 // stdin is not what the watch should have written
+	ExitConsul     = 14 // Consul unreachable or failing
+	ExitCloud      = 15 // the provider failed
+	ExitLockLost   = 16 // the lock was lost mid-step; nothing more was done
+	ExitRefused    = 17 // the request was refused (image not allowed, bad, or a downgrade)
+)
+
+// Env is what a program reads and writes besides its arguments.
+type Env struct {
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+	Getenv func(string) string
+}
+
+// OSEnv is the process's own environment.
+func OSEnv() Env {
+	return Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv}
+}
+
+// Environment variables the programs read.
+const (
+	EnvConfig  = "REHYDRATE_CONFIG"   // the config file when -config is not given
+	EnvLogFile = "REHYDRATE_LOG_FILE" // also append log lines to this file
+	// EnvBinDir is where the local provider's servers find spinup and spindown;
+	// default: beside the running executable.
+	EnvBinDir = "REHYDRATE_BIN_DIR"
+)
+
+// app is what every command sets up from its flags.
+type app struct {
+	name       string
+	env        Env
+	configPath string
+	httpAddr   string
+	cfg        *config.Config
+	log        hclog.Logger
+	logFile    io.Closer
+	// transport is shared by every client the command makes and closed with it, so
+	// in-process callers (tests, the demo) do not pile up idle connections against
+	// Consul's per-client connection limit.
+	transport *http.Transport
+}
+
+func newApp(name string, env Env, fs *flag.FlagSet) *app {
+	a := &app{name: name, env: env}
+	fs.StringVar(&a.configPath, "config", env.Getenv(EnvConfig), "handler configuration file (HCL); default $"+EnvConfig)
+	fs.StringVar(&a.httpAddr, "http-addr", "", "Consul HTTP address, overriding the configuration")
+	return a
+}
+
+// load reads the configuration and sets up logging. It returns an exit code != 0
+// on failure, having said why.
+func (a *app) load() int {
+	if a.configPath == "" {
+		fmt.Fprintf(a.env.Stderr, "%s: no configuration: pass -config FILE or set $%s\n", a.name, EnvConfig)
+		return ExitConfig
+	}
+	abs, err := filepath.Abs(a.configPath)
+	if err == nil {
+		a.configPath = abs
+	}
+	cfg, err := config.Load(a.configPath)
+	if err != nil {
+		fmt.Fprintf(a.env.Stderr, "%s: %v\n", a.name, err)
+		return ExitConfig
+	}
+	a.cfg = cfg
+	var out io.Writer = a.env.Stderr
+	if p := a.env.Getenv(EnvLogFile); p != "" {
+		if f, err := os.OpenFile(p, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err == nil {
+			out, a.logFile = io.MultiWriter(a.env.Stderr, f), f
+		}
+	}
+	a.log = hclog.New(&hclog.LoggerOptions{
+		Name: a.name, Level: hclog.LevelFromString(cfg.LogLevel), Output: out, TimeFormat: "15:04:05.000",
+	})
+	return ExitOK
+}
+
+func (a *app) close() {
+	if a.transport != nil {
+		a.transport.CloseIdleConnections()
+	}
+	if a.logFile != nil {
+		a.logFile.Close()
+	}
+}
+
+// consul returns a client for the configured agent.
+func (a *app) consul() (*api.Client, error) {
+	ac, err := a.cfg.Consul.APIConfig()
+	if err != nil {
+		return nil, err
+	}
+	if a.httpAddr != "" {
+		ac.Address = a.httpAddr
+	}
+	if a.transport == nil {
+		a.transport = cleanhttp.DefaultPooledTransport()
+	}
+	ac.Transport = a.transport
+	c, err := api.NewClient(ac)
+	if err != nil {
+		return nil, fmt.Errorf("consul client: %w", err)
+	}
+	return c, nil
+}
+
+// localProvider builds the local provider from the configuration.
+func (a *app) localProvider() (*local.Provider, error) {
+	lp := a.cfg.Provider.Local
+	if lp == nil {
+		return nil, fmt.Errorf("provider %q: this command needs provider \"local\"", a.cfg.Provider.Type)
+	}
+	binDir := a.env.Getenv(EnvBinDir)
+	if binDir == "" {
+		bin, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("find handler binaries: %w", err)
+		}
+		binDir = filepath.Dir(bin)
+	}
+	return local.New(local.Config{
+		StateDir: lp.StateDir, ConsulBinary: lp.ConsulBinary, Addresses: lp.Addresses,
+		BinDir: binDir, ConfigPath: a.configPath, LeaveTimeout: a.cfg.Roll.LeaveTimeout, Logger: a.log,
+	})
+}
+
+// provider builds the configured provider.
+func (a *app) provider() (roll.Provider, error) {
+	switch {
+	case a.cfg.Provider.Local != nil:
+		return a.localProvider()
+	default:
+		return nil, fmt.Errorf("provider %q is not supported by this build", a.cfg.Provider.Type)
+	}
+}
+
+// roller builds a Roller against the configured Consul and provider.
+func (a *app) roller() (*roll.Roller, int) {
+	c, err := a.consul()
+	if err != nil {
+		a.log.Error("set up consul client", "error", err)
+		return nil, ExitConfig
+	}
+	p, err := a.provider()
+	if err != nil {
+		a.log.Error("set up provider", "error", err)
+		return nil, ExitConfig
+	}
+	r := roll.New(a.cfg, c, p, a.log)
+	r.Holder = a.name + " " + r.Holder
+	return r, ExitOK
+}
+
+// handlerTimeout bounds one handler invocation: the longest wait a step may take plus
+// slack, so that no handler outlives its usefulness.
+func (a *app) handlerTimeout() time.Duration {
+	return a.cfg.Roll.LaunchTimeout + a.cfg.Roll.LeaveTimeout + time.Minute
+}
+
+// exitCode maps an error from a roll to an exit code and logs it.
+func (a *app) exitCode(err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	code := ExitError
+	switch {
+	case errors.Is(err, roll.ErrRefused):
+		code = ExitRefused
+	case errors.Is(err, roll.ErrLockLost):
+		code = ExitLockLost
+	case errors.Is(err, roll.ErrCloud):
+		code = ExitCloud
+	case errors.Is(err, roll.ErrConsul):
+		code = ExitConsul
+	case errors.Is(err, payload.ErrBadPayload):
+		code = ExitBadPayload
+	}
+	a.log.Error("step failed", "error", err, "exit_code", code)
+	return code
+}
+
+func withTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}

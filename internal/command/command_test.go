@@ -1,0 +1,83 @@
+package command
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// A config whose Consul address nothing listens on: any request would fail, so a
+// test passing through these paths proves the handler refused before asking Consul.
+const unreachableConfig = `cluster = "t"
+servers = 3
+consul { address = "127.0.0.1:1" }
+provider "local" {
+  state_dir = "state"
+}
+`
+
+func writeConfig(t *testing.T, src string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "rehydrate.hcl")
+	require.NoError(t, os.WriteFile(p, []byte(src), 0o644))
+	return p
+}
+
+func run(prog func([]string, Env) int, args []string, stdin string) (int, string) {
+	var out bytes.Buffer
+	code := prog(args, Env{Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &out, Getenv: func(string) string { return "" }})
+	return code, out.String()
+}
+
+func TestHandlers_RefuseBadInputBeforeTalkingToConsul(t *testing.T) {
+	cfg := writeConfig(t, unreachableConfig)
+	broken := writeConfig(t, "cluster = \"t\"\nservers = \"three\"\nbogus = 1\n")
+	tests := []struct {
+		name    string
+		prog    func([]string, Env) int
+		args    []string
+		stdin   string
+		code    int
+		message string
+	}{
+		{"spinup: not JSON", Spinup, []string{"-config", cfg}, "hello", ExitBadPayload, "refusing event payload"},
+		{"spinup: empty stdin", Spinup, []string{"-config", cfg}, "", ExitBadPayload, "empty payload"},
+		{"spinup: null", Spinup, []string{"-config", cfg}, "null", ExitBadPayload, "expected array"},
+		{"spinup: object", Spinup, []string{"-config", cfg}, `{"ID":"x"}`, ExitBadPayload, "expected array"},
+		{"spinup: invalid base64", Spinup, []string{"-config", cfg}, `[{"ID":"e1","Name":"consul-rehydrate","Payload":"!!"}]`, ExitBadPayload, "refusing event payload"},
+		{"spinup: wrong event name", Spinup, []string{"-config", cfg}, `[{"ID":"e1","Name":"deploy"}]`, ExitBadPayload, `event name \"deploy\", want \"consul-rehydrate\"`},
+		{"spinup: unknown field in our payload", Spinup, []string{"-config", cfg}, `[{"ID":"e1","Name":"consul-rehydrate","Payload":"eyJpbWFnZSI6ImEifQ=="}]`, ExitBadPayload, "image"},
+		{"spinup: no events does nothing", Spinup, []string{"-config", cfg}, `[]`, ExitOK, ""},
+		{"spindown: not JSON", Spindown, []string{"-config", cfg}, "[{", ExitBadPayload, "refusing service payload"},
+		{"spindown: another service", Spindown, []string{"-config", cfg}, `[{"Service":{"Service":"web"}}]`, ExitBadPayload, `entry for service \"web\", want \"consul\"`},
+		{"spinup: no config", Spinup, nil, "[]", ExitConfig, "no configuration"},
+		{"spindown: broken config names file and line", Spindown, []string{"-config", broken}, "[]", ExitConfig, "rehydrate.hcl:2:"},
+		{"spindown: missing config file", Spindown, []string{"-config", "/nonexistent/x.hcl"}, "[]", ExitConfig, "/nonexistent/x.hcl"},
+		{"spinup: unknown flag", Spinup, []string{"-bogus"}, "[]", ExitUsage, "flag provided but not defined"},
+		{"rehydrate: no command", Rehydrate, nil, "", ExitUsage, "usage: rehydrate"},
+		{"rehydrate: unknown command", Rehydrate, []string{"-config", cfg, "explode"}, "", ExitUsage, `unknown command "explode"`},
+		{"rehydrate: fire with an invalid image id", Rehydrate, []string{"-config", cfg, "fire", "--image", "has space"}, "", ExitUsage, "invalid image"},
+		{"rehydrate: local up without image", Rehydrate, []string{"-config", cfg, "local", "up"}, "", ExitUsage, "--image is required"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out := run(tt.prog, tt.args, tt.stdin)
+			assert.Equal(t, tt.code, code, out)
+			assert.Contains(t, out, tt.message)
+		})
+	}
+}
+
+func TestExitCodes_AreDistinct(t *testing.T) {
+	codes := []int{ExitOK, ExitError, ExitUsage, ExitConfig, ExitBadPayload, ExitConsul, ExitCloud, ExitLockLost, ExitRefused}
+	seen := map[int]bool{}
+	for _, c := range codes {
+		assert.False(t, seen[c], "exit code %d used twice", c)
+		seen[c] = true
+	}
+}

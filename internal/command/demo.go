@@ -1,0 +1,172 @@
+package command
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/workload"
+)
+
+// DemoResult is the demo's final JSON line.
+type DemoResult struct {
+	Servers       int     `json:"servers"`
+	Image         string  `json:"image"`
+	AllOnTarget   bool    `json:"all_on_target"`
+	RollSeconds   float64 `json:"roll_seconds"`
+	WritesOK      int     `json:"writes_ok"`
+	WritesFailed  int     `json:"writes_failed"`
+	WritesLost    int     `json:"writes_lost"`
+	MaxWriteMS    int64   `json:"max_write_ms"`
+	LeaderChanges int     `json:"leader_changes"`
+}
+
+// DemoConfig writes the configuration `local demo` uses when given none: a cluster
+// on 127.0.1.0/24 with Consul's default stabilization time, state under dir.
+func DemoConfig(dir string, servers int) (string, error) {
+	path := filepath.Join(dir, "demo.hcl")
+	src := fmt.Sprintf(`cluster = "demo"
+servers = %d
+
+roll {
+  stabilization  = "10s"
+  launch_timeout = "3m"
+  poll_interval  = "500ms"
+}
+
+provider "local" {
+  state_dir     = %q
+  consul_binary = "consul"
+  addresses     = "127.0.1.0/24"
+}
+`, servers, filepath.Join(dir, "state"))
+	return path, os.WriteFile(path, []byte(src), 0o644)
+}
+
+// demo brings up a local cluster on image A, writes to it steadily, rolls it to
+// image B through the real watches, and reports what the roll cost.
+func (a *app) demo(servers int) int {
+	out := a.env.Stdout
+	p, err := a.localProvider()
+	if err != nil {
+		a.log.Error("local provider", "error", err)
+		return ExitConfig
+	}
+	ctx, cancel := withTimeout(15 * time.Minute)
+	defer cancel()
+	// Interrupted, the demo still tears its cluster down.
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	defer func() {
+		fmt.Fprintln(out, "tearing the cluster down")
+		downCtx, c := withTimeout(time.Minute)
+		defer c()
+		if err := p.Down(downCtx); err != nil {
+			a.log.Error("local down", "error", err)
+		}
+	}()
+
+	fmt.Fprintf(out, "starting %d servers on image A\n", servers)
+	if err := ensureImage(ctx, p, "A"); err != nil {
+		a.log.Error("register image A", "error", err)
+		return ExitCloud
+	}
+	if _, err := p.Up(ctx, servers, "A"); err != nil {
+		a.log.Error("local up", "error", err)
+		return ExitCloud
+	}
+	c, err := a.cliConsul()
+	if err != nil {
+		a.log.Error("consul client", "error", err)
+		return ExitConsul
+	}
+
+	writer := workload.StartWriter(c, "demo/writes/", 20, 3, 5*time.Second)
+	leaders := workload.WatchLeader(c, 100*time.Millisecond)
+	fmt.Fprintln(out, "writing 20 keys/s through the client agent")
+
+	if _, err := p.RegisterImage(ctx, "B", local.ImageOptions{}); err != nil {
+		a.log.Error("register image B", "error", err)
+		return ExitCloud
+	}
+	body, _ := payload.NewRequestPayload("B")
+	start := time.Now()
+	if _, _, err := c.Event().Fire(&api.UserEvent{Name: a.cfg.Roll.EventName, Payload: body}, nil); err != nil {
+		a.log.Error("fire event", "error", err)
+		return ExitConsul
+	}
+	fmt.Fprintf(out, "registered image B and fired %s; the servers' watches take it from here\n", a.cfg.Roll.EventName)
+
+	done, err := a.follow(ctx, p, c, "B", servers, start)
+	changes, _ := leaders.Stop()
+	readCtx, readCancel := withTimeout(30 * time.Second) // even when ctx was interrupted
+	defer readCancel()
+	res, werr := writer.Stop(readCtx)
+	if err != nil {
+		a.log.Error("roll", "error", err)
+	}
+	if werr != nil {
+		a.log.Error("verify writes", "error", werr)
+	}
+	summary := DemoResult{
+		Servers: servers, Image: "B", AllOnTarget: done, RollSeconds: time.Since(start).Round(100 * time.Millisecond).Seconds(),
+		WritesOK: res.OK, WritesFailed: res.Failed, WritesLost: res.Lost, MaxWriteMS: res.Max.Milliseconds(), LeaderChanges: changes,
+	}
+	fmt.Fprintf(out, "\nrolled %d servers from A to B in %.1fs: %d writes ok, %d failed, %d lost, slowest %dms, %d leader change(s)\n",
+		servers, summary.RollSeconds, res.OK, res.Failed, res.Lost, summary.MaxWriteMS, changes)
+	line, _ := json.Marshal(summary)
+	fmt.Fprintln(out, string(line))
+	if !done || err != nil || werr != nil {
+		return ExitError
+	}
+	return ExitOK
+}
+
+// follow prints each roll step as it happens and returns when every server runs
+// image and the roll is recorded done (true), or on timeout (false).
+func (a *app) follow(ctx context.Context, p *local.Provider, c *api.Client, image string, servers int, start time.Time) (bool, error) {
+	store := coord.New(c, a.cfg.Cluster)
+	seen := 0
+	for {
+		rec, err := store.Roll(ctx)
+		if err == nil && rec != nil {
+			for _, e := range rec.History[min(seen, len(rec.History)):] {
+				fmt.Fprintf(a.env.Stdout, "  +%5.1fs  %-8s %s\n", e.Time.Sub(start).Seconds(), e.Step, e.Detail)
+			}
+			seen = len(rec.History)
+			if rec.Phase == coord.PhaseFailed {
+				return false, fmt.Errorf("roll failed: %s", rec.Failure)
+			}
+		}
+		insts, ierr := p.Instances(ctx)
+		if err == nil && ierr == nil && rec != nil && rec.Phase == coord.PhaseDone && rec.Target == image && onImage(insts, image) == servers && len(insts) == servers {
+			return true, nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, fmt.Errorf("roll did not finish: %w", ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func onImage(insts []cloud.Instance, image string) int {
+	n := 0
+	for _, i := range insts {
+		if i.Live() && i.ImageID == image {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,398 @@
+package command
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/consul-rehydrate/consul-rehydrate/config"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/plan"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/roll"
+)
+
+const rehydrateUsage = `usage: rehydrate [-config FILE] COMMAND [flags]
+
+commands:
+  fire [--image ID]                 ask the cluster to roll (to ID, or the newest allowed image)
+  status [--json]                   servers, images, the roll's phase and history
+  plan [--json]                     the next step and why; changes nothing
+  local up --servers N --image NAME start a local cluster (local provider)
+  local image register NAME         register a local image
+  local down                        stop the local cluster and remove its state
+  local demo [--servers N]          a whole roll of a local cluster under write load
+`
+
+// Rehydrate is the operator CLI.
+func Rehydrate(args []string, env Env) int {
+	// -config and -http-addr may stand before the command as well as after it.
+	global := flag.NewFlagSet("rehydrate", flag.ContinueOnError)
+	global.SetOutput(env.Stderr)
+	g := newApp("rehydrate", env, global)
+	if err := global.Parse(args); err != nil {
+		return ExitUsage
+	}
+	args = global.Args()
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(env.Stderr, rehydrateUsage)
+		return ExitUsage
+	}
+	cmd, rest := args[0], args[1:]
+	if cmd == "local" {
+		if len(rest) == 0 {
+			fmt.Fprint(env.Stderr, rehydrateUsage)
+			return ExitUsage
+		}
+		cmd, rest = "local "+rest[0], rest[1:]
+		if cmd == "local image" {
+			if len(rest) == 0 || rest[0] != "register" {
+				fmt.Fprint(env.Stderr, rehydrateUsage)
+				return ExitUsage
+			}
+			cmd, rest = "local image register", rest[1:]
+		}
+	}
+	fs := flag.NewFlagSet("rehydrate "+cmd, flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	a := newApp("rehydrate", env, fs)
+	a.configPath, a.httpAddr = g.configPath, g.httpAddr
+	asJSON := fs.Bool("json", false, "print JSON")
+	image := fs.String("image", "", "image ID")
+	servers := fs.Int("servers", 3, "number of servers (local up, local demo)")
+	consulBinary := fs.String("consul-binary", "", "consul binary of the image (local image register); default the provider's")
+	extraHCL := fs.String("extra-hcl", "", "file of extra agent config for the image's servers (local image register)")
+	if err := fs.Parse(rest); err != nil {
+		return ExitUsage
+	}
+	if cmd == "local demo" && a.configPath == "" {
+		// The demo needs no set-up: it writes its own configuration.
+		dir, err := os.MkdirTemp("", "rehydrate-demo-")
+		if err != nil {
+			fmt.Fprintf(env.Stderr, "rehydrate: %v\n", err)
+			return ExitError
+		}
+		defer os.RemoveAll(dir)
+		if a.configPath, err = DemoConfig(dir, *servers); err != nil {
+			fmt.Fprintf(env.Stderr, "rehydrate: %v\n", err)
+			return ExitError
+		}
+	}
+	if code := a.load(); code != ExitOK {
+		return code
+	}
+	defer a.close()
+
+	switch cmd {
+	case "fire":
+		return a.fire(*image)
+	case "status":
+		return a.status(*asJSON)
+	case "plan":
+		return a.plan(*asJSON)
+	case "local up":
+		return a.localUp(*servers, *image)
+	case "local image register":
+		if fs.NArg() != 1 {
+			fmt.Fprintln(env.Stderr, "rehydrate local image register: want exactly one NAME")
+			return ExitUsage
+		}
+		return a.localRegister(fs.Arg(0), *consulBinary, *extraHCL)
+	case "local down":
+		return a.localDown()
+	case "local demo":
+		return a.demo(*servers)
+	}
+	fmt.Fprintf(env.Stderr, "rehydrate: unknown command %q\n%s", cmd, rehydrateUsage)
+	return ExitUsage
+}
+
+// cliConsul returns a client for operator commands. With the local provider and no
+// address set anywhere, it talks to the local cluster's client agent.
+func (a *app) cliConsul() (*api.Client, error) {
+	if a.httpAddr == "" && a.cfg.Provider.Local != nil && a.cfg.Consul.Address == config.DefaultConsulAddress && a.env.Getenv(api.HTTPAddrEnvName) == "" {
+		p, err := a.localProvider()
+		if err != nil {
+			return nil, err
+		}
+		if a.httpAddr, err = p.ClientAddr(); err != nil {
+			return nil, fmt.Errorf("local cluster: %w", err)
+		}
+	}
+	return a.consul()
+}
+
+// cliRoller is a Roller for operator commands.
+func (a *app) cliRoller() (*roll.Roller, int) {
+	c, err := a.cliConsul()
+	if err != nil {
+		a.log.Error("set up consul client", "error", err)
+		return nil, ExitConsul
+	}
+	p, err := a.provider()
+	if err != nil {
+		a.log.Error("set up provider", "error", err)
+		return nil, ExitConfig
+	}
+	return roll.New(a.cfg, c, p, a.log), ExitOK
+}
+
+func (a *app) fire(image string) int {
+	body, err := payload.NewRequestPayload(image)
+	if err != nil {
+		a.log.Error("invalid image", "error", err)
+		return ExitUsage
+	}
+	r, code := a.cliRoller()
+	if code != ExitOK {
+		return code
+	}
+	ctx, cancel := withTimeout(time.Minute)
+	defer cancel()
+	// Refuse here what every handler would refuse, so the operator hears why at once.
+	rec, err := r.Store.Roll(ctx)
+	if err != nil {
+		return a.exitCode(fmt.Errorf("%w: %w", roll.ErrConsul, err))
+	}
+	in, err := r.Observe(ctx, rec, image)
+	if err != nil {
+		return a.exitCode(err)
+	}
+	if st := plan.Next(in); st.Kind == plan.Refuse {
+		return a.exitCode(fmt.Errorf("%w: %s", roll.ErrRefused, st.Reason))
+	}
+	id, _, err := r.Consul.Event().Fire(&api.UserEvent{Name: a.cfg.Roll.EventName, Payload: body}, nil)
+	if err != nil {
+		return a.exitCode(fmt.Errorf("%w: fire %s: %w", roll.ErrConsul, a.cfg.Roll.EventName, err))
+	}
+	fmt.Fprintf(a.env.Stdout, "fired %s (event %s)%s\n", a.cfg.Roll.EventName, id, map[bool]string{true: " for image " + image}[image != ""])
+	return ExitOK
+}
+
+// Status is what `status --json` prints.
+type Status struct {
+	Servers   []ServerStatus    `json:"servers"`
+	Target    string            `json:"target_image"`
+	Roll      *coord.Roll       `json:"roll"`
+	BadImages map[string]string `json:"bad_images"`
+	LockedBy  string            `json:"locked_by,omitempty"`
+	Next      NextStep          `json:"next"`
+}
+
+// ServerStatus is one row of the status table.
+type ServerStatus struct {
+	Node     string `json:"node"`
+	Instance string `json:"instance"`
+	Image    string `json:"image"`
+	State    string `json:"state"`
+	Voter    bool   `json:"voter"`
+	Leader   bool   `json:"leader"`
+	Healthy  bool   `json:"healthy"`
+	Outdated bool   `json:"outdated"`
+}
+
+// NextStep is the planner's decision, as `plan --json` prints it.
+type NextStep struct {
+	Kind     string `json:"step"`
+	Image    string `json:"image,omitempty"`
+	Instance string `json:"instance,omitempty"`
+	Reason   string `json:"reason"`
+}
+
+// collectStatus observes everything status and plan show.
+func collectStatus(ctx context.Context, r *roll.Roller) (*Status, error) {
+	rec, err := r.Store.Roll(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", roll.ErrConsul, err)
+	}
+	in, err := r.Observe(ctx, rec, "")
+	if err != nil {
+		return nil, err
+	}
+	st := plan.Next(in)
+	bad, err := r.Store.BadImages(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", roll.ErrConsul, err)
+	}
+	holder, err := r.Store.Holder(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", roll.ErrConsul, err)
+	}
+	out := &Status{Target: st.Image, Roll: rec, BadImages: bad, LockedBy: holder,
+		Next: NextStep{Kind: string(st.Kind), Image: st.Image, Instance: st.Instance, Reason: st.Reason}}
+	for _, inst := range in.Instances {
+		row := ServerStatus{Instance: inst.ID, Image: inst.ImageID, State: inst.State, Outdated: st.Image != "" && inst.ImageID != st.Image}
+		if s := in.Cluster.ByInstance(inst.ID); s != nil {
+			row.Node, row.Voter, row.Leader, row.Healthy = s.Name, s.Voter, s.Leader, s.Healthy
+		}
+		out.Servers = append(out.Servers, row)
+	}
+	return out, nil
+}
+
+func (a *app) status(asJSON bool) int {
+	r, code := a.cliRoller()
+	if code != ExitOK {
+		return code
+	}
+	ctx, cancel := withTimeout(time.Minute)
+	defer cancel()
+	st, err := collectStatus(ctx, r)
+	if err != nil {
+		return a.exitCode(err)
+	}
+	if asJSON {
+		return a.printJSON(st)
+	}
+	printStatus(a.env.Stdout, st, time.Now())
+	return ExitOK
+}
+
+func printStatus(out io.Writer, st *Status, now time.Time) {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tINSTANCE\tIMAGE\tSTATE\tVOTER\tLEADER\tHEALTHY\tOUTDATED")
+	yes := map[bool]string{true: "yes", false: "-"}
+	for _, s := range st.Servers {
+		node := s.Node
+		if node == "" {
+			node = "(not in raft)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", node, s.Instance, s.Image, s.State, yes[s.Voter], yes[s.Leader], yes[s.Healthy], yes[s.Outdated])
+	}
+	tw.Flush()
+	if r := st.Roll; r != nil {
+		fmt.Fprintf(out, "\nroll: %s to %s, started %s ago", r.Phase, r.Target, now.Sub(r.Started).Round(time.Second))
+		if r.Failure != "" {
+			fmt.Fprintf(out, "\nfailure: %s", r.Failure)
+		}
+		fmt.Fprintln(out)
+		for _, e := range r.History {
+			fmt.Fprintf(out, "  %s  %-8s %s\n", e.Time.Format("15:04:05"), e.Step, e.Detail)
+		}
+	} else {
+		fmt.Fprintln(out, "\nroll: none yet")
+	}
+	for img, why := range st.BadImages {
+		fmt.Fprintf(out, "bad image %s: %s\n", img, why)
+	}
+	if st.LockedBy != "" {
+		fmt.Fprintf(out, "lock held by %s\n", st.LockedBy)
+	}
+	fmt.Fprintf(out, "next: %s: %s\n", st.Next.Kind, st.Next.Reason)
+}
+
+func (a *app) plan(asJSON bool) int {
+	r, code := a.cliRoller()
+	if code != ExitOK {
+		return code
+	}
+	ctx, cancel := withTimeout(time.Minute)
+	defer cancel()
+	st, err := collectStatus(ctx, r)
+	if err != nil {
+		return a.exitCode(err)
+	}
+	if asJSON {
+		return a.printJSON(st.Next)
+	}
+	fmt.Fprintf(a.env.Stdout, "%s: %s\n", st.Next.Kind, st.Next.Reason)
+	return ExitOK
+}
+
+func (a *app) printJSON(v any) int {
+	enc := json.NewEncoder(a.env.Stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		a.log.Error("write output", "error", err)
+		return ExitError
+	}
+	return ExitOK
+}
+
+func (a *app) localUp(servers int, image string) int {
+	if image == "" {
+		fmt.Fprintln(a.env.Stderr, "rehydrate local up: --image is required")
+		return ExitUsage
+	}
+	p, err := a.localProvider()
+	if err != nil {
+		a.log.Error("local provider", "error", err)
+		return ExitConfig
+	}
+	ctx, cancel := withTimeout(3 * time.Minute)
+	defer cancel()
+	if err := ensureImage(ctx, p, image); err != nil {
+		return a.exitCode(fmt.Errorf("%w: %w", roll.ErrCloud, err))
+	}
+	insts, err := p.Up(ctx, servers, image)
+	if err != nil {
+		return a.exitCode(fmt.Errorf("%w: %w", roll.ErrCloud, err))
+	}
+	addr, _ := p.ClientAddr()
+	for _, i := range insts {
+		fmt.Fprintf(a.env.Stdout, "server %s on %s (%s)\n", i.ID, i.Address, i.ImageID)
+	}
+	fmt.Fprintf(a.env.Stdout, "client agent on %s\n", addr)
+	return ExitOK
+}
+
+// ensureImage registers image with the provider's defaults unless it exists.
+func ensureImage(ctx context.Context, p *local.Provider, image string) error {
+	imgs, err := p.Images(ctx)
+	if err != nil {
+		return err
+	}
+	for _, i := range imgs {
+		if i.ID == image {
+			return nil
+		}
+	}
+	_, err = p.RegisterImage(ctx, image, local.ImageOptions{})
+	return err
+}
+
+func (a *app) localRegister(name, binary, extraFile string) int {
+	p, err := a.localProvider()
+	if err != nil {
+		a.log.Error("local provider", "error", err)
+		return ExitConfig
+	}
+	opts := local.ImageOptions{ConsulBinary: binary}
+	if extraFile != "" {
+		b, err := os.ReadFile(extraFile)
+		if err != nil {
+			fmt.Fprintf(a.env.Stderr, "rehydrate: read --extra-hcl: %v\n", err)
+			return ExitUsage
+		}
+		opts.ExtraHCL = string(b)
+	}
+	img, err := p.RegisterImage(context.Background(), name, opts)
+	if err != nil {
+		return a.exitCode(fmt.Errorf("%w: %w", roll.ErrCloud, err))
+	}
+	fmt.Fprintf(a.env.Stdout, "registered image %s\n", img.ID)
+	return ExitOK
+}
+
+func (a *app) localDown() int {
+	p, err := a.localProvider()
+	if err != nil {
+		a.log.Error("local provider", "error", err)
+		return ExitConfig
+	}
+	ctx, cancel := withTimeout(2 * time.Minute)
+	defer cancel()
+	if err := p.Down(ctx); err != nil {
+		return a.exitCode(fmt.Errorf("%w: %w", roll.ErrCloud, err))
+	}
+	fmt.Fprintln(a.env.Stdout, "local cluster stopped")
+	return ExitOK
+}
