@@ -1,0 +1,315 @@
+// Package e2e runs whole rolls on the local provider: real Consul servers as detached
+// processes, and the real spinup and spindown binaries run by those servers' watches.
+// The tests only set up, fire and observe; they never call a handler themselves.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/command"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/workload"
+	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
+)
+
+// binDir holds the handler binaries built once for the package.
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "rehydrate-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	out, err := exec.Command("go", "build", "-o", dir+"/", "../../handlers/...").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build handlers: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// env is a local cluster under test.
+type env struct {
+	t       *testing.T
+	cfgPath string
+	state   string
+	servers int
+	p       *local.Provider
+	client  *api.Client
+}
+
+func newEnv(t *testing.T, servers int, extraHCL string) *env {
+	t.Helper()
+	if _, err := testcluster.ConsulBinary(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	block := testcluster.AllocateBlock(t)
+	e := &env{t: t, cfgPath: filepath.Join(dir, "rehydrate.hcl"), state: filepath.Join(dir, "state"), servers: servers}
+	cfg := fmt.Sprintf(`cluster = "e2e"
+servers = %d
+
+roll {
+  stabilization  = "10s"
+  launch_timeout = "3m"
+  poll_interval  = "500ms"
+}
+%s
+provider "local" {
+  state_dir     = %q
+  consul_binary = "consul"
+  addresses     = %q
+}
+`, servers, extraHCL, e.state, block.Prefix().String())
+	require.NoError(t, os.WriteFile(e.cfgPath, []byte(cfg), 0o644))
+	t.Cleanup(func() {
+		if t.Failed() {
+			if b, err := os.ReadFile(filepath.Join(e.state, "handlers.log")); err == nil {
+				t.Logf("handlers.log (tail):\n%s", tail(string(b), 60))
+			}
+		}
+		e.run("local", "down")
+	})
+
+	out, code := e.run("local", "up", "--servers", fmt.Sprint(servers), "--image", "A")
+	require.Equal(t, command.ExitOK, code, out)
+	var err error
+	e.p, err = local.New(local.Config{StateDir: e.state, Addresses: block.Prefix()})
+	require.NoError(t, err)
+	addr, err := e.p.ClientAddr()
+	require.NoError(t, err)
+	cfgAPI := api.DefaultConfig()
+	cfgAPI.Address = addr
+	e.client, err = api.NewClient(cfgAPI)
+	require.NoError(t, err)
+	return e
+}
+
+// run runs the operator CLI in-process and returns its output and exit code.
+func (e *env) run(args ...string) (string, int) {
+	var out bytes.Buffer
+	getenv := func(k string) string {
+		switch k {
+		case command.EnvBinDir:
+			return binDir
+		case api.HTTPAddrEnvName, api.HTTPTokenEnvName:
+			return ""
+		}
+		return os.Getenv(k)
+	}
+	code := command.Rehydrate(append([]string{"-config", e.cfgPath}, args...), command.Env{
+		Stdin: strings.NewReader(""), Stdout: &out, Stderr: &out, Getenv: getenv,
+	})
+	return out.String(), code
+}
+
+func (e *env) status() command.Status {
+	e.t.Helper()
+	out, code := e.run("status", "--json")
+	require.Equal(e.t, command.ExitOK, code, out)
+	var st command.Status
+	require.NoError(e.t, json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &st), out)
+	return st
+}
+
+// sampler records, every 100ms, the most live instances and raft servers seen.
+type sampler struct {
+	mu              sync.Mutex
+	maxLive, maxRaft int
+	stop            chan struct{}
+	done            chan struct{}
+}
+
+func (e *env) sample() *sampler {
+	s := &sampler{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		for {
+			select {
+			case <-s.stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			insts, err := e.p.Instances(context.Background())
+			live := 0
+			for _, i := range insts {
+				if i.Live() {
+					live++
+				}
+			}
+			raft, rerr := e.client.Operator().RaftGetConfiguration(nil)
+			s.mu.Lock()
+			if err == nil {
+				s.maxLive = max(s.maxLive, live)
+			}
+			if rerr == nil {
+				s.maxRaft = max(s.maxRaft, len(raft.Servers))
+			}
+			s.mu.Unlock()
+		}
+	}()
+	return s
+}
+
+func (s *sampler) Stop() (maxLive, maxRaft int) {
+	close(s.stop)
+	<-s.done
+	return s.maxLive, s.maxRaft
+}
+
+// waitRolled waits until the roll record says done on image and every server runs it.
+func (e *env) waitRolled(image string, timeout time.Duration) command.Status {
+	e.t.Helper()
+	var st command.Status
+	testcluster.WaitFor(e.t, timeout, "every server on "+image, func() (bool, string) {
+		st = e.status()
+		on := 0
+		for _, s := range st.Servers {
+			if s.Image == image && s.State == "running" && s.Voter && s.Healthy {
+				on++
+			}
+		}
+		if st.Roll != nil && st.Roll.Phase == coord.PhaseFailed {
+			e.t.Fatalf("roll failed: %s", st.Roll.Failure)
+		}
+		phase := ""
+		if st.Roll != nil {
+			phase = st.Roll.Phase
+		}
+		return on == e.servers && len(st.Servers) == e.servers && phase == coord.PhaseDone,
+			fmt.Sprintf("%d/%d on %s, %d instances, roll %q, next: %s", on, e.servers, image, len(st.Servers), phase, st.Next.Reason)
+	})
+	return st
+}
+
+func TestRoll_ReplacesEveryServerLeaderLastWithoutLosingWrites(t *testing.T) {
+	for _, n := range []int{3, 5} {
+		t.Run(fmt.Sprintf("%d servers", n), func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, n, "")
+			before := e.status()
+			require.Len(t, before.Servers, n)
+			var leaderInstance string
+			for _, s := range before.Servers {
+				if s.Leader {
+					leaderInstance = s.Instance
+				}
+			}
+			require.NotEmpty(t, leaderInstance)
+
+			// Data written before the roll must survive it.
+			for i := 0; i < 50; i++ {
+				_, err := e.client.KV().Put(&api.KVPair{Key: fmt.Sprintf("seed/%d", i), Value: []byte("x")}, nil)
+				require.NoError(t, err)
+			}
+			writer := workload.StartWriter(e.client, "writes/", 20, 3, 5*time.Second)
+			samples := e.sample()
+
+			out, code := e.run("local", "image", "register", "B")
+			require.Equal(t, command.ExitOK, code, out)
+			out, code = e.run("fire", "--image", "B")
+			require.Equal(t, command.ExitOK, code, out)
+
+			st := e.waitRolled("B", time.Duration(n)*90*time.Second)
+			maxLive, maxRaft := samples.Stop()
+			res, err := writer.Stop(context.Background())
+			require.NoError(t, err)
+
+			assert.Zero(t, res.Failed, "failed writes")
+			assert.Zero(t, res.Lost, "lost writes")
+			assert.Greater(t, res.OK, 100)
+			assert.LessOrEqual(t, maxLive, n+1, "never more than N+1 instances")
+			assert.LessOrEqual(t, maxRaft, n+1, "never more than N+1 raft servers")
+			raft, err := e.client.Operator().RaftGetConfiguration(nil)
+			require.NoError(t, err)
+			assert.Len(t, raft.Servers, n, "raft back to N")
+			seed, _, err := e.client.KV().List("seed/", &api.QueryOptions{RequireConsistent: true})
+			require.NoError(t, err)
+			assert.Len(t, seed, 50, "data written before the roll is all there")
+
+			// The history: N launches and N retires; the original leader retired last,
+			// right after leadership moved away from it.
+			var steps []string
+			for _, h := range st.Roll.History {
+				steps = append(steps, h.Step+" "+h.Instance)
+			}
+			var retires []string
+			for _, h := range st.Roll.History {
+				if h.Step == "retire" {
+					retires = append(retires, h.Instance)
+				}
+			}
+			require.Len(t, retires, n, "history: %v", steps)
+			assert.Equal(t, leaderInstance, retires[n-1], "the leader is retired last; history: %v", steps)
+			for i, h := range st.Roll.History {
+				if h.Step == "retire" && h.Instance == leaderInstance {
+					require.Greater(t, i, 0)
+					assert.Equal(t, "transfer", st.Roll.History[i-1].Step, "a transfer precedes the leader's retirement; history: %v", steps)
+				}
+			}
+			assert.Equal(t, "done", st.Roll.History[len(st.Roll.History)-1].Step)
+			t.Logf("%d servers rolled: %d writes ok, max write %s, history %v", n, res.OK, res.Max, steps)
+		})
+	}
+}
+
+func TestRoll_FiringWhenUpToDateLaunchesNothing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 3, "")
+	before := e.status()
+
+	out, code := e.run("plan")
+	require.Equal(t, command.ExitOK, code, out)
+	assert.Contains(t, out, "nothing: up to date: all 3 servers run A")
+
+	out, code = e.run("fire")
+	require.Equal(t, command.ExitOK, code, out)
+	// The handlers took the event and decided; wait for their record of it.
+	var eventID string
+	_, err := fmt.Sscanf(out[strings.Index(out, "(event "):], "(event %36s", &eventID)
+	require.NoError(t, err, out)
+	var handled *api.KVPair
+	testcluster.WaitFor(t, 30*time.Second, "the event to be handled", func() (bool, string) {
+		handled, _, err = e.client.KV().Get("rehydrate/e2e/events/"+eventID, nil)
+		return err == nil && handled != nil, fmt.Sprint(err)
+	})
+	assert.Contains(t, string(handled.Value), "nothing: up to date")
+	after := e.status()
+	assert.Equal(t, before.Servers, after.Servers, "no instance launched or retired")
+	assert.Nil(t, after.Roll, "no roll recorded")
+	insts, err := e.p.Instances(context.Background())
+	require.NoError(t, err)
+	assert.Len(t, insts, 3)
+
+	out, code = e.run("status")
+	require.Equal(t, command.ExitOK, code, out)
+	assert.Contains(t, out, "roll: none yet")
+	assert.Contains(t, out, "next: nothing: up to date")
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
