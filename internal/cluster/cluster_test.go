@@ -67,7 +67,12 @@ func TestObserve_ReportsRaftHealthLeaderAndNodeMeta(t *testing.T) {
 		return !obs.Healthy, "still healthy"
 	})
 	require.Len(t, obs.Servers, 3)
-	assert.False(t, obs.ByInstance("i-"+victim.Name).Healthy)
+	for _, s := range obs.Servers {
+		if s.Name == victim.Name {
+			assert.False(t, s.Healthy)
+			assert.Equal(t, victim.ServerAddr(), s.Address, "a failed server is still known by its address")
+		}
+	}
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }

@@ -230,7 +230,7 @@ func collectStatus(ctx context.Context, r *roll.Roller) (*Status, error) {
 		Next: NextStep{Kind: string(st.Kind), Image: st.Image, Instance: st.Instance, Reason: st.Reason}}
 	for _, inst := range in.Instances {
 		row := ServerStatus{Instance: inst.ID, Image: inst.ImageID, State: inst.State, Outdated: st.Image != "" && inst.ImageID != st.Image}
-		if s := in.Cluster.ByInstance(inst.ID); s != nil {
+		if s := in.Server(inst); s != nil {
 			row.Node, row.Voter, row.Leader, row.Healthy = s.Name, s.Voter, s.Leader, s.Healthy
 		}
 		out.Servers = append(out.Servers, row)

@@ -4,6 +4,7 @@ package plan
 
 import (
 	"fmt"
+	"net"
 	"sort"
 	"strings"
 	"time"
@@ -91,6 +92,31 @@ func (s Step) String() string {
 	return b.String()
 }
 
+// Server returns the server running on inst: by the instance_id in its node meta, or,
+// when the catalog has lost the meta, by address. (Consul re-registers a failed node
+// without its meta, so a crashed server is known only by its address.)
+func (in Input) Server(inst cloud.Instance) *cluster.Server {
+	if s := in.Cluster.ByInstance(inst.ID); s != nil {
+		return s
+	}
+	if inst.Address == "" {
+		return nil
+	}
+	for i, s := range in.Cluster.Servers {
+		if s.InstanceID == "" && hostOf(s.Address) == inst.Address {
+			return &in.Cluster.Servers[i]
+		}
+	}
+	return nil
+}
+
+func hostOf(addr string) string {
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
+	}
+	return addr
+}
+
 // Next returns the one next step.
 func Next(in Input) Step {
 	target, refusal := chooseTarget(in)
@@ -160,7 +186,7 @@ func Next(in Input) Step {
 func retireOrder(in Input, outdated []cloud.Instance) []cloud.Instance {
 	cands := append([]cloud.Instance(nil), outdated...)
 	rank := func(inst cloud.Instance) int {
-		srv := in.Cluster.ByInstance(inst.ID)
+		srv := in.Server(inst)
 		switch {
 		case srv == nil || !srv.Healthy:
 			return 0
@@ -180,11 +206,11 @@ func retire(in Input, st state, target string) Step {
 	leader := in.Cluster.Leader()
 	cands := retireOrder(in, st.outdated)
 	victim := cands[0]
-	srv := in.Cluster.ByInstance(victim.ID)
+	srv := in.Server(victim)
 
 	healthyAfter := 0
-	for _, s := range in.Cluster.Servers {
-		if s.Voter && s.Healthy && s.InstanceID != victim.ID {
+	for i, s := range in.Cluster.Servers {
+		if s.Voter && s.Healthy && &in.Cluster.Servers[i] != srv {
 			healthyAfter++
 		}
 	}
@@ -207,7 +233,7 @@ func retire(in Input, st state, target string) Step {
 func bestSuccessor(in Input, st state) *cluster.Server {
 	var best *cluster.Server
 	for _, inst := range st.onTarget {
-		s := in.Cluster.ByInstance(inst.ID)
+		s := in.Server(inst)
 		if s != nil && st.settled[inst.ID] && (best == nil || s.LastIndex > best.LastIndex) {
 			best = s
 		}
@@ -238,7 +264,7 @@ func classify(in Input, target string) state {
 	st := state{settled: map[string]bool{}, why: map[string]string{}}
 	for _, inst := range insts {
 		if !inst.Live() {
-			if inst.State == cloud.StateShuttingDown && in.Cluster.ByInstance(inst.ID) != nil {
+			if inst.State == cloud.StateShuttingDown && in.Server(inst) != nil {
 				st.leaving = append(st.leaving, inst.ID)
 			}
 			continue
@@ -257,7 +283,7 @@ func classify(in Input, target string) state {
 // settled reports whether the instance's server is a healthy voter, stable for the
 // stabilization time, and close enough to the leader's log.
 func settled(in Input, inst cloud.Instance) (bool, string) {
-	s := in.Cluster.ByInstance(inst.ID)
+	s := in.Server(inst)
 	switch {
 	case s == nil:
 		return false, "not in the raft configuration yet"
@@ -291,7 +317,7 @@ func unhealthy(in Input, st state) string {
 		return fmt.Sprintf("%d healthy voters, want %d", voters, in.Desired)
 	}
 	for _, inst := range st.live {
-		if in.Cluster.ByInstance(inst.ID) == nil {
+		if in.Server(inst) == nil {
 			return inst.ID + " is not in the raft configuration"
 		}
 	}

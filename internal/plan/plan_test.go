@@ -215,6 +215,14 @@ func TestNext_Rules(t *testing.T) {
 			w.in.Requested = "B"
 			return w.in
 		}, Launch, "i-2", ""},
+		{"a crashed server whose node meta is gone is matched by address", func() Input {
+			w := newWorld(3, "B")
+			w.surge("i-9", "C", time.Minute, 30*time.Second)
+			w.in.Instances[1].Address = "192.0.2.2"
+			s := w.srv("i-2")
+			s.InstanceID, s.Address, s.Healthy = "", "192.0.2.2:8300", false
+			return w.in
+		}, Retire, "i-2", "retire outdated i-2"},
 		{"no image at all", func() Input {
 			w := newWorld(3, "B")
 			w.in.Images = nil
