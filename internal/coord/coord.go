@@ -196,6 +196,14 @@ func (s *Store) PutReceipt(ctx context.Context, actionID string, r *Receipt) err
 	return s.putJSON(ctx, "actions/"+actionID, r)
 }
 
+// DeleteReceipt removes the receipt of an action that did not happen.
+func (s *Store) DeleteReceipt(ctx context.Context, actionID string) error {
+	if _, err := s.c.KV().Delete(s.Key("actions/"+actionID), (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return fmt.Errorf("delete receipt %s: %w", actionID, err)
+	}
+	return nil
+}
+
 // Handled reports whether the event was already handled.
 func (s *Store) Handled(ctx context.Context, eventID string) (bool, error) {
 	kv, _, err := s.c.KV().Get(s.Key("events/"+eventID), (&api.QueryOptions{}).WithContext(ctx))

@@ -107,6 +107,11 @@ func TestCoord(t *testing.T) {
 		assert.Equal(t, "launch", r.Intent)
 		assert.Empty(t, r.Result)
 
+		require.NoError(t, s.DeleteReceipt(ctx, "launch/B/i-1"))
+		r, err = s.Receipt(ctx, "launch/B/i-1")
+		require.NoError(t, err)
+		assert.Nil(t, r)
+
 		require.NoError(t, s.MarkBad(ctx, "B", "never became a voter"))
 		bad, err := s.BadImages(ctx)
 		require.NoError(t, err)

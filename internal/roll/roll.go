@@ -192,8 +192,14 @@ func (r *Roller) step(ctx context.Context, trig Trigger) error {
 			}
 
 		case plan.Launch:
+			// The roll is recorded before the launch: the new server's join fires the
+			// service watch, and that handler must find the roll in progress (it may
+			// join before the launch call returns).
 			if !rec.InProgress() {
 				rec = &coord.Roll{Target: st.Image, Phase: coord.PhaseRolling, Started: r.Now()}
+				if err := r.Store.PutRoll(ctx, rec); err != nil {
+					return r.consulErr(ctx, err)
+				}
 			}
 			inst, err := r.act(ctx, st, func(ctx context.Context) (string, error) {
 				inst, err := r.Cloud.Launch(ctx, st.Image, st.ActionID)
@@ -206,7 +212,12 @@ func (r *Roller) step(ctx context.Context, trig Trigger) error {
 			if err := r.Store.PutRoll(ctx, rec); err != nil {
 				return r.consulErr(ctx, err)
 			}
-			return r.markHandled(ctx, trig, "launched "+inst)
+			if err := r.markHandled(ctx, trig, "launched "+inst); err != nil {
+				return err
+			}
+			// Promotion to voter changes nothing a watch sees; make sure some handler
+			// comes back to wait for it.
+			return r.fire(ctx, "launched "+inst+"; wait for it to settle")
 
 		case plan.Transfer:
 			if _, err := r.act(ctx, st, func(ctx context.Context) (string, error) {
@@ -275,6 +286,11 @@ func (r *Roller) act(ctx context.Context, st plan.Step, call func(context.Contex
 	}
 	out, err := call(ctx)
 	if err != nil {
+		// The step did not happen (or only its idempotent first part did): drop the
+		// intent, so no receipt claims it; the next trigger takes the step afresh.
+		if derr := r.Store.DeleteReceipt(ctx, st.ActionID); derr != nil {
+			r.Log.Warn("drop receipt of failed action", "action_id", st.ActionID, "error", derr)
+		}
 		if st.Kind == plan.Transfer {
 			return "", r.consulErr(ctx, fmt.Errorf("transfer leadership to %s: %w", st.TransferTo, err))
 		}
