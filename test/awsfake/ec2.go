@@ -1,0 +1,362 @@
+package awsfake
+
+import (
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// set is an EC2 list: <xxxSet><item>…</item></xxxSet>.
+type set[T any] struct {
+	Items []T `xml:"item"`
+}
+
+type ec2Tag struct {
+	Key   string `xml:"key"`
+	Value string `xml:"value"`
+}
+
+func tagSet(tags map[string]string) *set[ec2Tag] {
+	if len(tags) == 0 {
+		return nil // EC2 leaves tagSet out when there are no tags
+	}
+	keys := make([]string, 0, len(tags))
+	for k := range tags {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	out := &set[ec2Tag]{}
+	for _, k := range keys {
+		out.Items = append(out.Items, ec2Tag{k, tags[k]})
+	}
+	return out
+}
+
+type xmlImage struct {
+	ImageID            string       `xml:"imageId"`
+	ImageLocation      string       `xml:"imageLocation"`
+	ImageState         string       `xml:"imageState"`
+	ImageOwnerID       string       `xml:"imageOwnerId"`
+	CreationDate       string       `xml:"creationDate"`
+	IsPublic           bool         `xml:"isPublic"`
+	Architecture       string       `xml:"architecture"`
+	ImageType          string       `xml:"imageType"`
+	Name               string       `xml:"name"`
+	RootDeviceType     string       `xml:"rootDeviceType"`
+	RootDeviceName     string       `xml:"rootDeviceName"`
+	VirtualizationType string       `xml:"virtualizationType"`
+	Hypervisor         string       `xml:"hypervisor"`
+	EnaSupport         bool         `xml:"enaSupport"`
+	PlatformDetails    string       `xml:"platformDetails"`
+	UsageOperation     string       `xml:"usageOperation"`
+	DeprecationTime    string       `xml:"deprecationTime,omitempty"`
+	TagSet             *set[ec2Tag] `xml:"tagSet"`
+}
+
+type describeImagesResponse struct {
+	ec2Meta
+	Images set[xmlImage] `xml:"imagesSet"`
+}
+
+func (s *Server) describeImages(p url.Values) (any, error) {
+	fs := parseFilters(p)
+	if err := checkFilters(fs, "name", "state", "image-id", "owner-id", "tag-key"); err != nil {
+		return nil, err
+	}
+	ids := list(p, "ImageId")
+	var missing []string
+	for _, id := range ids {
+		if !validID(id, "ami-") {
+			return nil, apiErr(http.StatusBadRequest, "InvalidAMIID.Malformed", `Invalid id: "%s" (expecting "ami-...")`, id)
+		}
+		if s.image(id) == nil {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, apiErr(http.StatusBadRequest, "InvalidAMIID.NotFound", "The image id '[%s]' does not exist", strings.Join(missing, ", "))
+	}
+	owners := list(p, "Owner")
+	includeDeprecated := p.Get("IncludeDeprecated") == "true"
+	now := time.Now()
+	out := &describeImagesResponse{}
+	for _, img := range s.images {
+		switch {
+		case len(ids) > 0 && !slices.Contains(ids, img.ID):
+		case len(owners) > 0 && !slices.ContainsFunc(owners, func(o string) bool {
+			return o == img.OwnerID || o == "self" && img.OwnerID == s.opts.AccountID
+		}):
+		case len(ids) == 0 && !includeDeprecated && img.OwnerID != s.opts.AccountID &&
+			img.DeprecationTime != nil && !img.DeprecationTime.After(now):
+		case !matchFilters(fs, func(name string) []string {
+			switch name {
+			case "name":
+				return []string{img.Name}
+			case "state":
+				return []string{img.State}
+			case "image-id":
+				return []string{img.ID}
+			case "owner-id":
+				return []string{img.OwnerID}
+			}
+			return tagAttr(img.Tags, name)
+		}):
+		default:
+			x := xmlImage{
+				ImageID: img.ID, ImageLocation: img.OwnerID + "/" + img.Name, ImageState: img.State,
+				ImageOwnerID: img.OwnerID, CreationDate: isoTime(img.CreationDate), Architecture: "x86_64",
+				ImageType: "machine", Name: img.Name, RootDeviceType: "ebs", RootDeviceName: "/dev/xvda",
+				VirtualizationType: "hvm", Hypervisor: "xen", EnaSupport: true, PlatformDetails: "Linux/UNIX",
+				UsageOperation: "RunInstances", TagSet: tagSet(img.Tags),
+			}
+			if img.DeprecationTime != nil {
+				x.DeprecationTime = isoTime(*img.DeprecationTime)
+			}
+			out.Images.Items = append(out.Images.Items, x)
+		}
+	}
+	return out, nil
+}
+
+type xmlInstanceState struct {
+	Code int    `xml:"code"`
+	Name string `xml:"name"`
+}
+
+type xmlInstance struct {
+	InstanceID       string           `xml:"instanceId"`
+	ImageID          string           `xml:"imageId"`
+	InstanceState    xmlInstanceState `xml:"instanceState"`
+	PrivateDNSName   string           `xml:"privateDnsName"`
+	DNSName          string           `xml:"dnsName"`
+	AmiLaunchIndex   int              `xml:"amiLaunchIndex"`
+	InstanceType     string           `xml:"instanceType"`
+	LaunchTime       string           `xml:"launchTime"`
+	AvailabilityZone string           `xml:"placement>availabilityZone"`
+	PrivateIPAddress string           `xml:"privateIpAddress,omitempty"`
+	Architecture     string           `xml:"architecture"`
+	RootDeviceType   string           `xml:"rootDeviceType"`
+	Hypervisor       string           `xml:"hypervisor"`
+	TagSet           *set[ec2Tag]     `xml:"tagSet"`
+}
+
+type xmlReservation struct {
+	ReservationID string           `xml:"reservationId"`
+	OwnerID       string           `xml:"ownerId"`
+	Instances     set[xmlInstance] `xml:"instancesSet"`
+}
+
+type describeInstancesResponse struct {
+	ec2Meta
+	Reservations set[xmlReservation] `xml:"reservationSet"`
+}
+
+// ec2StateCodes are EC2's instance state codes.
+var ec2StateCodes = map[string]int{"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48}
+
+func (s *Server) describeInstances(p url.Values) (any, error) {
+	fs := parseFilters(p)
+	if err := checkFilters(fs, "instance-id", "instance-state-name", "image-id", "private-ip-address", "tag-key"); err != nil {
+		return nil, err
+	}
+	ids := list(p, "InstanceId")
+	for _, id := range ids {
+		if !validID(id, "i-") {
+			return nil, apiErr(http.StatusBadRequest, "InvalidInstanceID.Malformed", `Invalid id: "%s"`, id)
+		}
+	}
+	all := s.sortedInstances()
+	var missing []string
+	for _, id := range ids {
+		if s.instances[id] == nil {
+			missing = append(missing, id)
+		}
+	}
+	switch {
+	case len(missing) == 1:
+		return nil, apiErr(http.StatusBadRequest, "InvalidInstanceID.NotFound", "The instance ID '%s' does not exist", missing[0])
+	case len(missing) > 1:
+		return nil, apiErr(http.StatusBadRequest, "InvalidInstanceID.NotFound", "The instance IDs '%s' do not exist", strings.Join(missing, ", "))
+	}
+	out := &describeInstancesResponse{}
+	for _, i := range all {
+		tags := map[string]string{
+			"aws:autoscaling:groupName":     i.group,
+			"aws:ec2launchtemplate:id":      i.templateID,
+			"aws:ec2launchtemplate:version": strconv.FormatInt(i.templateVersion, 10),
+		}
+		if len(ids) > 0 && !slices.Contains(ids, i.id) || !matchFilters(fs, func(name string) []string {
+			switch name {
+			case "instance-id":
+				return []string{i.id}
+			case "instance-state-name":
+				return []string{i.state}
+			case "image-id":
+				return []string{i.imageID}
+			case "private-ip-address":
+				return []string{i.ip}
+			}
+			return tagAttr(tags, name)
+		}) {
+			continue
+		}
+		x := xmlInstance{
+			InstanceID: i.id, ImageID: i.imageID,
+			InstanceState: xmlInstanceState{Code: ec2StateCodes[i.state], Name: i.state},
+			InstanceType:  "t3.micro", LaunchTime: isoTime(i.launched), AvailabilityZone: s.opts.Region + "a",
+			Architecture: "x86_64", RootDeviceType: "ebs", Hypervisor: "xen", TagSet: tagSet(tags),
+		}
+		if i.state != "terminated" { // a terminated instance has lost its private address
+			x.PrivateIPAddress = i.ip
+			x.PrivateDNSName = "ip-" + strings.ReplaceAll(i.ip, ".", "-") + ".ec2.internal"
+		}
+		out.Reservations.Items = append(out.Reservations.Items, xmlReservation{
+			ReservationID: i.reservationID, OwnerID: s.opts.AccountID, Instances: set[xmlInstance]{Items: []xmlInstance{x}},
+		})
+	}
+	return out, nil
+}
+
+type xmlLaunchTemplateVersion struct {
+	LaunchTemplateID   string `xml:"launchTemplateId"`
+	LaunchTemplateName string `xml:"launchTemplateName"`
+	VersionNumber      int64  `xml:"versionNumber"`
+	VersionDescription string `xml:"versionDescription,omitempty"`
+	CreateTime         string `xml:"createTime"`
+	CreatedBy          string `xml:"createdBy"`
+	DefaultVersion     bool   `xml:"defaultVersion"`
+	LaunchTemplateData struct {
+		ImageID      string `xml:"imageId,omitempty"`
+		InstanceType string `xml:"instanceType,omitempty"`
+	} `xml:"launchTemplateData"`
+}
+
+func (s *Server) xmlVersion(lt *launchTemplate, v *ltVersion) xmlLaunchTemplateVersion {
+	x := xmlLaunchTemplateVersion{
+		LaunchTemplateID: lt.id, LaunchTemplateName: lt.name, VersionNumber: v.number,
+		VersionDescription: v.description, CreateTime: isoTime(v.created),
+		CreatedBy: "arn:aws:iam::" + s.opts.AccountID + ":root", DefaultVersion: v.number == lt.defaultVersion,
+	}
+	x.LaunchTemplateData.ImageID, x.LaunchTemplateData.InstanceType = v.imageID, v.instanceType
+	return x
+}
+
+// findTemplate finds the template a request names by LaunchTemplateName or
+// LaunchTemplateId.
+func (s *Server) findTemplate(p url.Values) (*launchTemplate, error) {
+	name, id := p.Get("LaunchTemplateName"), p.Get("LaunchTemplateId")
+	switch {
+	case name != "":
+		if lt := s.templates[name]; lt != nil {
+			return lt, nil
+		}
+		return nil, apiErr(http.StatusBadRequest, "InvalidLaunchTemplateName.NotFoundException",
+			"At least one of the launch templates specified in the request does not exist.")
+	case id != "":
+		for _, lt := range s.templates {
+			if lt.id == id {
+				return lt, nil
+			}
+		}
+		return nil, apiErr(http.StatusBadRequest, "InvalidLaunchTemplateId.NotFound",
+			"The specified launch template, with template ID %s, does not exist.", id)
+	}
+	return nil, apiErr(http.StatusBadRequest, "MissingParameter", "The request must contain the parameter LaunchTemplateName or LaunchTemplateId")
+}
+
+func versionNotFound(lt *launchTemplate, v string) error {
+	return apiErr(http.StatusBadRequest, "InvalidLaunchTemplateId.VersionNotFound",
+		"Could not find launch template version %s for launch template %s.", v, lt.id)
+}
+
+type createLaunchTemplateVersionResponse struct {
+	ec2Meta
+	LaunchTemplateVersion xmlLaunchTemplateVersion `xml:"launchTemplateVersion"`
+}
+
+func (s *Server) createLaunchTemplateVersion(p url.Values) (any, error) {
+	lt, err := s.findTemplate(p)
+	if err != nil {
+		return nil, err
+	}
+	token, ami, desc, source := p.Get("ClientToken"), p.Get("LaunchTemplateData.ImageId"), p.Get("VersionDescription"), p.Get("SourceVersion")
+	if len(token) > 64 {
+		return nil, apiErr(http.StatusBadRequest, "InvalidParameterValue", "The client token must be at most 64 characters long.")
+	}
+	req := tokenRequest{template: lt.id, imageID: ami, description: desc, source: source}
+	if prev, ok := s.tokens[token]; ok && token != "" {
+		if prev.request != req {
+			return nil, apiErr(http.StatusBadRequest, "IdempotentParameterMismatch",
+				"The client token %s was already used with different parameters.", token)
+		}
+		return &createLaunchTemplateVersionResponse{LaunchTemplateVersion: s.xmlVersion(lt, lt.versions[prev.version-1])}, nil
+	}
+	if !hasKeyWithPrefix(p, "LaunchTemplateData.") {
+		return nil, apiErr(http.StatusBadRequest, "MissingParameter", "The request must contain the parameter LaunchTemplateData")
+	}
+	v := &ltVersion{number: int64(len(lt.versions)) + 1, description: desc, created: time.Now()}
+	if source != "" {
+		src, ok := lt.resolve(source)
+		if !ok {
+			return nil, versionNotFound(lt, source)
+		}
+		v.imageID, v.instanceType = src.imageID, src.instanceType
+	}
+	if ami != "" {
+		if !validID(ami, "ami-") {
+			return nil, apiErr(http.StatusBadRequest, "InvalidAMIID.Malformed", `Invalid id: "%s" (expecting "ami-...")`, ami)
+		}
+		if s.image(ami) == nil {
+			return nil, apiErr(http.StatusBadRequest, "InvalidAMIID.NotFound", "The image id '[%s]' does not exist", ami)
+		}
+		v.imageID = ami
+	}
+	lt.versions = append(lt.versions, v)
+	if token != "" {
+		s.tokens[token] = tokenUse{request: req, version: v.number}
+	}
+	return &createLaunchTemplateVersionResponse{LaunchTemplateVersion: s.xmlVersion(lt, v)}, nil
+}
+
+type describeLaunchTemplateVersionsResponse struct {
+	ec2Meta
+	Versions set[xmlLaunchTemplateVersion] `xml:"launchTemplateVersionSet"`
+}
+
+func (s *Server) describeLaunchTemplateVersions(p url.Values) (any, error) {
+	lt, err := s.findTemplate(p)
+	if err != nil {
+		return nil, err
+	}
+	want := list(p, "LaunchTemplateVersion")
+	var vs []*ltVersion
+	if len(want) == 0 {
+		vs = lt.versions
+	}
+	for _, w := range want {
+		v, ok := lt.resolve(w)
+		if !ok || w == "" {
+			return nil, versionNotFound(lt, w)
+		}
+		if !slices.Contains(vs, v) {
+			vs = append(vs, v)
+		}
+	}
+	out := &describeLaunchTemplateVersionsResponse{}
+	for _, v := range vs {
+		out.Versions.Items = append(out.Versions.Items, s.xmlVersion(lt, v))
+	}
+	return out, nil
+}
+
+func hasKeyWithPrefix(p url.Values, prefix string) bool {
+	for k := range p {
+		if strings.HasPrefix(k, prefix) {
+			return true
+		}
+	}
+	return false
+}
