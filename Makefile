@@ -7,18 +7,21 @@ SHELL := /usr/bin/env bash
 
 CONSUL_VERSION      := 1.22.3
 STATICCHECK_VERSION := v0.8.2
+AEMM_VERSION        := v1.13.0
 
 CACHE_DIR   ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/consul-rehydrate
 CONSUL_DIR  := $(CACHE_DIR)/consul-$(CONSUL_VERSION)
 CONSUL_BIN  := $(CONSUL_DIR)/consul
 TOOLS_BIN   := $(CACHE_DIR)/tools
 STATICCHECK := $(TOOLS_BIN)/staticcheck-$(STATICCHECK_VERSION)
+AEMM_DIR    := $(CACHE_DIR)/ec2-metadata-mock-$(AEMM_VERSION)
+AEMM        := $(AEMM_DIR)/ec2-metadata-mock
 
 HANDLERS := $(notdir $(wildcard handlers/*))
 GO_TEST_FLAGS ?= -race -count=1 -timeout 45m
 
-# Tests and the demo find the pinned consul first on PATH.
-export PATH := $(CONSUL_DIR):$(PATH)
+# Tests and the demo find the pinned consul and ec2-metadata-mock first on PATH.
+export PATH := $(CONSUL_DIR):$(AEMM_DIR):$(PATH)
 
 .PHONY: help
 help: ## show the targets
@@ -44,8 +47,16 @@ build: ## build every handler into bin/
 demo: $(CONSUL_BIN) build ## roll a real local cluster from image A to B under write load (SERVERS=3)
 	bin/rehydrate local demo --servers $${SERVERS:-3}
 
+$(AEMM):
+	@mkdir -p $(AEMM_DIR)
+	GOBIN=$(AEMM_DIR) go install github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock@$(AEMM_VERSION)
+
+.PHONY: e2e-aws
+e2e-aws: $(CONSUL_BIN) ## roll 3 servers through the aws provider against the wire-level EC2/ASG fake
+	go test -count=1 -timeout 15m -run 'TestAWSRoll' -v ./test/e2e/ | grep -E '^\{"servers"|^(--- |ok|FAIL|PASS)|Error'
+
 .PHONY: test
-test: $(CONSUL_BIN) ## unit and integration tests against a real Consul, race detector on
+test: $(CONSUL_BIN) $(AEMM) ## unit and integration tests against a real Consul, race detector on
 	go test $(GO_TEST_FLAGS) ./...
 
 $(STATICCHECK):

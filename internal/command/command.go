@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/consul-rehydrate/consul-rehydrate/config"
+	awsprovider "github.com/consul-rehydrate/consul-rehydrate/internal/cloud/aws"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/roll"
@@ -163,6 +164,18 @@ func (a *app) provider() (roll.Provider, error) {
 	switch {
 	case a.cfg.Provider.Local != nil:
 		return a.localProvider()
+	case a.cfg.Provider.AWS != nil:
+		pc := a.cfg.Provider.AWS
+		ctx, cancel := withTimeout(30 * time.Second)
+		defer cancel()
+		e, as, err := awsprovider.NewClients(ctx, awsprovider.ClientOptions{Region: pc.Region, EndpointURL: pc.EndpointURL, MaxAttempts: pc.MaxAttempts})
+		if err != nil {
+			return nil, err
+		}
+		return awsprovider.New(e, as, awsprovider.Config{
+			Group: pc.AutoscalingGroup, LaunchTemplate: pc.LaunchTemplate, Servers: a.cfg.Servers,
+			Owners: pc.Image.Owners, NamePattern: pc.Image.NamePattern, Tags: pc.Image.Tags, Logger: a.log,
+		}), nil
 	default:
 		return nil, fmt.Errorf("provider %q is not supported by this build", a.cfg.Provider.Type)
 	}

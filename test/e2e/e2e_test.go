@@ -42,6 +42,15 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
+	// The aws provider's handlers (children of the test's Consul agents) find fake
+	// static credentials here, and never a real profile or instance metadata.
+	for k, v := range map[string]string{
+		"AWS_ACCESS_KEY_ID": "AKIDFAKEFAKEFAKEFAKE", "AWS_SECRET_ACCESS_KEY": "fake-secret",
+		"AWS_CONFIG_FILE": os.DevNull, "AWS_SHARED_CREDENTIALS_FILE": os.DevNull,
+		"AWS_EC2_METADATA_DISABLED": "true", "AWS_PROFILE": "",
+	} {
+		os.Setenv(k, v)
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
@@ -53,8 +62,11 @@ type env struct {
 	cfgPath string
 	state   string
 	servers int
-	p       *local.Provider
-	client  *api.Client
+	// httpAddr, if set, is the Consul agent the CLI talks to (the local provider's
+	// client agent is found by itself).
+	httpAddr string
+	p        *local.Provider
+	client   *api.Client
 }
 
 func newEnv(t *testing.T, servers int, extraHCL string) *env {
@@ -107,19 +119,26 @@ provider "local" {
 // run runs the operator CLI in-process and returns its output and exit code.
 func (e *env) run(args ...string) (string, int) {
 	var out bytes.Buffer
-	getenv := func(k string) string {
-		switch k {
-		case command.EnvBinDir:
-			return binDir
-		case api.HTTPAddrEnvName, api.HTTPTokenEnvName:
-			return ""
-		}
-		return os.Getenv(k)
+	pre := []string{"-config", e.cfgPath}
+	if e.httpAddr != "" {
+		pre = append(pre, "-http-addr", e.httpAddr)
 	}
-	code := command.Rehydrate(append([]string{"-config", e.cfgPath}, args...), command.Env{
-		Stdin: strings.NewReader(""), Stdout: &out, Stderr: &out, Getenv: getenv,
+	code := command.Rehydrate(append(pre, args...), command.Env{
+		Stdin: strings.NewReader(""), Stdout: &out, Stderr: &out, Getenv: e.getenv,
 	})
 	return out.String(), code
+}
+
+// getenv is the environment the in-process commands see: the test's own, with the
+// handler binaries and without a Consul address or token from outside.
+func (e *env) getenv(k string) string {
+	switch k {
+	case command.EnvBinDir:
+		return binDir
+	case api.HTTPAddrEnvName, api.HTTPTokenEnvName:
+		return ""
+	}
+	return os.Getenv(k)
 }
 
 func (e *env) status() command.Status {
@@ -133,10 +152,10 @@ func (e *env) status() command.Status {
 
 // sampler records, every 100ms, the most live instances and raft servers seen.
 type sampler struct {
-	mu              sync.Mutex
+	mu               sync.Mutex
 	maxLive, maxRaft int
-	stop            chan struct{}
-	done            chan struct{}
+	stop             chan struct{}
+	done             chan struct{}
 }
 
 func (e *env) sample() *sampler {
