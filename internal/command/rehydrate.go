@@ -238,7 +238,28 @@ func collectStatus(ctx context.Context, r *roll.Roller) (*Status, error) {
 	return out, nil
 }
 
+// status and plan show the same observation: the whole of it, or its next step.
 func (a *app) status(asJSON bool) int {
+	return a.withStatus(func(st *Status) int {
+		if asJSON {
+			return a.printJSON(st)
+		}
+		printStatus(a.env.Stdout, st, time.Now())
+		return ExitOK
+	})
+}
+
+func (a *app) plan(asJSON bool) int {
+	return a.withStatus(func(st *Status) int {
+		if asJSON {
+			return a.printJSON(st.Next)
+		}
+		fmt.Fprintf(a.env.Stdout, "%s: %s\n", st.Next.Kind, st.Next.Reason)
+		return ExitOK
+	})
+}
+
+func (a *app) withStatus(show func(*Status) int) int {
 	r, code := a.cliRoller()
 	if code != ExitOK {
 		return code
@@ -249,11 +270,7 @@ func (a *app) status(asJSON bool) int {
 	if err != nil {
 		return a.exitCode(err)
 	}
-	if asJSON {
-		return a.printJSON(st)
-	}
-	printStatus(a.env.Stdout, st, time.Now())
-	return ExitOK
+	return show(st)
 }
 
 func printStatus(out io.Writer, st *Status, now time.Time) {
@@ -287,24 +304,6 @@ func printStatus(out io.Writer, st *Status, now time.Time) {
 		fmt.Fprintf(out, "lock held by %s\n", st.LockedBy)
 	}
 	fmt.Fprintf(out, "next: %s: %s\n", st.Next.Kind, st.Next.Reason)
-}
-
-func (a *app) plan(asJSON bool) int {
-	r, code := a.cliRoller()
-	if code != ExitOK {
-		return code
-	}
-	ctx, cancel := withTimeout(time.Minute)
-	defer cancel()
-	st, err := collectStatus(ctx, r)
-	if err != nil {
-		return a.exitCode(err)
-	}
-	if asJSON {
-		return a.printJSON(st.Next)
-	}
-	fmt.Fprintf(a.env.Stdout, "%s: %s\n", st.Next.Kind, st.Next.Reason)
-	return ExitOK
 }
 
 func (a *app) printJSON(v any) int {
