@@ -33,6 +33,11 @@ func (c *Cluster) newAgent(name, ip string, server bool, joins []string) *Agent 
 	dir := filepath.Join(c.t.TempDir(), name)
 	a := &Agent{Name: name, IP: ip, Server: server, Dir: dir, cluster: c, joins: joins}
 	writeFile(c.t, a.ConfigPath(), a.config())
+	if c.opts.Files != nil {
+		for name, content := range c.opts.Files(a) {
+			writeFile(c.t, filepath.Join(a.ConfigDir(), name), content)
+		}
+	}
 	return a
 }
 
@@ -52,7 +57,7 @@ func (a *Agent) DNSAddr() string { return a.IP + ":8600" }
 func (a *Agent) Client() *api.Client {
 	cfg := api.DefaultConfig()
 	cfg.Address = a.HTTPAddr()
-	cfg.Token = ""
+	cfg.Token = a.cluster.opts.Token
 	cl, err := api.NewClient(cfg)
 	if err != nil {
 		panic(err) // only fails on bad TLS settings, which we never set

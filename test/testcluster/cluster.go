@@ -32,8 +32,13 @@ type Options struct {
 	// ExtraHCL, if set, returns HCL appended to an agent's configuration (watches,
 	// ACLs, services, …).
 	ExtraHCL func(a *Agent) string
+	// Files, if set, returns extra configuration files (name -> content) for an
+	// agent's config.d, loaded after config.hcl as Consul merges a config dir.
+	Files func(a *Agent) map[string]string
 	// StartTimeout bounds the wait for a leader and a healthy autopilot (default 60s).
 	StartTimeout time.Duration
+	// Token is the ACL token the harness's own API clients use (ACL-enabled clusters).
+	Token string
 }
 
 // Cluster is a set of running Consul agents.
@@ -76,6 +81,9 @@ func Start(t testing.TB, opts Options) *Cluster {
 	if err != nil {
 		t.Fatalf("testcluster: %v", err)
 	}
+	// Create the temp dir root before registering stopAll: cleanups run last-in
+	// first-out, and the agents' logs must still exist when stopAll prints them.
+	_ = t.TempDir()
 	c := &Cluster{t: t, opts: opts, Block: AllocateBlock(t), Binary: bin}
 	t.Cleanup(c.stopAll)
 
