@@ -1,0 +1,195 @@
+# Builds the Consul server image that the rehydrate handlers launch.
+#
+# The handlers pick the newest image owned by "self" whose name matches
+# "consul-server-*" and whose tags include role = "consul-server"
+# (config/example-aws.hcl): keep image_name_prefix and image_tags in step with
+# the `image` block of the handlers' configuration.
+#
+# Needs `make build` first: the handler binaries are uploaded from ../bin/.
+# `packer validate` does not run the amazon-ami data source (no AWS calls)
+# unless -evaluate-datasources is given.
+
+packer {
+  required_version = ">= 1.12.0"
+  required_plugins {
+    amazon = {
+      source  = "github.com/hashicorp/amazon"
+      version = "~> 1.3"
+    }
+  }
+}
+
+variable "region" {
+  description = "AWS region the image is built in (and registered to)."
+  type        = string
+  default     = "eu-west-1"
+
+  validation {
+    condition     = can(regex("^[a-z]{2}(-[a-z]+)+-[0-9]+$", var.region))
+    error_message = "The region must look like an AWS region name, e.g. \"eu-west-1\"."
+  }
+}
+
+variable "instance_type" {
+  description = "EC2 instance type of the temporary build instance."
+  type        = string
+  default     = "t3.small"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]*\\.[a-z0-9]+$", var.instance_type))
+    error_message = "The instance_type must look like an EC2 instance type, e.g. \"t3.small\"."
+  }
+}
+
+variable "subnet_id" {
+  description = "Subnet to launch the build instance in. Empty: the default VPC's default subnet."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.subnet_id == "" || can(regex("^subnet-[0-9a-f]+$", var.subnet_id))
+    error_message = "The subnet_id must be empty or a subnet ID, e.g. \"subnet-0123456789abcdef0\"."
+  }
+}
+
+variable "vpc_id" {
+  description = "VPC of subnet_id, for the temporary security group. Empty: derived from subnet_id, or the default VPC."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.vpc_id == "" || can(regex("^vpc-[0-9a-f]+$", var.vpc_id))
+    error_message = "The vpc_id must be empty or a VPC ID, e.g. \"vpc-0123456789abcdef0\"."
+  }
+}
+
+variable "consul_version" {
+  description = "Consul release installed in the image (passed to install-consul.sh as CONSUL_VERSION)."
+  type        = string
+  default     = "1.22.3"
+
+  validation {
+    condition     = can(regex("^[0-9]+\\.[0-9]+\\.[0-9]+(-[0-9A-Za-z.]+)?(\\+ent)?$", var.consul_version))
+    error_message = "The consul_version must be a release version such as \"1.22.3\", without a leading \"v\"."
+  }
+}
+
+variable "image_name_prefix" {
+  description = "Image names are \"<prefix>-<UTC timestamp>\"; the handlers' name_pattern must match them."
+  type        = string
+  default     = "consul-server"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9()\\[\\]./'@_-]{3,100}$", var.image_name_prefix))
+    error_message = "The image_name_prefix must be 3-100 characters allowed in AMI names (letters, digits, ()[]./'@_-)."
+  }
+}
+
+variable "image_tags" {
+  description = "Tags put on the image and its snapshots; the handlers' image filter `tags` selects on them. consul_version is added."
+  type        = map(string)
+  default = {
+    role = "consul-server"
+  }
+
+  validation {
+    condition     = alltrue([for k in keys(var.image_tags) : length(regexall("^(?i)aws:", k)) == 0])
+    error_message = "Tag keys may not start with \"aws:\"."
+  }
+}
+
+locals {
+  # formatdate needs a fixed timestamp: timestamp() is evaluated once per run.
+  build_time = formatdate("YYYYMMDDhhmmss", timestamp())
+  image_tags = merge(var.image_tags, {
+    consul_version = var.consul_version
+  })
+}
+
+data "amazon-ami" "base" {
+  region      = var.region
+  owners      = ["136693071363"] # Debian
+  most_recent = true
+
+  filters = {
+    name                = "debian-12-amd64-*"
+    architecture        = "x86_64"
+    root-device-type    = "ebs"
+    virtualization-type = "hvm"
+  }
+}
+
+source "amazon-ebs" "consul" {
+  region        = var.region
+  instance_type = var.instance_type
+  subnet_id     = var.subnet_id
+  vpc_id        = var.vpc_id
+  source_ami    = data.amazon-ami.base.id
+
+  ami_name        = "${var.image_name_prefix}-${local.build_time}"
+  ami_description = "Consul ${var.consul_version} server on Debian 12 (${data.amazon-ami.base.name})"
+  tags            = local.image_tags
+  snapshot_tags   = local.image_tags
+  run_tags        = merge(local.image_tags, { Name = "packer-${var.image_name_prefix}" })
+
+  # The build instance and every instance launched from the image: IMDSv2 only.
+  imds_support = "v2.0"
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+  }
+
+  ssh_username = "admin"
+}
+
+build {
+  name    = "consul-server"
+  sources = ["source.amazon-ebs.consul"]
+
+  # The file provisioner uploads a directory's contents ("dir/") only into a
+  # destination directory that already exists.
+  provisioner "shell" {
+    inline = ["mkdir -p /tmp/bin /tmp/consul.d /tmp/scripts"]
+  }
+
+  provisioner "file" {
+    source      = "${path.root}/../bin/"
+    destination = "/tmp/bin"
+  }
+
+  provisioner "file" {
+    source      = "${path.root}/../consul.d/"
+    destination = "/tmp/consul.d"
+  }
+
+  provisioner "file" {
+    source      = "${path.root}/../scripts/"
+    destination = "/tmp/scripts"
+  }
+
+  provisioner "shell" {
+    environment_vars = ["CONSUL_VERSION=${var.consul_version}"]
+    execute_command  = "chmod +x {{ .Path }}; sudo env {{ .Vars }} {{ .Path }}"
+    inline = [
+      "chmod +x /tmp/scripts/install-consul.sh",
+      "/tmp/scripts/install-consul.sh",
+    ]
+  }
+
+  provisioner "shell" {
+    execute_command = "chmod +x {{ .Path }}; sudo env {{ .Vars }} {{ .Path }}"
+    inline = [
+      "chmod +x /tmp/scripts/install-handlers.sh",
+      "/tmp/scripts/install-handlers.sh",
+    ]
+  }
+
+  post-processor "manifest" {
+    output     = "${path.root}/packer-manifest.json"
+    strip_path = true
+    custom_data = {
+      consul_version = var.consul_version
+    }
+  }
+}
