@@ -8,6 +8,7 @@ SHELL := /usr/bin/env bash
 CONSUL_VERSION      := 1.22.3
 STATICCHECK_VERSION := v0.8.2
 AEMM_VERSION        := v1.13.0
+PACKER_VERSION      := 1.12.0
 
 CACHE_DIR   ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/consul-rehydrate
 CONSUL_DIR  := $(CACHE_DIR)/consul-$(CONSUL_VERSION)
@@ -16,12 +17,17 @@ TOOLS_BIN   := $(CACHE_DIR)/tools
 STATICCHECK := $(TOOLS_BIN)/staticcheck-$(STATICCHECK_VERSION)
 AEMM_DIR    := $(CACHE_DIR)/ec2-metadata-mock-$(AEMM_VERSION)
 AEMM        := $(AEMM_DIR)/ec2-metadata-mock
+PACKER_DIR  := $(CACHE_DIR)/packer-$(PACKER_VERSION)
+PACKER      := $(PACKER_DIR)/packer
+PACKER_AMAZON := $(PACKER_DIR)/plugins/github.com/hashicorp/amazon/packer-plugin-amazon_v1.3.4_x5.0_linux_amd64
 
 HANDLERS := $(notdir $(wildcard handlers/*))
 GO_TEST_FLAGS ?= -race -count=1 -timeout 45m
 
-# Tests and the demo find the pinned consul and ec2-metadata-mock first on PATH.
-export PATH := $(CONSUL_DIR):$(AEMM_DIR):$(PATH)
+# Tests and the demo find the pinned consul, ec2-metadata-mock and packer first on PATH.
+export PATH := $(CONSUL_DIR):$(AEMM_DIR):$(PACKER_DIR):$(PATH)
+export PACKER_PLUGIN_PATH := $(PACKER_DIR)/plugins
+export CHECKPOINT_DISABLE := 1
 
 .PHONY: help
 help: ## show the targets
@@ -55,8 +61,31 @@ $(AEMM):
 e2e-aws: $(CONSUL_BIN) ## roll 3 servers through the aws provider against the wire-level EC2/ASG fake
 	go test -count=1 -timeout 15m -run 'TestAWSRoll' -v ./test/e2e/ | grep -E '^\{"servers"|^(--- |ok|FAIL|PASS)|Error'
 
+# shellcheck comes from Debian's packages (0.9.0 on bookworm).
+.PHONY: shellcheck
+shellcheck:
+	@command -v shellcheck >/dev/null || { \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq shellcheck; }
+
+# Packer and its Amazon plugin, built from pinned sources and installed offline
+# (scripts/tools/packer/README.md).
+$(PACKER):
+	@echo "building packer $(PACKER_VERSION) into $(PACKER_DIR) (cold: ~4 min)"
+	@mkdir -p $(PACKER_DIR)
+	cd scripts/tools/packer && go build -trimpath -ldflags='-s -w' -o $@.tmp github.com/hashicorp/packer
+	@mv $@.tmp $@
+
+$(PACKER_AMAZON): | $(PACKER)
+	cd scripts/tools/packer && go build -trimpath -ldflags='-s -w' -o $(PACKER_DIR)/packer-plugin-amazon github.com/hashicorp/packer-plugin-amazon
+	$(PACKER) plugins install --path $(PACKER_DIR)/packer-plugin-amazon github.com/hashicorp/amazon
+
+.PHONY: validate
+validate: $(CONSUL_BIN) $(AEMM) $(PACKER_AMAZON) shellcheck ## packer validate+fmt, shellcheck, consul validate (each also on a broken fixture)
+	go test -count=1 ./test/validate/ ./test/userdata/
+
 .PHONY: test
-test: $(CONSUL_BIN) $(AEMM) ## unit and integration tests against a real Consul, race detector on
+test: $(CONSUL_BIN) $(AEMM) $(PACKER_AMAZON) shellcheck ## unit and integration tests against a real Consul, race detector on
 	go test $(GO_TEST_FLAGS) ./...
 
 $(STATICCHECK):
