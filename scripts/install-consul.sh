@@ -27,7 +27,7 @@ sudo install -m 0755 "$work/consul" /usr/local/bin/consul
 
 sudo useradd --system --home /etc/consul.d --shell /bin/false consul 2>/dev/null || true
 sudo install -d -o consul -g consul -m 0750 /etc/consul.d /opt/consul /opt/consul/data
-sudo install -o consul -g consul -m 0640 "$SRC/consul.d/server.hcl" "$SRC/consul.d/watches.hcl" /etc/consul.d/
+sudo install -o consul -g consul -m 0640 "$SRC/consul.d/server.hcl" "$SRC/consul.d/watches.hcl" "$SRC/consul.d/acl.hcl" /etc/consul.d/
 sudo install -m 0644 "$SRC/scripts/consul.service" /etc/systemd/system/consul.service
 sudo install -m 0755 "$SRC/scripts/user-data.sh" /usr/local/sbin/consul-user-data
 /usr/local/bin/consul version
