@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,10 +25,16 @@ import (
 const management = "6b0f0d33-0c7a-4ad0-9a69-3c2d1f1b7e01" // this test's own cluster only
 
 // machines hand the fake's group the IDs of the test cluster's servers first, so the
-// group's instances and Consul's servers are the same three.
-type machines struct{ ids []string }
+// group's instances and Consul's servers are the same three. The fake boots
+// concurrently.
+type machines struct {
+	mu  sync.Mutex
+	ids []string
+}
 
 func (m *machines) Boot(_ context.Context, _ string) (string, string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if len(m.ids) > 0 {
 		id := m.ids[0]
 		m.ids = m.ids[1:]
