@@ -246,7 +246,7 @@ func (r *Roller) step(ctx context.Context, trig Trigger) error {
 			}); err != nil {
 				return err
 			}
-			if err := r.waitGone(ctx, st.Instance); err != nil {
+			if err := r.waitGone(ctx, instanceOf(in, st.Instance)); err != nil {
 				return err
 			}
 			if st.Kind == plan.Fail {
@@ -307,18 +307,19 @@ func (r *Roller) act(ctx context.Context, st plan.Step, call func(context.Contex
 
 // waitGone waits (bounded by leave_timeout) until the instance's server is out of the
 // raft configuration.
-func (r *Roller) waitGone(ctx context.Context, instance string) error {
+func (r *Roller) waitGone(ctx context.Context, inst cloud.Instance) error {
 	deadline := r.Now().Add(r.Config.Roll.LeaveTimeout)
 	for {
 		obs, err := cluster.Observe(ctx, r.Consul)
 		if err != nil {
 			return r.consulErr(ctx, err)
 		}
-		if obs.ByInstance(instance) == nil {
+		// Matched as the planner matches: a crashed server has lost its node meta.
+		if (plan.Input{Cluster: obs}).Server(inst) == nil {
 			return nil
 		}
 		if r.Now().After(deadline) {
-			r.Log.Warn("server still in the raft configuration after leave_timeout; autopilot will clean it up", "instance", instance)
+			r.Log.Warn("server still in the raft configuration after leave_timeout; autopilot will clean it up", "instance", inst.ID)
 			return nil
 		}
 		select {
@@ -383,6 +384,16 @@ func (r *Roller) Observe(ctx context.Context, rec *coord.Roll, requested string)
 		in.RollTarget = rec.Target
 	}
 	return in, nil
+}
+
+// instanceOf returns the observed instance with id (its ID alone if it was not seen).
+func instanceOf(in plan.Input, id string) cloud.Instance {
+	for _, i := range in.Instances {
+		if i.ID == id {
+			return i
+		}
+	}
+	return cloud.Instance{ID: id}
 }
 
 func withoutRoll(in plan.Input) plan.Input {
