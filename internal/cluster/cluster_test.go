@@ -44,7 +44,9 @@ func TestObserve_ReportsRaftHealthLeaderAndNodeMeta(t *testing.T) {
 		assert.Equal(t, "i-"+s.Name, s.InstanceID)
 		assert.True(t, s.Voter)
 		assert.True(t, s.Healthy)
-		assert.Same(t, obs.ByInstance(s.InstanceID), obs.ByInstance(s.InstanceID))
+		if found := obs.ByInstance(s.InstanceID); assert.NotNil(t, found) {
+			assert.Equal(t, s.Name, found.Name, "ByInstance finds the server with that instance_id")
+		}
 		assert.LessOrEqual(t, obs.Trailing(&s), uint64(10))
 	}
 	assert.Empty(t, obs.Joining)
