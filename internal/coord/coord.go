@@ -31,6 +31,10 @@ const (
 // ErrLockHeld means another handler holds the lock; it will take the step.
 var ErrLockHeld = errors.New("lock held by another handler")
 
+// ErrLockLost means a held lock was lost: its session was invalidated or the key
+// taken away.
+var ErrLockLost = errors.New("lock lost")
+
 // Store reads and writes one cluster's coordination keys.
 type Store struct {
 	c      *api.Client
@@ -57,13 +61,37 @@ type LockOptions struct {
 // (session invalidated or the key taken away), so a handler checks it before every
 // non-idempotent call.
 type Held struct {
-	lock   *api.Lock
-	ctx    context.Context
-	cancel context.CancelFunc
+	lock    *api.Lock
+	kv      *api.KV
+	key     string
+	session string
+	ctx     context.Context
+	cancel  context.CancelFunc
 }
 
 // Context is cancelled when the lock is lost or released.
 func (h *Held) Context() context.Context { return h.ctx }
+
+// Verify confirms with a consistent read that the lock key is still held by this
+// lock's session. The Context learns of a loss from a watch, which may be a moment
+// late; a handler calls Verify right before each call it cannot take back.
+func (h *Held) Verify() error {
+	if err := h.ctx.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrLockLost, err)
+	}
+	kv, _, err := h.kv.Get(h.key, (&api.QueryOptions{RequireConsistent: true}).WithContext(h.ctx))
+	if err != nil {
+		if h.ctx.Err() != nil {
+			return fmt.Errorf("%w: %w", ErrLockLost, err)
+		}
+		return fmt.Errorf("verify lock %s: %w", h.key, err)
+	}
+	if kv == nil || kv.Session != h.session {
+		h.cancel()
+		return fmt.Errorf("%w: %s is no longer held by session %s", ErrLockLost, h.key, h.session)
+	}
+	return nil
+}
 
 // Release gives the lock up and destroys its session.
 func (h *Held) Release() error {
@@ -107,6 +135,15 @@ func (s *Store) Lock(ctx context.Context, o LockOptions) (*Held, error) {
 	if lost == nil {
 		return nil, ErrLockHeld
 	}
+	// Learn the session the lock took, for Verify.
+	kv, _, err := s.c.KV().Get(s.Key("lock"), (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	if err != nil || kv == nil || kv.Session == "" {
+		_ = lock.Unlock()
+		if err == nil {
+			err = errors.New("the key has no session right after acquiring it")
+		}
+		return nil, fmt.Errorf("read lock %s: %w", s.Key("lock"), err)
+	}
 	hctx, cancel := context.WithCancel(ctx)
 	go func() {
 		select {
@@ -115,7 +152,7 @@ func (s *Store) Lock(ctx context.Context, o LockOptions) (*Held, error) {
 		}
 		cancel()
 	}()
-	return &Held{lock: lock, ctx: hctx, cancel: cancel}, nil
+	return &Held{lock: lock, kv: s.c.KV(), key: s.Key("lock"), session: kv.Session, ctx: hctx, cancel: cancel}, nil
 }
 
 // Holder returns who holds the lock now ("" if nobody).

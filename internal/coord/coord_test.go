@@ -48,8 +48,11 @@ func TestCoord(t *testing.T) {
 		kv, _, err := cl.KV().Get(s.Key("lock"), nil)
 		require.NoError(t, err)
 		require.NotEmpty(t, kv.Session)
+		require.NoError(t, h.Verify(), "held right after taking it")
 		_, err = cl.Session().Destroy(kv.Session, nil)
 		require.NoError(t, err)
+		// Verify reads the key itself: it knows at once, before the watch does.
+		require.ErrorIs(t, h.Verify(), coord.ErrLockLost)
 		select {
 		case <-h.Context().Done():
 		case <-time.After(20 * time.Second):

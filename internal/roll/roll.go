@@ -18,6 +18,7 @@ import (
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cluster"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/fault"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/plan"
 )
 
@@ -38,7 +39,7 @@ type Provider interface {
 var (
 	ErrConsul   = errors.New("consul")
 	ErrCloud    = errors.New("cloud")
-	ErrLockLost = errors.New("lock lost")
+	ErrLockLost = coord.ErrLockLost
 	ErrRefused  = errors.New("request refused")
 )
 
@@ -107,12 +108,13 @@ func (r *Roller) Run(ctx context.Context, trig Trigger) error {
 		}
 	}()
 	r.hook("locked")
-	return r.step(held.Context(), trig)
+	return r.step(held, trig)
 }
 
 // step runs under the lock: it plans, waits while a step is in progress (bounded),
 // and takes at most one action.
-func (r *Roller) step(ctx context.Context, trig Trigger) error {
+func (r *Roller) step(held *coord.Held, trig Trigger) error {
+	ctx := held.Context()
 	if trig.EventID != "" {
 		// Another handler may have taken this event while we waited for the lock.
 		if done, err := r.Store.Handled(ctx, trig.EventID); err != nil {
@@ -201,7 +203,7 @@ func (r *Roller) step(ctx context.Context, trig Trigger) error {
 					return r.consulErr(ctx, err)
 				}
 			}
-			inst, err := r.act(ctx, st, func(ctx context.Context) (string, error) {
+			inst, err := r.act(held, st, func(ctx context.Context) (string, error) {
 				inst, err := r.Cloud.Launch(ctx, st.Image, st.ActionID)
 				return inst.ID, err
 			})
@@ -220,7 +222,7 @@ func (r *Roller) step(ctx context.Context, trig Trigger) error {
 			return r.fire(ctx, "launched "+inst+"; wait for it to settle")
 
 		case plan.Transfer:
-			if _, err := r.act(ctx, st, func(ctx context.Context) (string, error) {
+			if _, err := r.act(held, st, func(ctx context.Context) (string, error) {
 				_, err := r.Consul.Operator().RaftLeaderTransfer(st.TransferTo, (&api.QueryOptions{}).WithContext(ctx))
 				return st.TransferTo, err
 			}); err != nil {
@@ -241,7 +243,7 @@ func (r *Roller) step(ctx context.Context, trig Trigger) error {
 				// handler off mid-step. Hand the step to another server.
 				return r.fire(ctx, "handing off: this server is the one to "+string(st.Kind))
 			}
-			if _, err := r.act(ctx, st, func(ctx context.Context) (string, error) {
+			if _, err := r.act(held, st, func(ctx context.Context) (string, error) {
 				return st.Instance, r.Cloud.Terminate(ctx, st.Instance, st.ActionID)
 			}); err != nil {
 				return err
@@ -270,19 +272,21 @@ func (r *Roller) step(ctx context.Context, trig Trigger) error {
 	}
 }
 
-// act records the intent, makes the call and records the result. It refuses to start
-// the call once the lock is lost.
-func (r *Roller) act(ctx context.Context, st plan.Step, call func(context.Context) (string, error)) (string, error) {
-	if ctx.Err() != nil {
-		return "", fmt.Errorf("%w: before %s", ErrLockLost, st.Kind)
+// act records the intent, makes the call and records the result. Right before the
+// call it verifies, with a consistent read, that the lock is still held: a handler
+// that lost its lock never starts a call it cannot take back.
+func (r *Roller) act(held *coord.Held, st plan.Step, call func(context.Context) (string, error)) (string, error) {
+	ctx := held.Context()
+	if err := r.verify(held, st); err != nil {
+		return "", err
 	}
 	rcpt := &coord.Receipt{Intent: st.String(), Started: r.Now()}
 	if err := r.Store.PutReceipt(ctx, st.ActionID, rcpt); err != nil {
 		return "", r.consulErr(ctx, err)
 	}
 	r.hook("intent:" + string(st.Kind))
-	if ctx.Err() != nil {
-		return "", fmt.Errorf("%w: before %s", ErrLockLost, st.Kind)
+	if err := r.verify(held, st); err != nil {
+		return "", err
 	}
 	out, err := call(ctx)
 	if err != nil {
@@ -303,6 +307,19 @@ func (r *Roller) act(ctx context.Context, st plan.Step, call func(context.Contex
 	}
 	r.Log.Info("step taken", "step", st.Kind, "action_id", st.ActionID, "result", out)
 	return out, nil
+}
+
+func (r *Roller) verify(held *coord.Held, st plan.Step) error {
+	err := held.Verify()
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, coord.ErrLockLost):
+		r.Log.Error("lock lost; stopping before the step", "step", st.Kind, "action_id", st.ActionID)
+		return fmt.Errorf("before %s: %w", st.Kind, err)
+	default:
+		return fmt.Errorf("%w: before %s: %w", ErrConsul, st.Kind, err)
+	}
 }
 
 // waitGone waits (bounded by leave_timeout) until the instance's server is out of the
@@ -444,8 +461,11 @@ func (r *Roller) consulErr(ctx context.Context, err error) error {
 	return fmt.Errorf("%w: %w", ErrConsul, err)
 }
 
+// hook marks a step boundary: in-process tests observe it through testHook, the
+// crash tests kill the process there through the environment (see package fault).
 func (r *Roller) hook(point string) {
 	if r.testHook != nil {
 		r.testHook(point)
 	}
+	fault.Point(point)
 }

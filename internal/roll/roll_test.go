@@ -1,0 +1,97 @@
+package roll
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-rehydrate/consul-rehydrate/config"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
+	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
+)
+
+// newLocalRoller starts a 3-server local cluster on image A, registers B, and returns
+// a Roller for it (no watches: the test alone invokes it).
+func newLocalRoller(t *testing.T) (*Roller, *local.Provider, *api.Client) {
+	t.Helper()
+	bin, err := testcluster.ConsulBinary()
+	require.NoError(t, err)
+	p, err := local.New(local.Config{
+		StateDir: filepath.Join(t.TempDir(), "state"), ConsulBinary: bin, Addresses: testcluster.AllocateBlock(t).Prefix(),
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, p.Down(context.Background())) })
+	ctx := t.Context()
+	_, err = p.RegisterImage(ctx, "A", local.ImageOptions{})
+	require.NoError(t, err)
+	_, err = p.Up(ctx, 3, "A")
+	require.NoError(t, err)
+	_, err = p.RegisterImage(ctx, "B", local.ImageOptions{})
+	require.NoError(t, err)
+
+	addr, err := p.ClientAddr()
+	require.NoError(t, err)
+	ac := api.DefaultNonPooledConfig()
+	ac.Address, ac.Token = addr, ""
+	c, err := api.NewClient(ac)
+	require.NoError(t, err)
+
+	cfg := config.Default()
+	cfg.Cluster, cfg.Servers = "t", 3
+	cfg.Lock.SessionTTL, cfg.Lock.LockDelay, cfg.Lock.Wait = 10*time.Second, 0, 25*time.Second
+	cfg.Roll.PollInterval = 200 * time.Millisecond
+	log := hclog.New(&hclog.LoggerOptions{Name: t.Name(), Output: testWriter{t}})
+	return New(cfg, c, p, log), p, c
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) { w.t.Log(string(b)); return len(b), nil }
+
+// TestRun_LostLockStopsBeforeTheNextCallItCannotTakeBack destroys the handler's
+// session right after it recorded its intent to launch, before the launch: the
+// handler must notice (by reading the lock key, not by luck of timing), stop with
+// ErrLockLost, and launch nothing.
+func TestRun_LostLockStopsBeforeTheNextCallItCannotTakeBack(t *testing.T) {
+	r, p, c := newLocalRoller(t)
+	ctx := t.Context()
+	destroyed := ""
+	r.testHook = func(point string) {
+		if point != "intent:launch" {
+			return
+		}
+		kv, _, err := c.KV().Get(r.Store.Key("lock"), &api.QueryOptions{RequireConsistent: true})
+		require.NoError(t, err)
+		require.NotNil(t, kv)
+		require.NotEmpty(t, kv.Session)
+		_, err = c.Session().Destroy(kv.Session, nil)
+		require.NoError(t, err)
+		destroyed = kv.Session
+	}
+
+	err := r.Run(ctx, Trigger{EventID: "00000000-0000-0000-0000-0000000000aa", Image: "B"})
+	require.ErrorIs(t, err, ErrLockLost)
+	require.NotEmpty(t, destroyed, "the hook ran: the handler got as far as the launch")
+	insts, err := p.Instances(ctx)
+	require.NoError(t, err)
+	assert.Len(t, insts, 3, "nothing launched")
+	for _, i := range insts {
+		assert.Equal(t, "A", i.ImageID)
+	}
+	handled, err := r.Store.Handled(ctx, "00000000-0000-0000-0000-0000000000aa")
+	require.NoError(t, err)
+	assert.False(t, handled, "the event is not marked handled, so a redelivery may take it")
+
+	// The next trigger takes the step: the roll resumes.
+	r.testHook = nil
+	require.NoError(t, r.Run(ctx, Trigger{EventID: "00000000-0000-0000-0000-0000000000ab"}))
+	insts, err = p.Instances(ctx)
+	require.NoError(t, err)
+	assert.Len(t, insts, 4, "the next trigger launched the surge")
+}
