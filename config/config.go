@@ -81,7 +81,7 @@ const (
 	DefaultConsulScheme        = "http"
 	DefaultLockSessionTTL      = 15 * time.Second
 	DefaultLockDelay           = 5 * time.Second
-	DefaultLockWait            = 10 * time.Second
+	DefaultLockWait            = 45 * time.Second // > 2 × session_ttl + lock_delay
 	DefaultRollEventName       = "consul-rehydrate"
 	DefaultRollStabilization   = 10 * time.Second // Consul autopilot's server_stabilization_time
 	DefaultRollLaunchTimeout   = 10 * time.Minute
@@ -152,7 +152,11 @@ type LockConfig struct {
 	SessionTTL time.Duration
 	// LockDelay is the session's lock-delay, 0 to 60s.
 	LockDelay time.Duration
-	// Wait bounds how long a handler waits for the lock.
+	// Wait bounds how long a handler waits for the lock. It must outlast a crashed
+	// holder's session, which Consul invalidates up to twice its TTL late and then
+	// keeps locked for lock_delay: more than 2 × SessionTTL + LockDelay. Otherwise
+	// the handlers woken with the crashed one may all give up before the lock is
+	// free, and the roll waits for the next trigger.
 	Wait time.Duration
 }
 

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/stretchr/testify/assert"
@@ -115,6 +116,21 @@ provider "local" {
 	}
 }
 
+func TestParse_UnsetLockWaitOutlastsACrashedHoldersSession(t *testing.T) {
+	c, err := parse(t, `cluster = "a"
+servers = 3
+lock { session_ttl = "60s" }
+provider "local" {
+  state_dir = "state"
+  addresses = "127.0.0.0/29"
+}
+`)
+	require.NoError(t, err)
+	assert.Equal(t, 2*60*time.Second+DefaultLockDelay+lockWaitSlack, c.Lock.Wait)
+	d := Default()
+	assert.Greater(t, d.Lock.Wait, 2*d.Lock.SessionTTL+d.Lock.LockDelay, "the defaults keep the rule")
+}
+
 func TestLoad_RejectsInvalidFilesWithPositionAndKey(t *testing.T) {
 	tests := []struct {
 		fixture string
@@ -147,6 +163,9 @@ func TestLoad_RejectsInvalidFilesWithPositionAndKey(t *testing.T) {
 		}},
 		{"addresses-outside-loopback.hcl", []string{
 			`addresses-outside-loopback.hcl:6:3: provider.local.addresses 10.0.1.0/24 must be inside 127.0.0.0/8 (loopback only)`,
+		}},
+		{"lock-wait-too-short.hcl", []string{
+			`lock-wait-too-short.hcl:5:3: lock.wait must be more than 2 × lock.session_ttl + lock.lock_delay (45s), got 30s`,
 		}},
 		{"even-servers.hcl", []string{
 			`even-servers.hcl:2:1: servers must be an odd number from 1 to 7, got 4`,

@@ -49,8 +49,11 @@ lock {
   # How long Consul keeps the lock after its holder's session is invalidated:
   # from 0s to 60s.
   lock_delay = "5s"
-  # How long a handler waits for the lock before giving up.
-  wait = "10s"
+  # How long a handler waits for the lock before giving up. It must be more
+  # than 2 x session_ttl + lock_delay: Consul invalidates a crashed holder's
+  # session up to twice its TTL late, then holds the lock for lock_delay, and the
+  # handlers woken with the crashed one must still be waiting then.
+  wait = "45s"
 }
 
 # The roll: replacing servers one at a time.

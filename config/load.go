@@ -155,6 +155,10 @@ type decoder struct {
 	diags   hcl.Diagnostics
 }
 
+// lockWaitSlack is how much longer than a crashed holder's session an unset lock.wait
+// lasts.
+const lockWaitSlack = 15 * time.Second
+
 func (d *decoder) config(body hcl.Body) *Config {
 	var f fileConfig
 	d.decode(body, &f, "")
@@ -186,6 +190,10 @@ func (d *decoder) config(body hcl.Body) *Config {
 		d.duration(&c.Lock.SessionTTL, f.Lock.SessionTTL, KeyLockSessionTTL)
 		d.duration(&c.Lock.LockDelay, f.Lock.LockDelay, KeyLockLockDelay)
 		d.duration(&c.Lock.Wait, f.Lock.Wait, KeyLockWait)
+		if f.Lock.Wait == nil {
+			// Unset, the wait follows the session it must outwait (see LockConfig.Wait).
+			c.Lock.Wait = max(c.Lock.Wait, 2*c.Lock.SessionTTL+c.Lock.LockDelay+lockWaitSlack)
+		}
 	}
 	if r := f.Roll; r != nil {
 		set(&c.Roll.EventName, r.EventName)

@@ -125,6 +125,10 @@ func (c *Config) validate() []problem {
 			add(r.key, "%s must not be negative, got %s", r.key, short(r.d))
 		}
 	}
+	if floor := 2*c.Lock.SessionTTL + c.Lock.LockDelay; c.Lock.Wait > 0 && c.Lock.Wait <= floor {
+		add(KeyLockWait, "%s must be more than 2 × %s + %s (%s), got %s: a handler must outwait a crashed holder's session",
+			KeyLockWait, KeyLockSessionTTL, KeyLockLockDelay, short(floor), short(c.Lock.Wait))
+	}
 	if c.Roll.EventName == "" || strings.ContainsAny(c.Roll.EventName, "/ \t\r\n") {
 		add(KeyRollEventName, "%s %q must be non-empty, without spaces or /", KeyRollEventName, c.Roll.EventName)
 	}

@@ -198,10 +198,10 @@ func (a *app) roller() (*roll.Roller, int) {
 	return r, ExitOK
 }
 
-// handlerTimeout bounds one handler invocation: the longest wait a step may take plus
-// slack, so that no handler outlives its usefulness.
+// handlerTimeout bounds one handler invocation: the lock wait and the longest wait a
+// step may take, plus slack, so that no handler outlives its usefulness.
 func (a *app) handlerTimeout() time.Duration {
-	return a.cfg.Roll.LaunchTimeout + a.cfg.Roll.LeaveTimeout + time.Minute
+	return a.cfg.Lock.Wait + a.cfg.Roll.LaunchTimeout + a.cfg.Roll.LeaveTimeout + time.Minute
 }
 
 // exitCode maps an error from a roll to an exit code and logs it.
