@@ -26,6 +26,7 @@ import (
 
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cluster"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/fault"
 )
 
 // Defaults for Config.
@@ -194,7 +195,9 @@ func (p *Provider) Instances(ctx context.Context) ([]cloud.Instance, error) {
 				continue
 			}
 			changed = p.refresh(in) || changed
-			out = append(out, toInstance(in))
+			if in.State != cloud.StateTerminated {
+				out = append(out, toInstance(in))
+			}
 		}
 		return changed, nil
 	})
@@ -204,10 +207,16 @@ func (p *Provider) Instances(ctx context.Context) ([]cloud.Instance, error) {
 	return out, nil
 }
 
-// refresh promotes a pending instance whose process is alive to running.
+// refresh promotes a pending instance whose process is alive to running, and ends a
+// shutting-down one whose process has exited, as EC2 would: a terminator that died
+// after the leave must not leave the instance shutting down for ever.
 func (p *Provider) refresh(in *instanceRecord) bool {
-	if in.State == cloud.StatePending && alive(in.PID, configPath(p.instanceDir(in.ID))) {
+	switch {
+	case in.State == cloud.StatePending && alive(in.PID, configPath(p.instanceDir(in.ID))):
 		in.State = cloud.StateRunning
+		return true
+	case in.State == cloud.StateShuttingDown && !alive(in.PID, configPath(p.instanceDir(in.ID))):
+		in.State = cloud.StateTerminated
 		return true
 	}
 	return false
@@ -308,6 +317,7 @@ func (p *Provider) Terminate(ctx context.Context, instanceID, actionID string) e
 	if err := p.leave(ctx, rec); err != nil {
 		return fmt.Errorf("terminate instance %q: %w", instanceID, err)
 	}
+	fault.Point("left")
 	err = p.withState(func(s *state) (bool, error) {
 		in := s.instance(instanceID)
 		if in == nil {
@@ -322,6 +332,79 @@ func (p *Provider) Terminate(ctx context.Context, instanceID, actionID string) e
 	}
 	p.log.Info("terminated instance", "instance_id", instanceID)
 	return nil
+}
+
+// Kill SIGKILLs the instance's server, as a crash would: the instance stays running,
+// its server stays in the raft configuration, failed. Restart brings it back.
+func (p *Provider) Kill(ctx context.Context, instanceID string) error {
+	rec, err := p.record(instanceID)
+	if err != nil {
+		return fmt.Errorf("kill instance %q: %w", instanceID, err)
+	}
+	cfg := configPath(p.instanceDir(rec.ID))
+	if alive(rec.PID, cfg) {
+		_ = syscall.Kill(rec.PID, syscall.SIGKILL)
+	}
+	if exited, err := waitExit(ctx, time.Now().Add(stopTimeout), agentProc{rec.PID, cfg}); err != nil || !exited {
+		return fmt.Errorf("kill instance %q: process %d did not exit: %v", instanceID, rec.PID, err)
+	}
+	p.log.Info("killed instance's server", "instance_id", instanceID)
+	return nil
+}
+
+// Restart stops the instance's server without a leave (SIGINT: servers skip the leave
+// on interrupt) if it runs, and starts it again on its data, as a reboot would.
+func (p *Provider) Restart(ctx context.Context, instanceID string) error {
+	rec, err := p.record(instanceID)
+	if err != nil {
+		return fmt.Errorf("restart instance %q: %w", instanceID, err)
+	}
+	if rec.State != cloud.StateRunning && rec.State != cloud.StatePending {
+		return fmt.Errorf("restart instance %q: it is %s", instanceID, rec.State)
+	}
+	dir := p.instanceDir(rec.ID)
+	if alive(rec.PID, configPath(dir)) {
+		_ = syscall.Kill(rec.PID, syscall.SIGINT)
+		if exited, err := waitExit(ctx, time.Now().Add(stopTimeout), agentProc{rec.PID, configPath(dir)}); err != nil || !exited {
+			return fmt.Errorf("restart instance %q: process %d did not stop: %v", instanceID, rec.PID, err)
+		}
+	}
+	var binary string
+	err = p.withState(func(s *state) (bool, error) {
+		img := s.image(rec.ImageID)
+		if img == nil {
+			return false, cloud.ErrUnknownImage
+		}
+		binary = img.ConsulBinary
+		in := s.instance(rec.ID)
+		if in == nil {
+			return false, ErrUnknownInstance
+		}
+		pid, err := p.startWith(binary, dir, rec.Address)
+		if err != nil {
+			return false, err
+		}
+		in.PID = pid
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("restart instance %q: %w", instanceID, err)
+	}
+	p.log.Info("restarted instance's server", "instance_id", instanceID)
+	return nil
+}
+
+func (p *Provider) record(id string) (instanceRecord, error) {
+	var rec instanceRecord
+	err := p.withState(func(s *state) (bool, error) {
+		in := s.instance(id)
+		if in == nil {
+			return false, ErrUnknownInstance
+		}
+		rec = *in
+		return false, nil
+	})
+	return rec, err
 }
 
 // leave makes a live server leave gracefully and waits for its process to exit,

@@ -464,3 +464,70 @@ func tail(path string, n int) string {
 	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
 	return strings.Join(lines[max(len(lines)-n, 0):], "\n")
 }
+
+func TestKillAndRestart_ServerFailsThenRejoinsOnItsData(t *testing.T) {
+	t.Parallel()
+	p, cfg, ins := startCluster(t, 3)
+	cl := consulClient(t, p)
+	victim := ins[0]
+	_, err := cl.KV().Put(&api.KVPair{Key: "before", Value: []byte("x")}, nil)
+	require.NoError(t, err)
+
+	require.NoError(t, p.Kill(t.Context(), victim.ID))
+	assert.Len(t, liveAgents(t, cfg.StateDir), 3, "client and 2 servers")
+	testcluster.WaitFor(t, wait, "autopilot to see the killed server unhealthy", func() (bool, string) {
+		h, err := cl.Operator().AutopilotServerHealth(nil)
+		if err != nil {
+			return false, err.Error()
+		}
+		i := slices.IndexFunc(h.Servers, func(s api.ServerHealth) bool { return s.Name == victim.ID })
+		return i >= 0 && !h.Servers[i].Healthy, describeHealth(h)
+	})
+	now, err := p.Instances(t.Context())
+	require.NoError(t, err)
+	assert.Len(t, now, 3, "a crashed server's instance still runs")
+
+	require.NoError(t, p.Restart(t.Context(), victim.ID))
+	testcluster.WaitFor(t, wait, "a healthy cluster of 3 voters again", func() (bool, string) {
+		h, err := cl.Operator().AutopilotServerHealth(nil)
+		if err != nil {
+			return false, err.Error()
+		}
+		return h.Healthy && len(h.Servers) == 3, describeHealth(h)
+	})
+	// A restart of a live server is a reboot: no leave, same data.
+	require.NoError(t, p.Restart(t.Context(), ins[1].ID))
+	log := readFile(t, filepath.Join(cfg.StateDir, "instances", ins[1].ID, "agent.log"))
+	assert.NotContains(t, log, "server starting leave", "a restart does not leave")
+	testcluster.WaitFor(t, wait, "a healthy cluster of 3 voters after the reboot", func() (bool, string) {
+		h, err := cl.Operator().AutopilotServerHealth(nil)
+		if err != nil {
+			return false, err.Error()
+		}
+		return h.Healthy && len(h.Servers) == 3, describeHealth(h)
+	})
+	kv, _, err := cl.KV().Get("before", &api.QueryOptions{RequireConsistent: true})
+	require.NoError(t, err)
+	require.NotNil(t, kv)
+	assert.Len(t, liveAgents(t, cfg.StateDir), 4)
+	require.ErrorIs(t, p.Restart(t.Context(), "i-00000000000000000"), ErrUnknownInstance)
+}
+
+func TestInstances_EndsAShuttingDownInstanceWhoseServerExited(t *testing.T) {
+	t.Parallel()
+	p, cfg, ins := startCluster(t, 3)
+	// A terminator that died after the leave left the instance shutting down.
+	require.NoError(t, p.withState(func(s *state) (bool, error) {
+		s.instance(ins[0].ID).State = cloud.StateShuttingDown
+		return true, nil
+	}))
+	now, err := p.Instances(t.Context())
+	require.NoError(t, err)
+	require.Len(t, now, 3, "its server still runs: it is still shutting down")
+	require.NoError(t, p.Kill(t.Context(), ins[0].ID))
+	now, err = p.Instances(t.Context())
+	require.NoError(t, err)
+	assert.Len(t, now, 2, "its server exited: terminated")
+	st := readState(t, cfg.StateDir)
+	assert.Equal(t, cloud.StateTerminated, st.instance(ins[0].ID).State)
+}

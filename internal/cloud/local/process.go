@@ -69,19 +69,25 @@ func (p *Provider) start(binary string, a agentSpec) (int, error) {
 	if err := os.MkdirAll(filepath.Join(a.dir, "data"), 0o755); err != nil {
 		return 0, fmt.Errorf("create agent dir: %w", err)
 	}
-	cfgPath := configPath(a.dir)
-	if err := os.WriteFile(cfgPath, []byte(p.render(a)), 0o644); err != nil {
+	if err := os.WriteFile(configPath(a.dir), []byte(p.render(a)), 0o644); err != nil {
 		return 0, fmt.Errorf("write agent config: %w", err)
 	}
-	logf, err := os.OpenFile(filepath.Join(a.dir, "agent.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	return p.startWith(binary, a.dir, a.addr)
+}
+
+// startWith starts the agent whose config and data are in dir, detached; addr is the
+// address its watch handlers talk to.
+func (p *Provider) startWith(binary, dir, addr string) (int, error) {
+	cfgPath := configPath(dir)
+	logf, err := os.OpenFile(filepath.Join(dir, "agent.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		return 0, fmt.Errorf("open agent log: %w", err)
 	}
 	defer logf.Close() // the child has its own copy
 	cmd := exec.Command(binary, "agent", "-config-file", cfgPath)
-	cmd.Dir = a.dir
+	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = logf, logf // Stdin stays nil: /dev/null
-	cmd.Env = p.agentEnv(a.addr)
+	cmd.Env = p.agentEnv(addr)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return 0, fmt.Errorf("start %s: %w", binary, err)
