@@ -25,14 +25,18 @@ func Spinup(args []string, env Env) int {
 			return roll.Trigger{}, ExitOK
 		}
 		// On its first run the watch hands over the agent's whole buffer; earlier
-		// events had their turn, and the roll is level-triggered: the newest is enough.
-		ev := events[len(events)-1]
-		req, err := payload.ParseRequest(ev, a.cfg.Roll.EventName)
-		if err != nil {
-			a.log.Error("refusing event", "event_id", ev.ID, "error", err)
-			return roll.Trigger{}, ExitBadPayload
+		// events had their turn, and the roll is level-triggered: the newest well-formed
+		// one is enough. A malformed event after it is refused and does not hide it.
+		for i := len(events) - 1; i >= 0; i-- {
+			ev := events[i]
+			req, err := payload.ParseRequest(ev, a.cfg.Roll.EventName)
+			if err != nil {
+				a.log.Error("refusing event", "event_id", ev.ID, "error", err)
+				continue
+			}
+			return roll.Trigger{EventID: ev.ID, Image: req.ImageID}, -1
 		}
-		return roll.Trigger{EventID: ev.ID, Image: req.ImageID}, -1
+		return roll.Trigger{}, ExitBadPayload
 	})
 }
 
