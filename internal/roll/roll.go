@@ -154,8 +154,8 @@ func (r *Roller) step(held *coord.Held, trig Trigger) error {
 			return r.markHandled(ctx, trig, "nothing: "+st.Reason)
 
 		case plan.Hold:
-			// Record the roll, so the service watch resumes it once the cluster recovers
-			// instead of the request being lost.
+			// Record the roll, so that it is resumed once the cluster recovers instead of
+			// the request being lost.
 			if !rec.InProgress() {
 				rec = &coord.Roll{Target: st.Image, Phase: coord.PhaseRolling, Started: r.Now()}
 			}
@@ -165,7 +165,23 @@ func (r *Roller) step(held *coord.Held, trig Trigger) error {
 					return r.consulErr(ctx, err)
 				}
 			}
-			return r.markHandled(ctx, trig, "hold: "+st.Reason)
+			if err := r.markHandled(ctx, trig, "hold: "+st.Reason); err != nil {
+				return err
+			}
+			trig.EventID = "" // handled: not again
+			// Keep watching, bounded: a recovering server is back in the catalog (the
+			// service watch's trigger) seconds before autopilot calls it healthy, and
+			// nothing a watch sees changes then. Past the bound, the next membership
+			// or health change resumes the roll.
+			if r.Now().After(deadline) {
+				r.Log.Info("still holding; the next change in the servers' membership or health resumes the roll")
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return r.consulErr(ctx, ctx.Err())
+			case <-time.After(r.Config.Roll.PollInterval):
+			}
 
 		case plan.Done:
 			rec.Phase = coord.PhaseDone
