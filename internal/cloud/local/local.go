@@ -394,6 +394,22 @@ func (p *Provider) Restart(ctx context.Context, instanceID string) error {
 	return nil
 }
 
+// Reload sends the instance's server SIGHUP: it re-reads its configuration and
+// restarts its watches, whose handlers then get what the agent has buffered.
+func (p *Provider) Reload(ctx context.Context, instanceID string) error {
+	rec, err := p.record(instanceID)
+	if err != nil {
+		return fmt.Errorf("reload instance %q: %w", instanceID, err)
+	}
+	if !alive(rec.PID, configPath(p.instanceDir(rec.ID))) {
+		return fmt.Errorf("reload instance %q: its server is not running", instanceID)
+	}
+	if err := syscall.Kill(rec.PID, syscall.SIGHUP); err != nil {
+		return fmt.Errorf("reload instance %q: %w", instanceID, err)
+	}
+	return nil
+}
+
 func (p *Provider) record(id string) (instanceRecord, error) {
 	var rec instanceRecord
 	err := p.withState(func(s *state) (bool, error) {

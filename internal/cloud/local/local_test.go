@@ -465,7 +465,7 @@ func tail(path string, n int) string {
 	return strings.Join(lines[max(len(lines)-n, 0):], "\n")
 }
 
-func TestKillAndRestart_ServerFailsThenRejoinsOnItsData(t *testing.T) {
+func TestKillRestartReload_ServerFailsThenRejoinsOnItsData(t *testing.T) {
 	t.Parallel()
 	p, cfg, ins := startCluster(t, 3)
 	cl := consulClient(t, p)
@@ -505,6 +505,10 @@ func TestKillAndRestart_ServerFailsThenRejoinsOnItsData(t *testing.T) {
 			return false, err.Error()
 		}
 		return h.Healthy && len(h.Servers) == 3, describeHealth(h)
+	})
+	require.NoError(t, p.Reload(t.Context(), ins[2].ID))
+	testcluster.WaitFor(t, wait, "the reload in the agent's log", func() (bool, string) {
+		return strings.Contains(readFile(t, filepath.Join(cfg.StateDir, "instances", ins[2].ID, "agent.log")), "Caught: signal=hangup"), "not yet"
 	})
 	kv, _, err := cl.KV().Get("before", &api.QueryOptions{RequireConsistent: true})
 	require.NoError(t, err)
