@@ -5,6 +5,7 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -70,19 +71,36 @@ type env struct {
 }
 
 func newEnv(t *testing.T, servers int, extraHCL string) *env {
+	return newEnvWith(t, envOptions{servers: servers, extraHCL: extraHCL})
+}
+
+// envOptions shape a local cluster under test.
+type envOptions struct {
+	servers  int
+	extraHCL string // appended to the handler configuration
+	// agentEnv, if set, is added to the environment of every agent, hence of every
+	// handler and of every server the handlers launch (e.g. crash points).
+	agentEnv []string
+	// imagesBefore are registered before the cluster's image A, so they are older.
+	imagesBefore []string
+	// launchTimeout is roll.launch_timeout, default 3m.
+	launchTimeout string
+}
+
+func newEnvWith(t *testing.T, o envOptions) *env {
 	t.Helper()
 	if _, err := testcluster.ConsulBinary(); err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
 	block := testcluster.AllocateBlock(t)
-	e := &env{t: t, cfgPath: filepath.Join(dir, "rehydrate.hcl"), state: filepath.Join(dir, "state"), servers: servers}
+	e := &env{t: t, cfgPath: filepath.Join(dir, "rehydrate.hcl"), state: filepath.Join(dir, "state"), servers: o.servers}
 	cfg := fmt.Sprintf(`cluster = "e2e"
 servers = %d
 
 roll {
   stabilization  = "10s"
-  launch_timeout = "3m"
+  launch_timeout = %q
   poll_interval  = "500ms"
 }
 %s
@@ -91,19 +109,52 @@ provider "local" {
   consul_binary = "consul"
   addresses     = %q
 }
-`, servers, extraHCL, e.state, block.Prefix().String())
+`, o.servers, cmp.Or(o.launchTimeout, "3m"), o.extraHCL, e.state, block.Prefix().String())
 	require.NoError(t, os.WriteFile(e.cfgPath, []byte(cfg), 0o644))
 	t.Cleanup(func() {
 		if t.Failed() {
 			if b, err := os.ReadFile(filepath.Join(e.state, "handlers.log")); err == nil {
-				t.Logf("handlers.log (tail):\n%s", tail(string(b), 60))
+				t.Logf("handlers.log (tail):\n%s", tail(string(b), 80))
+			}
+			// What the agents said of their watches and handlers.
+			if paths, err := filepath.Glob(filepath.Join(e.state, "instances", "*", "agent.log")); err == nil {
+				for _, p := range paths {
+					b, _ := os.ReadFile(p)
+					var lines []string
+					for _, l := range strings.Split(string(b), "\n") {
+						if strings.Contains(l, "watch") || strings.Contains(l, "handler") || strings.Contains(l, "user event") {
+							lines = append(lines, l)
+						}
+					}
+					t.Logf("%s, watch lines (tail):\n%s", p, tail(strings.Join(lines, "\n"), 20))
+				}
 			}
 		}
 		e.run("local", "down")
 	})
 
-	out, code := e.run("local", "up", "--servers", fmt.Sprint(servers), "--image", "A")
-	require.Equal(t, command.ExitOK, code, out)
+	for _, img := range o.imagesBefore {
+		out, code := e.run("local", "image", "register", img)
+		require.Equal(t, command.ExitOK, code, out)
+	}
+	up := []string{"local", "up", "--servers", fmt.Sprint(o.servers), "--image", "A"}
+	if len(o.agentEnv) == 0 {
+		out, code := e.run(up...)
+		require.Equal(t, command.ExitOK, code, out)
+	} else {
+		// The agents inherit the environment of the process that starts them.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, filepath.Join(binDir, "rehydrate"), append([]string{"-config", e.cfgPath}, up...)...)
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, "CONSUL_HTTP_") {
+				cmd.Env = append(cmd.Env, kv)
+			}
+		}
+		cmd.Env = append(append(cmd.Env, command.EnvBinDir+"="+binDir), o.agentEnv...)
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "%s", out)
+	}
 	var err error
 	e.p, err = local.New(local.Config{StateDir: e.state, Addresses: block.Prefix()})
 	require.NoError(t, err)

@@ -1,0 +1,171 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/command"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
+	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
+)
+
+// storm runs n spindown binaries at once, each with the servers' current health
+// entries on stdin, as n service watches firing together would. It returns their
+// exit codes.
+func (e *env) storm(n int) []int {
+	e.t.Helper()
+	entries, _, err := e.client.Health().Service("consul", "", false, nil)
+	require.NoError(e.t, err)
+	stdin, err := json.Marshal(entries)
+	require.NoError(e.t, err)
+	addr, err := e.p.ClientAddr()
+	require.NoError(e.t, err)
+	codes := make([]int, n)
+	var wg sync.WaitGroup
+	for i := range codes {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, filepath.Join(binDir, "spindown"), "-config", e.cfgPath, "-http-addr", addr)
+			cmd.Stdin = bytes.NewReader(stdin)
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			err := cmd.Run()
+			codes[i] = cmd.ProcessState.ExitCode()
+			if err != nil && codes[i] != 0 {
+				e.t.Logf("spindown %d exited %d: %s", i, codes[i], tail(out.String(), 5))
+			}
+		})
+	}
+	wg.Wait()
+	return codes
+}
+
+func (e *env) live() []cloud.Instance {
+	insts, err := e.p.Instances(context.Background())
+	require.NoError(e.t, err)
+	var out []cloud.Instance
+	for _, i := range insts {
+		if i.Live() {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// TestRaces_EventStormsWatchStormsAndReplaysMakeExactlyOneRoll fires the roll event
+// ten times within a second; every server's handler gets each of them at once, by
+// design. While a step is in progress, storms of service-watch handlers run. Exactly
+// one roll must follow: one launch and one retire per server, never more than N+1.
+// Then every agent is reloaded (a watch's first run hands its handler everything the
+// agent has buffered, up to 256 events) and restarted: nothing happens.
+func TestRaces_EventStormsWatchStormsAndReplaysMakeExactlyOneRoll(t *testing.T) {
+	t.Parallel()
+	e := newEnvWith(t, envOptions{servers: 3, extraHCL: "log_level = \"debug\"\n"})
+	out, code := e.run("local", "image", "register", "B")
+	require.Equal(t, command.ExitOK, code, out)
+	samples := e.sample()
+
+	start := time.Now()
+	for range 10 {
+		_, _, err := e.client.Event().Fire(&api.UserEvent{Name: "consul-rehydrate"}, nil)
+		require.NoError(t, err)
+	}
+	require.Less(t, time.Since(start), time.Second, "ten events within a second")
+
+	// Storms while steps are in progress: whenever the surge is up.
+	stop := make(chan struct{})
+	stormed := make(chan int, 1)
+	go func() {
+		storms := 0
+		defer func() { stormed <- storms }()
+		for range 60 { // bounded: at most 60 looks, 3s apart
+			select {
+			case <-stop:
+				return
+			case <-time.After(3 * time.Second):
+			}
+			if storms >= 4 || len(e.live()) != e.servers+1 {
+				continue
+			}
+			for i, c := range e.storm(10) {
+				assert.Equal(t, command.ExitOK, c, "spindown %d in storm %d", i, storms)
+			}
+			storms++
+		}
+	}()
+	st := e.waitRolled("B", 6*time.Minute)
+	close(stop)
+	storms := <-stormed
+	maxLive, maxRaft := samples.Stop()
+	assert.Positive(t, storms, "at least one storm hit a step in progress")
+
+	e.checkRolled("B", maxLive, maxRaft)
+	steps := map[string]int{}
+	var history []string
+	for _, h := range st.Roll.History {
+		steps[h.Step]++
+		history = append(history, h.Step+" "+h.Instance)
+	}
+	assert.Equal(t, 3, steps["launch"], "one launch per server; history %v", history)
+	assert.Equal(t, 3, steps["retire"], "one retire per server; history %v", history)
+	assert.Equal(t, 1, steps["done"], "one roll; history %v", history)
+	t.Logf("%d storms of 10 handlers during the roll; history %v", storms, history)
+
+	// Replays. A reload restarts an agent's watches, and the event watch's first run
+	// hands its handler the agent's whole event buffer: here, the roll's events.
+	before := e.snapshot()
+	offset := len(e.handlersLog())
+	for _, s := range st.Servers {
+		require.NoError(t, e.p.Reload(context.Background(), s.Instance))
+	}
+	testcluster.WaitFor(t, time.Minute, "the reloaded agents' event handlers to take their buffers", func() (bool, string) {
+		logs := e.handlersLog()[offset:]
+		n := countLines(logs, "spinup: event already handled") + countLines(logs, "spinup: plan: step=nothing")
+		return n >= 3, fmt.Sprintf("%d of 3 spinup handlers went through a replayed event", n)
+	})
+	// A restart empties the buffer (it lives in memory), and the handlers run on
+	// start all the same: restart every agent, one at a time.
+	for _, s := range st.Servers {
+		require.NoError(t, e.p.Restart(context.Background(), s.Instance))
+		testcluster.WaitFor(t, 2*time.Minute, "the cluster healthy after restarting "+s.Instance, func() (bool, string) {
+			h, err := e.client.Operator().AutopilotServerHealth(nil)
+			if err != nil {
+				return false, err.Error()
+			}
+			return h.Healthy && len(h.Servers) == 3, fmt.Sprintf("healthy %v, %d servers", h.Healthy, len(h.Servers))
+		})
+	}
+	testcluster.WaitFor(t, time.Minute, "the restarted agents' handlers to run", func() (bool, string) {
+		logs := e.handlersLog()[offset:]
+		up, down := countLines(logs, "spinup:"), countLines(logs, "spindown:")
+		return up >= 6 && down >= 3, fmt.Sprintf("%d spinup and %d spindown log lines since the reloads", up, down)
+	})
+	testcluster.WaitFor(t, time.Minute, "no handler holding the lock", func() (bool, string) {
+		holder, err := coord.New(e.client, "e2e").Holder(context.Background())
+		return err == nil && holder == "", fmt.Sprint(holder, err)
+	})
+	after := e.snapshot()
+	assert.Equal(t, before.roll, after.roll, "the roll record is unchanged")
+	assert.Equal(t, before.keys, after.keys, "no receipt, lock or bad image written")
+	assert.Equal(t, before.instances, after.instances, "no instance launched or retired")
+	logs := e.handlersLog()[offset:]
+	assert.Zero(t, countLines(logs, "step taken"), "no step taken after the restarts:\n%s", logs)
+	if b, err := os.ReadFile(filepath.Join(e.state, "handlers.log")); err == nil {
+		t.Logf("handler lines after the restarts:\n%s", tail(strings.TrimSpace(string(b[offset:])), 30))
+	}
+}
