@@ -92,6 +92,23 @@ func (r *Roller) Run(ctx context.Context, trig Trigger) error {
 		}
 	}
 
+	if trig.Image != "" {
+		// A request naming an image may be refused (outside the filter, bad, a
+		// downgrade). Refusing takes no step, so it needs no lock: refused requests,
+		// forged ones included, leave nothing behind but the record that they were.
+		in, err := r.Observe(ctx, rec, trig.Image)
+		if err != nil {
+			return err
+		}
+		if st := plan.Next(in); st.Kind == plan.Refuse {
+			r.Log.Info("plan", "step", st.Kind, "image", st.Image, "reason", st.Reason)
+			if err := r.markHandled(ctx, trig, "refused: "+st.Reason); err != nil {
+				return err
+			}
+			return fmt.Errorf("%w: %s", ErrRefused, st.Reason)
+		}
+	}
+
 	held, err := r.Store.Lock(ctx, coord.LockOptions{
 		TTL: r.Config.Lock.SessionTTL, Delay: r.Config.Lock.LockDelay, Wait: r.Config.Lock.Wait, Holder: r.Holder,
 	})
