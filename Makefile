@@ -22,7 +22,9 @@ PACKER      := $(PACKER_DIR)/packer
 PACKER_AMAZON := $(PACKER_DIR)/plugins/github.com/hashicorp/amazon/packer-plugin-amazon_v1.3.4_x5.0_linux_amd64
 
 HANDLERS := $(notdir $(wildcard handlers/*))
-GO_TEST_FLAGS ?= -race -count=1 -timeout 45m
+# -parallel 4: the end-to-end tests mostly wait on Consul, so more of them at once
+# than there are cores (go test's default) shortens the run without starving them.
+GO_TEST_FLAGS ?= -race -count=1 -timeout 45m -parallel 4
 
 # Tests and the demo find the pinned consul, ec2-metadata-mock and packer first on PATH.
 export PATH := $(CONSUL_DIR):$(AEMM_DIR):$(PACKER_DIR):$(PATH)
