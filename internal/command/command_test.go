@@ -54,6 +54,8 @@ func TestHandlers_RefuseBadInputBeforeTalkingToConsul(t *testing.T) {
 		{"spinup: unknown field in our payload", Spinup, []string{"-config", cfg}, `[{"ID":"e1","Name":"consul-rehydrate","Payload":"eyJpbWFnZSI6ImEifQ=="}]`, ExitBadPayload, "image"},
 		{"spinup: a malformed event does not hide an earlier good one", Spinup, []string{"-config", cfg},
 			`[{"ID":"e1","Name":"consul-rehydrate"},{"ID":"e2","Name":"consul-rehydrate","Payload":"bm90IGpzb24="}]`, ExitConsul, "refusing event: event_id=e2"},
+		{"spinup: a malformed event before a good one is refused too", Spinup, []string{"-config", cfg},
+			`[{"ID":"e2","Name":"consul-rehydrate","Payload":"bm90IGpzb24="},{"ID":"e1","Name":"consul-rehydrate"}]`, ExitConsul, "refusing event: event_id=e2"},
 		{"spinup: no events does nothing", Spinup, []string{"-config", cfg}, `[]`, ExitOK, ""},
 		{"spindown: not JSON", Spindown, []string{"-config", cfg}, "[{", ExitBadPayload, "refusing service payload"},
 		{"spindown: another service", Spindown, []string{"-config", cfg}, `[{"Service":{"Service":"web"}}]`, ExitBadPayload, `entry for service \"web\", want \"consul\"`},

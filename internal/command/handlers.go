@@ -26,17 +26,22 @@ func Spinup(args []string, env Env) int {
 		}
 		// On its first run the watch hands over the agent's whole buffer; earlier
 		// events had their turn, and the roll is level-triggered: the newest well-formed
-		// one is enough. A malformed event after it is refused and does not hide it.
-		for i := len(events) - 1; i >= 0; i-- {
-			ev := events[i]
+		// one is enough. Every malformed event is refused with a line of its own, and
+		// does not hide a good one: events fired through different servers may reach
+		// this agent in any order.
+		var trig *roll.Trigger
+		for _, ev := range events {
 			req, err := payload.ParseRequest(ev, a.cfg.Roll.EventName)
 			if err != nil {
 				a.log.Error("refusing event", "event_id", ev.ID, "error", err)
 				continue
 			}
-			return roll.Trigger{EventID: ev.ID, Image: req.ImageID}, -1
+			trig = &roll.Trigger{EventID: ev.ID, Image: req.ImageID}
 		}
-		return roll.Trigger{}, ExitBadPayload
+		if trig == nil {
+			return roll.Trigger{}, ExitBadPayload
+		}
+		return *trig, -1
 	})
 }
 
