@@ -284,9 +284,11 @@ func (p *Provider) Launch(ctx context.Context, imageID, actionID string) (cloud.
 	return out, nil
 }
 
-// Terminate makes the instance's server leave the cluster gracefully, waits for its
-// process to exit (SIGKILL after LeaveTimeout), and marks it terminated. Terminating a
-// terminated instance does nothing; an ID never launched is ErrUnknownInstance.
+// Terminate makes the instance's server leave the cluster gracefully and returns once
+// it is out of the raft configuration (SIGKILL after LeaveTimeout). The instance is
+// shutting-down until its process has exited, then terminated, as on EC2.
+// Terminating a terminated instance does nothing; an ID never launched is
+// ErrUnknownInstance.
 func (p *Provider) Terminate(ctx context.Context, instanceID, actionID string) error {
 	var rec instanceRecord
 	done := false
@@ -323,14 +325,14 @@ func (p *Provider) Terminate(ctx context.Context, instanceID, actionID string) e
 		if in == nil {
 			return false, ErrUnknownInstance // the state dir was replaced under us
 		}
-		changed := in.State != cloud.StateTerminated
-		in.State = cloud.StateTerminated
-		return changed, nil
+		// Out of raft, the process may still be draining: it stays shutting-down until
+		// it has exited (see refresh).
+		return p.refresh(in), nil
 	})
 	if err != nil {
 		return fmt.Errorf("terminate instance %q: %w", instanceID, err)
 	}
-	p.log.Info("terminated instance", "instance_id", instanceID)
+	p.log.Info("instance's server left; the instance is shutting down", "instance_id", instanceID)
 	return nil
 }
 
@@ -423,25 +425,30 @@ func (p *Provider) record(id string) (instanceRecord, error) {
 	return rec, err
 }
 
-// leave makes a live server leave gracefully and waits for its process to exit,
-// killing it if it takes longer than LeaveTimeout.
+// leave makes a live server leave gracefully, as an EC2 shutdown does: SIGTERM, which
+// leave_on_terminate (server.hcl) turns into a graceful leave. It returns once the
+// server is out of the raft configuration, or its process has exited; the rest of
+// its shutdown (draining RPCs for leave_drain_time) needs nobody waiting. A server
+// still in the configuration after LeaveTimeout is killed.
 func (p *Provider) leave(ctx context.Context, in instanceRecord) error {
 	cfg := configPath(p.instanceDir(in.ID))
 	if !alive(in.PID, cfg) {
 		return nil // crashed or never started: nothing to leave
 	}
 	deadline := time.Now().Add(p.cfg.LeaveTimeout)
-	cl, err := apiClient(in.Address, p.cfg.LeaveTimeout)
-	if err == nil {
-		err = cl.Agent().Leave()
+	if err := syscall.Kill(in.PID, syscall.SIGTERM); err != nil {
+		return fmt.Errorf("signal server %d: %w", in.PID, err)
 	}
-	if err != nil {
-		// leave_on_terminate (server.hcl) makes SIGTERM a graceful leave too.
-		p.log.Warn("leave failed, sending SIGTERM", "instance_id", in.ID, "error", err)
-		_ = syscall.Kill(in.PID, syscall.SIGTERM)
-	}
-	if exited, err := waitExit(ctx, deadline, agentProc{in.PID, cfg}); err != nil || exited {
-		return err
+	client := p.clientAPI()
+	for time.Now().Before(deadline) {
+		if !alive(in.PID, cfg) || (client != nil && p.outOfRaft(client, in.Address)) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for leave: %w", ctx.Err())
+		case <-time.After(pollEvery):
+		}
 	}
 	p.log.Warn("server did not leave in time, killing it", "instance_id", in.ID, "leave_timeout", p.cfg.LeaveTimeout)
 	// Only the agent, not its process group: the handler terminating it may be one of
@@ -452,6 +459,35 @@ func (p *Provider) leave(ctx context.Context, in instanceRecord) error {
 		err = fmt.Errorf("process %d survived SIGKILL", in.PID)
 	}
 	return err
+}
+
+// clientAPI returns a client for the cluster's client agent, nil if there is none.
+func (p *Provider) clientAPI() *api.Client {
+	addr, err := p.ClientAddr()
+	if err != nil {
+		return nil
+	}
+	host, _, _ := strings.Cut(addr, ":")
+	c, err := apiClient(host, 2*time.Second)
+	if err != nil {
+		return nil
+	}
+	return c
+}
+
+// outOfRaft reports whether the leader's raft configuration no longer lists a server
+// at addr. An error (no leader, say) is not an answer: false.
+func (p *Provider) outOfRaft(c *api.Client, addr string) bool {
+	rc, err := c.Operator().RaftGetConfiguration(nil)
+	if err != nil {
+		return false
+	}
+	for _, s := range rc.Servers {
+		if host, _, _ := strings.Cut(s.Address, ":"); host == addr {
+			return false
+		}
+	}
+	return true
 }
 
 type agentProc struct {
