@@ -251,26 +251,72 @@ func (s *Store) Handled(ctx context.Context, eventID string) (bool, error) {
 }
 
 // MarkHandled records the event as handled and prunes the oldest records beyond
-// MaxEvents.
+// MaxEvents. One request, unless there is something to prune.
 func (s *Store) MarkHandled(ctx context.Context, eventID, result string) error {
-	w := (&api.WriteOptions{}).WithContext(ctx)
-	if _, err := s.c.KV().Put(&api.KVPair{Key: s.Key("events/" + eventID), Value: []byte(result)}, w); err != nil {
+	resp, err := s.txn(ctx, api.TxnOps{
+		{KV: &api.KVTxnOp{Verb: api.KVSet, Key: s.Key("events/" + eventID), Value: []byte(result)}},
+		{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: s.Key("events/")}},
+	})
+	if err != nil {
 		return fmt.Errorf("record event %s: %w", eventID, err)
 	}
-	keys, _, err := s.c.KV().List(s.Key("events/"), (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return fmt.Errorf("list handled events: %w", err)
-	}
+	keys := resp.Results[1:]
 	if len(keys) <= MaxEvents {
 		return nil
 	}
-	sort.Slice(keys, func(i, j int) bool { return keys[i].CreateIndex < keys[j].CreateIndex })
-	for _, kv := range keys[:len(keys)-MaxEvents] {
-		if _, err := s.c.KV().Delete(kv.Key, w); err != nil {
-			return fmt.Errorf("prune %s: %w", kv.Key, err)
+	sort.Slice(keys, func(i, j int) bool { return keys[i].KV.CreateIndex < keys[j].KV.CreateIndex })
+	var del api.TxnOps
+	for _, r := range keys[:len(keys)-MaxEvents] {
+		del = append(del, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: r.KV.Key}})
+	}
+	for len(del) > 0 { // Consul takes at most 64 operations a transaction
+		n := min(len(del), 64)
+		if _, err := s.txn(ctx, del[:n]); err != nil {
+			return fmt.Errorf("prune handled events: %w", err)
 		}
+		del = del[n:]
 	}
 	return nil
+}
+
+// Peek reads, in one request, what a handler needs to decide whether it has a step
+// to take at all: the roll record, whether eventID was handled, and the bad images.
+func (s *Store) Peek(ctx context.Context, eventID string) (*Roll, bool, map[string]string, error) {
+	resp, err := s.txn(ctx, api.TxnOps{
+		{KV: &api.KVTxnOp{Verb: api.KVGetOrEmpty, Key: s.Key("roll")}},
+		{KV: &api.KVTxnOp{Verb: api.KVGetOrEmpty, Key: s.Key("events/" + eventID)}},
+		{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: s.Key("bad-images/")}},
+	})
+	if err != nil {
+		return nil, false, nil, fmt.Errorf("read %s: %w", s.prefix, err)
+	}
+	var r *Roll
+	if kv := resp.Results[0].KV; kv.ModifyIndex != 0 {
+		if err := json.Unmarshal(kv.Value, &r); err != nil {
+			return nil, false, nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+		}
+	}
+	handled := resp.Results[1].KV.ModifyIndex != 0
+	bad := map[string]string{}
+	for _, res := range resp.Results[2:] {
+		bad[strings.TrimPrefix(res.KV.Key, s.Key("bad-images/"))] = string(res.KV.Value)
+	}
+	return r, handled, bad, nil
+}
+
+func (s *Store) txn(ctx context.Context, ops api.TxnOps) (*api.TxnResponse, error) {
+	ok, resp, _, err := s.c.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		var errs []string
+		for _, e := range resp.Errors {
+			errs = append(errs, fmt.Sprintf("op %d: %s", e.OpIndex, e.What))
+		}
+		return nil, fmt.Errorf("transaction failed: %s", strings.Join(errs, "; "))
+	}
+	return resp, nil
 }
 
 // BadImages returns the images marked bad, with the reason each was marked.

@@ -121,6 +121,31 @@ func TestCoord(t *testing.T) {
 		assert.Equal(t, map[string]string{"B": "never became a voter"}, bad)
 	})
 
+	t.Run("PeekReadsRollHandledAndBadImagesAtOnce", func(t *testing.T) {
+		s := coord.New(cl, "peek")
+		ctx := context.Background()
+		r, handled, bad, err := s.Peek(ctx, "ev-1")
+		require.NoError(t, err)
+		assert.Nil(t, r, "no roll yet")
+		assert.False(t, handled)
+		assert.Empty(t, bad)
+
+		require.NoError(t, s.PutRoll(ctx, &coord.Roll{Target: "B", Phase: coord.PhaseRolling}))
+		require.NoError(t, s.MarkHandled(ctx, "ev-1", "nothing"))
+		require.NoError(t, s.MarkBad(ctx, "C", "never joined"))
+		require.NoError(t, s.MarkBad(ctx, "D", "never a voter"))
+		r, handled, bad, err = s.Peek(ctx, "ev-1")
+		require.NoError(t, err)
+		require.NotNil(t, r)
+		assert.Equal(t, "B", r.Target)
+		assert.True(t, r.InProgress())
+		assert.True(t, handled)
+		assert.Equal(t, map[string]string{"C": "never joined", "D": "never a voter"}, bad)
+		_, handled, _, err = s.Peek(ctx, "ev-2")
+		require.NoError(t, err)
+		assert.False(t, handled)
+	})
+
 	t.Run("UnreachableConsulIsAnError", func(t *testing.T) {
 		cfg := api.DefaultConfig()
 		cfg.Address = "127.0.0.1:1" // nothing listens there

@@ -74,38 +74,43 @@ func New(cfg *config.Config, c *api.Client, p Provider, log hclog.Logger) *Rolle
 
 // Run handles one invocation.
 func (r *Roller) Run(ctx context.Context, trig Trigger) error {
-	rec, err := r.Store.Roll(ctx)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConsul, err)
-	}
-	// Cheap when idle: a service watch with no roll in progress ends here.
-	if trig.EventID == "" && !rec.InProgress() {
-		r.Log.Debug("no roll in progress")
-		return nil
-	}
-	if trig.EventID != "" {
-		if done, err := r.Store.Handled(ctx, trig.EventID); err != nil {
+	if trig.EventID == "" {
+		// Cheap when idle: a service watch with no roll in progress reads one key.
+		rec, err := r.Store.Roll(ctx)
+		if err != nil {
 			return fmt.Errorf("%w: %w", ErrConsul, err)
-		} else if done {
+		}
+		if !rec.InProgress() {
+			r.Log.Debug("no roll in progress")
+			return nil
+		}
+	} else {
+		rec, handled, bad, err := r.Store.Peek(ctx, trig.EventID)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrConsul, err)
+		}
+		if handled {
 			r.Log.Debug("event already handled", "event_id", trig.EventID)
 			return nil
 		}
-	}
-
-	if trig.Image != "" {
-		// A request naming an image may be refused (outside the filter, bad, a
-		// downgrade). Refusing takes no step, so it needs no lock: refused requests,
-		// forged ones included, leave nothing behind but the record that they were.
-		in, err := r.Observe(ctx, rec, trig.Image)
+		// Decide without the lock whether the event asks for a step at all. Refusing
+		// a request (an image outside the filter, bad, or older) and finding nothing
+		// to do take no step: they cost no lock, and a forged event leaves nothing
+		// behind but the record that it was seen.
+		in, err := r.observe(ctx, rec, bad, trig.Image)
 		if err != nil {
 			return err
 		}
-		if st := plan.Next(in); st.Kind == plan.Refuse {
+		switch st := plan.Next(in); st.Kind {
+		case plan.Refuse:
 			r.Log.Info("plan", "step", st.Kind, "image", st.Image, "reason", st.Reason)
 			if err := r.markHandled(ctx, trig, "refused: "+st.Reason); err != nil {
 				return err
 			}
 			return fmt.Errorf("%w: %s", ErrRefused, st.Reason)
+		case plan.Nothing:
+			r.Log.Info("plan", "step", st.Kind, "image", st.Image, "reason", st.Reason)
+			return r.markHandled(ctx, trig, "nothing: "+st.Reason)
 		}
 	}
 
@@ -405,11 +410,16 @@ func (r *Roller) waitLeader(ctx context.Context, id string) error {
 
 // Observe gathers everything the planner needs.
 func (r *Roller) Observe(ctx context.Context, rec *coord.Roll, requested string) (plan.Input, error) {
-	obs, err := cluster.Observe(ctx, r.Consul)
+	bad, err := r.Store.BadImages(ctx)
 	if err != nil {
 		return plan.Input{}, r.consulErr(ctx, err)
 	}
-	bad, err := r.Store.BadImages(ctx)
+	return r.observe(ctx, rec, bad, requested)
+}
+
+// observe is Observe with the bad images already read.
+func (r *Roller) observe(ctx context.Context, rec *coord.Roll, bad map[string]string, requested string) (plan.Input, error) {
+	obs, err := cluster.Observe(ctx, r.Consul)
 	if err != nil {
 		return plan.Input{}, r.consulErr(ctx, err)
 	}
