@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -18,6 +19,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/consul-rehydrate/consul-rehydrate/config"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
 	awsprovider "github.com/consul-rehydrate/consul-rehydrate/internal/cloud/aws"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
@@ -166,19 +168,69 @@ func (a *app) provider() (roll.Provider, error) {
 		return a.localProvider()
 	case a.cfg.Provider.AWS != nil:
 		pc := a.cfg.Provider.AWS
-		ctx, cancel := withTimeout(30 * time.Second)
-		defer cancel()
-		e, as, err := awsprovider.NewClients(ctx, awsprovider.ClientOptions{Region: pc.Region, EndpointURL: pc.EndpointURL, MaxAttempts: pc.MaxAttempts})
-		if err != nil {
-			return nil, err
-		}
-		return awsprovider.New(e, as, awsprovider.Config{
-			Group: pc.AutoscalingGroup, LaunchTemplate: pc.LaunchTemplate, Servers: a.cfg.Servers,
-			Owners: pc.Image.Owners, NamePattern: pc.Image.NamePattern, Tags: pc.Image.Tags, Logger: a.log,
-		}), nil
+		// Built on first use: loading the SDK's configuration (credentials chain,
+		// instance metadata) is most of an idle handler's cost, and an idle handler
+		// never calls AWS.
+		return &lazyProvider{build: func() (roll.Provider, error) {
+			ctx, cancel := withTimeout(30 * time.Second)
+			defer cancel()
+			e, as, err := awsprovider.NewClients(ctx, awsprovider.ClientOptions{Region: pc.Region, EndpointURL: pc.EndpointURL, MaxAttempts: pc.MaxAttempts})
+			if err != nil {
+				return nil, err
+			}
+			return awsprovider.New(e, as, awsprovider.Config{
+				Group: pc.AutoscalingGroup, LaunchTemplate: pc.LaunchTemplate, Servers: a.cfg.Servers,
+				Owners: pc.Image.Owners, NamePattern: pc.Image.NamePattern, Tags: pc.Image.Tags, Logger: a.log,
+			}), nil
+		}}, nil
 	default:
 		return nil, fmt.Errorf("provider %q is not supported by this build", a.cfg.Provider.Type)
 	}
+}
+
+// lazyProvider builds its provider on first use.
+type lazyProvider struct {
+	once  sync.Once
+	build func() (roll.Provider, error)
+	p     roll.Provider
+	err   error
+}
+
+func (l *lazyProvider) get() (roll.Provider, error) {
+	l.once.Do(func() { l.p, l.err = l.build() })
+	return l.p, l.err
+}
+
+func (l *lazyProvider) Images(ctx context.Context) ([]cloud.Image, error) {
+	p, err := l.get()
+	if err != nil {
+		return nil, err
+	}
+	return p.Images(ctx)
+}
+
+func (l *lazyProvider) Instances(ctx context.Context) ([]cloud.Instance, error) {
+	p, err := l.get()
+	if err != nil {
+		return nil, err
+	}
+	return p.Instances(ctx)
+}
+
+func (l *lazyProvider) Launch(ctx context.Context, imageID, actionID string) (cloud.Instance, error) {
+	p, err := l.get()
+	if err != nil {
+		return cloud.Instance{}, err
+	}
+	return p.Launch(ctx, imageID, actionID)
+}
+
+func (l *lazyProvider) Terminate(ctx context.Context, instanceID, actionID string) error {
+	p, err := l.get()
+	if err != nil {
+		return err
+	}
+	return p.Terminate(ctx, instanceID, actionID)
 }
 
 // roller builds a Roller against the configured Consul and provider.
