@@ -320,7 +320,7 @@ func TestRoll_ReplacesEveryServerLeaderLastWithoutLosingWrites(t *testing.T) {
 			// right after leadership moved away from it.
 			var steps []string
 			for _, h := range st.Roll.History {
-				steps = append(steps, h.Step+" "+h.Instance)
+				steps = append(steps, fmt.Sprintf("+%.1fs %s %s", h.Time.Sub(st.Roll.Started).Seconds(), h.Step, h.Instance))
 			}
 			var retires []string
 			for _, h := range st.Roll.History {
@@ -337,6 +337,10 @@ func TestRoll_ReplacesEveryServerLeaderLastWithoutLosingWrites(t *testing.T) {
 				}
 			}
 			assert.Equal(t, "done", st.Roll.History[len(st.Roll.History)-1].Step)
+			if os.Getenv("E2E_SHOW_HANDLERS") != "" {
+				b, _ := os.ReadFile(filepath.Join(e.state, "handlers.log"))
+				t.Logf("handlers.log:\n%s", b)
+			}
 			t.Logf("%d servers rolled: %d writes ok, max write %s, history %v", n, res.OK, res.Max, steps)
 		})
 	}
