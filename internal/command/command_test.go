@@ -66,6 +66,8 @@ func TestHandlers_RefuseBadInputBeforeTalkingToConsul(t *testing.T) {
 		{"rehydrate: no command", Rehydrate, nil, "", ExitUsage, "usage: rehydrate"},
 		{"rehydrate: unknown command", Rehydrate, []string{"-config", cfg, "explode"}, "", ExitUsage, `unknown command "explode"`},
 		{"rehydrate: fire with an invalid image id", Rehydrate, []string{"-config", cfg, "fire", "--image", "has space"}, "", ExitUsage, "invalid image"},
+		{"rehydrate: a stray argument", Rehydrate, []string{"-config", cfg, "status", "now"}, "", ExitUsage, `rehydrate status: unexpected argument "now"`},
+		{"rehydrate: register with two names", Rehydrate, []string{"-config", cfg, "local", "image", "register", "B", "--extra-hcl", "x.hcl", "C"}, "", ExitUsage, "want exactly one NAME"},
 		{"rehydrate: local up without image", Rehydrate, []string{"-config", cfg, "local", "up"}, "", ExitUsage, "--image is required"},
 	}
 	for _, tt := range tests {

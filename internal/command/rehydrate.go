@@ -70,8 +70,16 @@ func Rehydrate(args []string, env Env) int {
 	servers := fs.Int("servers", 3, "number of servers (local up, local demo)")
 	consulBinary := fs.String("consul-binary", "", "consul binary of the image (local image register); default the provider's")
 	extraHCL := fs.String("extra-hcl", "", "file of extra agent config for the image's servers (local image register)")
-	if err := fs.Parse(rest); err != nil {
-		return ExitUsage
+	// Flags may come before or after positional arguments (`register B --extra-hcl F`).
+	var positional []string
+	for {
+		if err := fs.Parse(rest); err != nil {
+			return ExitUsage
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		positional, rest = append(positional, fs.Arg(0)), fs.Args()[1:]
 	}
 	if cmd == "local demo" && a.configPath == "" {
 		// The demo needs no set-up: it writes its own configuration.
@@ -91,6 +99,10 @@ func Rehydrate(args []string, env Env) int {
 	}
 	defer a.close()
 
+	if len(positional) > 0 && cmd != "local image register" {
+		fmt.Fprintf(env.Stderr, "rehydrate %s: unexpected argument %q\n", cmd, positional[0])
+		return ExitUsage
+	}
 	switch cmd {
 	case "fire":
 		return a.fire(*image)
@@ -101,11 +113,11 @@ func Rehydrate(args []string, env Env) int {
 	case "local up":
 		return a.localUp(*servers, *image)
 	case "local image register":
-		if fs.NArg() != 1 {
+		if len(positional) != 1 {
 			fmt.Fprintln(env.Stderr, "rehydrate local image register: want exactly one NAME")
 			return ExitUsage
 		}
-		return a.localRegister(fs.Arg(0), *consulBinary, *extraHCL)
+		return a.localRegister(positional[0], *consulBinary, *extraHCL)
 	case "local down":
 		return a.localDown()
 	case "local demo":

@@ -267,7 +267,7 @@ func TestFaults_BadImageFailsTheRollAndLeavesTheClusterAlone(t *testing.T) {
 	// A valid agent config, but a gossip key the cluster does not use: the server
 	// starts, and never joins.
 	require.NoError(t, os.WriteFile(extra, []byte(`encrypt = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="`+"\n"), 0o644))
-	out, code := e.run("local", "image", "register", "--extra-hcl", extra, "broken")
+	out, code := e.run("local", "image", "register", "broken", "--extra-hcl", extra)
 	require.Equal(t, command.ExitOK, code, out)
 
 	out, code = e.run("fire", "--image", "broken")
