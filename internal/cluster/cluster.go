@@ -113,3 +113,42 @@ func Observe(ctx context.Context, c *api.Client) (*Observation, error) {
 	sort.Slice(obs.Servers, func(i, j int) bool { return obs.Servers[i].Name < obs.Servers[j].Name })
 	return obs, nil
 }
+
+// ObserveRaft is Observe corrected by the raft configuration, one request more.
+// Autopilot refreshes its view every 2s, so right after a leadership transfer or a
+// server's removal it still shows the old leader or the departed server; the raft
+// configuration, read from the leader, already does not. Servers autopilot lists but
+// raft no longer has are dropped, leader and voter flags come from raft, and a server
+// raft has but autopilot does not list yet is added, not healthy.
+func ObserveRaft(ctx context.Context, c *api.Client) (*Observation, error) {
+	obs, err := Observe(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := c.Operator().RaftGetConfiguration((&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("read raft configuration: %w", err)
+	}
+	byID := make(map[string]Server, len(obs.Servers))
+	for _, s := range obs.Servers {
+		byID[s.ID] = s
+	}
+	servers := make([]Server, 0, len(rc.Servers))
+	for _, r := range rc.Servers {
+		s, ok := byID[r.ID]
+		if !ok {
+			s = Server{ID: r.ID, Name: r.Node, Address: r.Address}
+			for id, j := range obs.Joining {
+				if j.Name == r.Node {
+					s.ImageID, s.InstanceID = j.ImageID, j.InstanceID
+					delete(obs.Joining, id)
+				}
+			}
+		}
+		s.Voter, s.Leader = r.Voter, r.Leader
+		servers = append(servers, s)
+	}
+	sort.Slice(servers, func(i, j int) bool { return servers[i].Name < servers[j].Name })
+	obs.Servers = servers
+	return obs, nil
+}

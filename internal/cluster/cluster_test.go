@@ -78,3 +78,49 @@ func TestObserve_ReportsRaftHealthLeaderAndNodeMeta(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+func TestObserveRaft_SeesALeadershipTransferAtOnce(t *testing.T) {
+	t.Parallel()
+	c := testcluster.Start(t, testcluster.Options{Servers: 3, NodeMeta: func(name string) map[string]string {
+		return map[string]string{cluster.MetaImageID: "img-A", cluster.MetaInstanceID: "i-" + name}
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cl := c.Client(t)
+	testcluster.WaitFor(t, 30*time.Second, "a healthy cluster of 3 with node meta", func() (bool, string) {
+		obs, err := cluster.Observe(ctx, cl)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, s := range obs.Servers {
+			if s.InstanceID == "" {
+				return false, s.Name + " has no instance_id yet"
+			}
+		}
+		return obs.Healthy && len(obs.Servers) == 3, "not yet"
+	})
+	before, err := cluster.ObserveRaft(ctx, cl)
+	require.NoError(t, err)
+	require.Len(t, before.Servers, 3)
+	old := before.Leader()
+	require.NotNil(t, old)
+	var to *cluster.Server
+	for i := range before.Servers {
+		if before.Servers[i].ID != old.ID {
+			to = &before.Servers[i]
+			break
+		}
+	}
+	_, err = cl.Operator().RaftLeaderTransfer(to.ID, nil)
+	require.NoError(t, err)
+	// Right away: autopilot refreshes every 2s, the raft configuration does not lag.
+	after, err := cluster.ObserveRaft(ctx, cl)
+	require.NoError(t, err)
+	require.NotNil(t, after.Leader())
+	assert.Equal(t, to.ID, after.Leader().ID, "the new leader, without waiting for autopilot")
+	assert.Len(t, after.Servers, 3)
+	for _, s := range after.Servers {
+		assert.Equal(t, "i-"+s.Name, s.InstanceID, "node meta kept")
+		assert.True(t, s.Voter)
+	}
+}

@@ -97,7 +97,7 @@ func (r *Roller) Run(ctx context.Context, trig Trigger) error {
 		// a request (an image outside the filter, bad, or older) and finding nothing
 		// to do take no step: they cost no lock, and a forged event leaves nothing
 		// behind but the record that it was seen.
-		in, err := r.observe(ctx, rec, bad, trig.Image)
+		in, err := r.observe(ctx, rec, bad, trig.Image, cluster.Observe)
 		if err != nil {
 			return err
 		}
@@ -365,7 +365,7 @@ func (r *Roller) verify(held *coord.Held, st plan.Step) error {
 func (r *Roller) waitGone(ctx context.Context, inst cloud.Instance) error {
 	deadline := r.Now().Add(r.Config.Roll.LeaveTimeout)
 	for {
-		obs, err := cluster.Observe(ctx, r.Consul)
+		obs, err := cluster.ObserveRaft(ctx, r.Consul)
 		if err != nil {
 			return r.consulErr(ctx, err)
 		}
@@ -385,12 +385,12 @@ func (r *Roller) waitGone(ctx context.Context, inst cloud.Instance) error {
 	}
 }
 
-// waitLeader waits (bounded by leave_timeout) until autopilot reports the server
-// with raft ID id as leader, so the next plan sees the transfer.
+// waitLeader waits (bounded by leave_timeout) until the raft configuration names the
+// server with raft ID id as leader, so the next plan sees the transfer.
 func (r *Roller) waitLeader(ctx context.Context, id string) error {
 	deadline := r.Now().Add(r.Config.Roll.LeaveTimeout)
 	for {
-		obs, err := cluster.Observe(ctx, r.Consul)
+		obs, err := cluster.ObserveRaft(ctx, r.Consul)
 		if err != nil {
 			return r.consulErr(ctx, err)
 		}
@@ -408,18 +408,21 @@ func (r *Roller) waitLeader(ctx context.Context, id string) error {
 	}
 }
 
-// Observe gathers everything the planner needs.
+// Observe gathers everything the planner needs, the raft configuration included.
 func (r *Roller) Observe(ctx context.Context, rec *coord.Roll, requested string) (plan.Input, error) {
 	bad, err := r.Store.BadImages(ctx)
 	if err != nil {
 		return plan.Input{}, r.consulErr(ctx, err)
 	}
-	return r.observe(ctx, rec, bad, requested)
+	return r.observe(ctx, rec, bad, requested, cluster.ObserveRaft)
 }
 
-// observe is Observe with the bad images already read.
-func (r *Roller) observe(ctx context.Context, rec *coord.Roll, bad map[string]string, requested string) (plan.Input, error) {
-	obs, err := cluster.Observe(ctx, r.Consul)
+// observe is Observe with the bad images already read and the cluster observed by
+// look: cluster.Observe to decide whether there is a step at all, cluster.ObserveRaft
+// to take one (a step must not act on autopilot's view of a moment ago).
+func (r *Roller) observe(ctx context.Context, rec *coord.Roll, bad map[string]string, requested string,
+	look func(context.Context, *api.Client) (*cluster.Observation, error)) (plan.Input, error) {
+	obs, err := look(ctx, r.Consul)
 	if err != nil {
 		return plan.Input{}, r.consulErr(ctx, err)
 	}
