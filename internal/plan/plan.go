@@ -135,6 +135,11 @@ func Next(in Input) Step {
 
 	switch {
 	case len(st.outdated) == 0 && len(st.live) <= in.Desired:
+		if in.RollTarget != "" && len(st.live) < in.Desired {
+			// Not done until the group is back to size: "all 0 servers run B" is no roll.
+			return Step{Kind: Hold, Image: target, Reason: fmt.Sprintf(
+				"only %d of %d servers, all on %s; waiting for the group to be back to size", len(st.live), in.Desired, target)}
+		}
 		if in.RollTarget != "" {
 			return Step{Kind: Done, Image: target, Reason: fmt.Sprintf("all %d servers run %s", len(st.live), target)}
 		}

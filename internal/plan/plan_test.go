@@ -177,6 +177,19 @@ func TestNext_Rules(t *testing.T) {
 			w.in.RollTarget = "C"
 			return w.in
 		}, Done, "", "all 3 servers run C"},
+		{"roll in progress, all on target but short of servers: not done yet", func() Input {
+			w := newWorld(3, "C")
+			w.in.RollTarget = "C"
+			w.in.Instances = w.in.Instances[:2]
+			w.in.Cluster.Servers = w.in.Cluster.Servers[:2]
+			return w.in
+		}, Hold, "", "only 2 of 3 servers, all on C"},
+		{"roll in progress and no instances at all: not done", func() Input {
+			w := newWorld(3, "C")
+			w.in.RollTarget = "C"
+			w.in.Instances, w.in.Cluster.Servers = nil, nil
+			return w.in
+		}, Hold, "", "only 0 of 3 servers"},
 		{"roll in progress keeps its target over a newer request", func() Input {
 			w := newWorld(3, "B")
 			w.in.RollTarget = "B"
