@@ -7,10 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -24,41 +21,34 @@ import (
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/roll"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/watch"
 )
 
-// Exit codes. Callers tell causes apart by code; the log line says the detail.
+// Exit codes, environment and what every executable shares live in package watch,
+// which the lean spindown is built from; they are repeated here for callers.
 const (
-	ExitOK         = 0
-	ExitError      = 10 // anything unexpected
-	ExitUsage      = 11 // bad flags or arguments
-	ExitConfig     = 12 // the configuration file is missing or invalid
-	ExitBadPayload = 13 // stdin is not what the watch should have written
-	ExitConsul     = 14 // Consul unreachable or failing
-	ExitCloud      = 15 // the provider failed
-	ExitLockLost   = 16 // the lock was lost mid-step; nothing more was done
-	ExitRefused    = 17 // the request was refused (image not allowed, bad, or a downgrade)
+	ExitOK         = watch.ExitOK
+	ExitError      = watch.ExitError
+	ExitUsage      = watch.ExitUsage
+	ExitConfig     = watch.ExitConfig
+	ExitBadPayload = watch.ExitBadPayload
+	ExitConsul     = watch.ExitConsul
+	ExitCloud      = watch.ExitCloud
+	ExitLockLost   = watch.ExitLockLost
+	ExitRefused    = watch.ExitRefused
 )
 
 // Env is what a program reads and writes besides its arguments.
-type Env struct {
-	Stdin  io.Reader
-	Stdout io.Writer
-	Stderr io.Writer
-	Getenv func(string) string
-}
+type Env = watch.Env
 
 // OSEnv is the process's own environment.
-func OSEnv() Env {
-	return Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv}
-}
+func OSEnv() Env { return watch.OSEnv() }
 
 // Environment variables the programs read.
 const (
-	EnvConfig  = "REHYDRATE_CONFIG"   // the config file when -config is not given
-	EnvLogFile = "REHYDRATE_LOG_FILE" // also append log lines to this file
-	// EnvBinDir is where the local provider's servers find spinup and spindown;
-	// default: beside the running executable.
-	EnvBinDir = "REHYDRATE_BIN_DIR"
+	EnvConfig  = watch.EnvConfig
+	EnvLogFile = watch.EnvLogFile
+	EnvBinDir  = watch.EnvBinDir
 )
 
 // app is what every command sets up from its flags.
@@ -69,7 +59,7 @@ type app struct {
 	httpAddr   string
 	cfg        *config.Config
 	log        hclog.Logger
-	logFile    io.Closer
+	loaded     *watch.Loaded
 	// transport is shared by every client the command makes and closed with it, so
 	// in-process callers (tests, the demo) do not pile up idle connections against
 	// Consul's per-client connection limit.
@@ -78,37 +68,18 @@ type app struct {
 
 func newApp(name string, env Env, fs *flag.FlagSet) *app {
 	a := &app{name: name, env: env}
-	fs.StringVar(&a.configPath, "config", env.Getenv(EnvConfig), "handler configuration file (HCL); default $"+EnvConfig)
-	fs.StringVar(&a.httpAddr, "http-addr", "", "Consul HTTP address, overriding the configuration")
+	watch.RegisterFlags(fs, env, &a.configPath, &a.httpAddr)
 	return a
 }
 
 // load reads the configuration and sets up logging. It returns an exit code != 0
 // on failure, having said why.
 func (a *app) load() int {
-	if a.configPath == "" {
-		fmt.Fprintf(a.env.Stderr, "%s: no configuration: pass -config FILE or set $%s\n", a.name, EnvConfig)
-		return ExitConfig
+	l, code := watch.Load(a.name, a.configPath, a.env)
+	if code != ExitOK {
+		return code
 	}
-	abs, err := filepath.Abs(a.configPath)
-	if err == nil {
-		a.configPath = abs
-	}
-	cfg, err := config.Load(a.configPath)
-	if err != nil {
-		fmt.Fprintf(a.env.Stderr, "%s: %v\n", a.name, err)
-		return ExitConfig
-	}
-	a.cfg = cfg
-	var out io.Writer = a.env.Stderr
-	if p := a.env.Getenv(EnvLogFile); p != "" {
-		if f, err := os.OpenFile(p, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err == nil {
-			out, a.logFile = io.MultiWriter(a.env.Stderr, f), f
-		}
-	}
-	a.log = hclog.New(&hclog.LoggerOptions{
-		Name: a.name, Level: hclog.LevelFromString(cfg.LogLevel), Output: out, TimeFormat: "15:04:05.000",
-	})
+	a.loaded, a.cfg, a.log, a.configPath = l, l.Config, l.Log, l.ConfigPath
 	return ExitOK
 }
 
@@ -116,8 +87,8 @@ func (a *app) close() {
 	if a.transport != nil {
 		a.transport.CloseIdleConnections()
 	}
-	if a.logFile != nil {
-		a.logFile.Close()
+	if a.loaded != nil {
+		a.loaded.Close()
 	}
 }
 
@@ -147,13 +118,9 @@ func (a *app) localProvider() (*local.Provider, error) {
 	if lp == nil {
 		return nil, fmt.Errorf("provider %q: this command needs provider \"local\"", a.cfg.Provider.Type)
 	}
-	binDir := a.env.Getenv(EnvBinDir)
-	if binDir == "" {
-		bin, err := os.Executable()
-		if err != nil {
-			return nil, fmt.Errorf("find handler binaries: %w", err)
-		}
-		binDir = filepath.Dir(bin)
+	binDir, err := watch.BinDir(a.env)
+	if err != nil {
+		return nil, err
 	}
 	return local.New(local.Config{
 		StateDir: lp.StateDir, ConsulBinary: lp.ConsulBinary, Addresses: lp.Addresses,

@@ -2,12 +2,10 @@ package command
 
 import (
 	"flag"
-	"fmt"
-
-	"github.com/hashicorp/consul/api"
 
 	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/roll"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/watch"
 )
 
 // Spinup is the event watch handler (event "consul-rehydrate"): it reads the agent's
@@ -46,7 +44,9 @@ func Spinup(args []string, env Env) int {
 }
 
 // Spindown is the service watch handler (service "consul"): membership or health of
-// the servers changed, so a roll in progress may have a step due.
+// the servers changed, so a roll in progress may have a step due. The spindown
+// executable is watch.Spindown, which runs this (as `rehydrate spindown`) only when
+// a roll is in progress.
 func Spindown(args []string, env Env) int {
 	return runHandler("spindown", args, env, func(a *app) (roll.Trigger, int) {
 		entries, err := payload.Services(env.Stdin)
@@ -54,11 +54,9 @@ func Spindown(args []string, env Env) int {
 			a.log.Error("refusing service payload", "error", err)
 			return roll.Trigger{}, ExitBadPayload
 		}
-		for _, e := range entries {
-			if e.Service == nil || e.Service.Service != "consul" {
-				a.log.Error("refusing service payload", "error", fmt.Sprintf("entry for service %q, want \"consul\"", serviceName(e.Service)))
-				return roll.Trigger{}, ExitBadPayload
-			}
+		if err := watch.CheckServices(entries); err != nil {
+			a.log.Error("refusing service payload", "error", err)
+			return roll.Trigger{}, ExitBadPayload
 		}
 		return roll.Trigger{}, -1
 	})
@@ -88,11 +86,4 @@ func runHandler(name string, args []string, env Env, trigger func(*app) (roll.Tr
 	ctx, cancel := withTimeout(a.handlerTimeout())
 	defer cancel()
 	return a.exitCode(r.Run(ctx, trig))
-}
-
-func serviceName(s *api.AgentService) string {
-	if s == nil {
-		return ""
-	}
-	return s.Service
 }

@@ -47,6 +47,17 @@ func Rehydrate(args []string, env Env) int {
 		return ExitUsage
 	}
 	cmd, rest := args[0], args[1:]
+	if cmd == "spindown" {
+		// Not for operators: the lean spindown executable hands a step here.
+		var pre []string
+		if g.configPath != "" {
+			pre = append(pre, "-config", g.configPath)
+		}
+		if g.httpAddr != "" {
+			pre = append(pre, "-http-addr", g.httpAddr)
+		}
+		return Spindown(append(pre, rest...), env)
+	}
 	if cmd == "local" {
 		if len(rest) == 0 {
 			fmt.Fprint(env.Stderr, rehydrateUsage)

@@ -1,0 +1,106 @@
+package watch_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/watch"
+	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
+)
+
+// binDir holds the real rehydrate executable, which spindown hands steps to.
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "rehydrate-watch-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if out, err := exec.Command("go", "build", "-o", dir+"/", "../../handlers/rehydrate").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build rehydrate: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func TestSpindown_IdleStopsAtOneReadAndARollInProgressGoesToRehydrate(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{Servers: 3})
+	cl := c.Client(t)
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "rehydrate.hcl")
+	require.NoError(t, os.WriteFile(cfgPath, []byte(fmt.Sprintf(`cluster = "w"
+servers = 3
+roll {
+  launch_timeout = "1s"
+  poll_interval  = "200ms"
+}
+provider "local" {
+  state_dir = %q
+  addresses = "127.0.250.0/28"
+}
+`, filepath.Join(dir, "state"))), 0o644))
+	entries, _, err := cl.Health().Service("consul", "", false, nil)
+	require.NoError(t, err)
+	stdin, err := json.Marshal(entries)
+	require.NoError(t, err)
+
+	run := func() (int, string) {
+		var out bytes.Buffer
+		code := watch.Spindown([]string{"-config", cfgPath, "-http-addr", c.Servers[0].HTTPAddr()}, watch.Env{
+			Stdin: bytes.NewReader(stdin), Stdout: &out, Stderr: &out,
+			Getenv: func(k string) string {
+				switch k {
+				case watch.EnvBinDir:
+					return binDir
+				case "PATH":
+					return os.Getenv(k)
+				}
+				return ""
+			},
+		})
+		return code, out.String()
+	}
+
+	// No roll: done after reading the roll record.
+	code, out := run()
+	assert.Equal(t, watch.ExitOK, code, out)
+	assert.NotContains(t, out, "plan", "nothing planned when idle")
+
+	// A roll in progress: rehydrate takes the step. This cluster has no instances in
+	// the provider, so the step is to hold, and the full handler says so.
+	require.NoError(t, coord.New(cl, "w").PutRoll(t.Context(), &coord.Roll{Target: "B", Phase: coord.PhaseRolling}))
+	code, out = run()
+	assert.Equal(t, watch.ExitOK, code, out)
+	assert.Contains(t, out, "spindown: plan: step=hold", "the full handler ran")
+
+	// What rehydrate exits with, spindown exits with: a broken payload never gets
+	// there, a Consul it cannot reach does.
+	var buf bytes.Buffer
+	code = watch.Spindown([]string{"-config", cfgPath, "-http-addr", "127.0.0.1:1"}, watch.Env{
+		Stdin: strings.NewReader("[]"), Stdout: &buf, Stderr: &buf, Getenv: func(string) string { return binDir },
+	})
+	assert.Equal(t, watch.ExitConsul, code, buf.String())
+}
+
+func TestCheckServices_RefusesOtherServices(t *testing.T) {
+	ok := []*api.ServiceEntry{{Service: &api.AgentService{Service: "consul"}}}
+	assert.NoError(t, watch.CheckServices(ok))
+	assert.EqualError(t, watch.CheckServices(append(ok, &api.ServiceEntry{Service: &api.AgentService{Service: "web"}})), `entry for service "web", want "consul"`)
+	assert.EqualError(t, watch.CheckServices([]*api.ServiceEntry{{}}), `entry for service "", want "consul"`)
+}
