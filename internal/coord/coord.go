@@ -260,7 +260,12 @@ func (s *Store) MarkHandled(ctx context.Context, eventID, result string) error {
 	if err != nil {
 		return fmt.Errorf("record event %s: %w", eventID, err)
 	}
-	keys := resp.Results[1:]
+	var keys []*api.TxnResult // the tree; what the token may not read is left out
+	for _, r := range resp.Results[min(1, len(resp.Results)):] {
+		if r.KV != nil {
+			keys = append(keys, r)
+		}
+	}
 	if len(keys) <= MaxEvents {
 		return nil
 	}
@@ -290,16 +295,36 @@ func (s *Store) Peek(ctx context.Context, eventID string) (*Roll, bool, map[stri
 	if err != nil {
 		return nil, false, nil, fmt.Errorf("read %s: %w", s.prefix, err)
 	}
-	var r *Roll
-	if kv := resp.Results[0].KV; kv.ModifyIndex != 0 {
-		if err := json.Unmarshal(kv.Value, &r); err != nil {
-			return nil, false, nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+	// Consul filters out of a transaction's results what the token may not read, so
+	// the results are matched by key, and a missing one is a permission problem, not
+	// an absent key (get-or-empty answers for absent keys too).
+	var (
+		r                 *Roll
+		sawRoll, sawEvent bool
+		handled           bool
+		bad               = map[string]string{}
+		rollKey, eventKey = s.Key("roll"), s.Key("events/" + eventID)
+		badPrefix         = s.Key("bad-images/")
+	)
+	for _, res := range resp.Results {
+		kv := res.KV
+		switch {
+		case kv == nil:
+		case kv.Key == rollKey:
+			sawRoll = true
+			if kv.ModifyIndex != 0 {
+				if err := json.Unmarshal(kv.Value, &r); err != nil {
+					return nil, false, nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+				}
+			}
+		case kv.Key == eventKey:
+			sawEvent, handled = true, kv.ModifyIndex != 0
+		case strings.HasPrefix(kv.Key, badPrefix):
+			bad[strings.TrimPrefix(kv.Key, badPrefix)] = string(kv.Value)
 		}
 	}
-	handled := resp.Results[1].KV.ModifyIndex != 0
-	bad := map[string]string{}
-	for _, res := range resp.Results[2:] {
-		bad[strings.TrimPrefix(res.KV.Key, s.Key("bad-images/"))] = string(res.KV.Value)
+	if !sawRoll || !sawEvent {
+		return nil, false, nil, fmt.Errorf("read %s: Permission denied: the ACL token may not read it", s.prefix)
 	}
 	return r, handled, bad, nil
 }

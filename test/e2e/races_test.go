@@ -161,7 +161,11 @@ func TestRaces_EventStormsWatchStormsAndReplaysMakeExactlyOneRoll(t *testing.T) 
 	})
 	after := e.snapshot()
 	assert.Equal(t, before.roll, after.roll, "the roll record is unchanged")
-	assert.Equal(t, before.keys, after.keys, "no receipt, lock or bad image written")
+	// A handler may take the lock to look closer (a retired server still draining is
+	// a step in progress to the cheap look), so the lock key may change; nothing else.
+	delete(before.keys, "rehydrate/e2e/lock")
+	delete(after.keys, "rehydrate/e2e/lock")
+	assert.Equal(t, before.keys, after.keys, "no receipt or bad image written")
 	assert.Equal(t, before.instances, after.instances, "no instance launched or retired")
 	logs := e.handlersLog()[offset:]
 	assert.Zero(t, countLines(logs, "step taken"), "no step taken after the restarts:\n%s", logs)
