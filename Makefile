@@ -90,6 +90,10 @@ validate: $(CONSUL_BIN) $(AEMM) $(PACKER_AMAZON) shellcheck ## packer validate+f
 test: $(CONSUL_BIN) $(AEMM) $(PACKER_AMAZON) shellcheck ## unit and integration tests against a real Consul, race detector on
 	go test $(GO_TEST_FLAGS) ./...
 
+.PHONY: bench
+bench: $(CONSUL_BIN) ## benchmark our roll against a naive one, and idle handlers (~10 min; writes test/bench/BENCHMARKS.md)
+	go run ./test/bench -out test/bench/BENCHMARKS.md -json test/bench/benchmarks.json
+
 $(STATICCHECK):
 	@mkdir -p $(TOOLS_BIN)
 	GOBIN=$(TOOLS_BIN) go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)

@@ -1,6 +1,7 @@
-// Package workload puts a cluster under a steady KV write load during a roll and
-// measures what the roll cost it: failed and lost writes, write latency, leader
-// changes. The demo, the end-to-end tests and the benchmarks share it.
+// Package workload puts a cluster under a steady KV load during a roll and measures
+// what the roll cost it: failed and lost writes, write latency, failed consistent
+// reads, leader changes, time without a leader. The demo, the end-to-end tests and
+// the benchmarks (test/bench) share it.
 package workload
 
 import (
@@ -22,7 +23,8 @@ type Writer struct {
 	mu       sync.Mutex
 	acked    []int
 	failed   int
-	lat      []time.Duration
+	lat      []time.Duration // acknowledged writes
+	spent    []time.Duration // every write, acknowledged or failed
 	stop     context.CancelFunc
 	done     chan struct{}
 	attempts int
@@ -36,6 +38,29 @@ type Result struct {
 	Max    time.Duration `json:"-"`
 	P50    time.Duration `json:"-"`
 	P99    time.Duration `json:"-"`
+	// Spent is the time the writer spent on each write, failed ones included (all
+	// their attempts): what a roll that fails writes rather than slows them cost.
+	Spent Percentiles `json:"-"`
+}
+
+// Percentiles summarizes a set of durations.
+type Percentiles struct {
+	N   int
+	P50 time.Duration
+	P95 time.Duration
+	P99 time.Duration
+	Max time.Duration
+}
+
+// Summarize returns the percentiles of d (nearest rank, rounded down, as the writer
+// always has); it sorts d in place. The zero Percentiles for no durations.
+func Summarize(d []time.Duration) Percentiles {
+	if len(d) == 0 {
+		return Percentiles{}
+	}
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	at := func(q int) time.Duration { return d[len(d)*q/100] }
+	return Percentiles{N: len(d), P50: at(50), P95: at(95), P99: at(99), Max: d[len(d)-1]}
 }
 
 // StartWriter starts writing at rate writes per second. Each write gets `attempts`
@@ -50,7 +75,13 @@ func StartWriter(c *api.Client, prefix string, rate, attempts int, timeout time.
 
 func (w *Writer) run(ctx context.Context, rate int, timeout time.Duration) {
 	defer close(w.done)
-	tick := time.NewTicker(time.Second / time.Duration(rate))
+	pace(ctx, rate, func(n int) { w.write(n, timeout) })
+}
+
+// pace calls fn(0), fn(1), ... rate times a second, each in its own goroutine, until
+// ctx ends; then it waits for the calls in flight.
+func pace(ctx context.Context, rate int, fn func(n int)) {
+	tick := time.NewTicker(time.Second / time.Duration(max(rate, 1)))
 	defer tick.Stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -60,11 +91,11 @@ func (w *Writer) run(ctx context.Context, rate int, timeout time.Duration) {
 			return
 		case <-tick.C:
 		}
-		// Writes do not wait for each other: a slow write must not slow the rate.
+		// Calls do not wait for each other: a slow one must not slow the rate.
 		wg.Add(1)
 		go func(n int) {
 			defer wg.Done()
-			w.write(n, timeout)
+			fn(n)
 		}(n)
 	}
 }
@@ -80,15 +111,19 @@ func (w *Writer) write(n int, timeout time.Duration) {
 		_, err := w.c.KV().Put(kv, (&api.WriteOptions{}).WithContext(ctx))
 		cancel()
 		if err == nil {
+			took := time.Since(start)
 			w.mu.Lock()
 			w.acked = append(w.acked, n)
-			w.lat = append(w.lat, time.Since(start))
+			w.lat = append(w.lat, took)
+			w.spent = append(w.spent, took)
 			w.mu.Unlock()
 			return
 		}
 	}
+	took := time.Since(start)
 	w.mu.Lock()
 	w.failed++
+	w.spent = append(w.spent, took)
 	w.mu.Unlock()
 }
 
@@ -99,13 +134,9 @@ func (w *Writer) Stop(ctx context.Context) (Result, error) {
 	<-w.done
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	r := Result{OK: len(w.acked), Failed: w.failed}
-	sort.Slice(w.lat, func(i, j int) bool { return w.lat[i] < w.lat[j] })
-	if len(w.lat) > 0 {
-		r.Max = w.lat[len(w.lat)-1]
-		r.P50 = w.lat[len(w.lat)/2]
-		r.P99 = w.lat[len(w.lat)*99/100]
-	}
+	r := Result{OK: len(w.acked), Failed: w.failed, Spent: Summarize(w.spent)}
+	lat := Summarize(w.lat)
+	r.Max, r.P50, r.P99 = lat.Max, lat.P50, lat.P99
 	pairs, _, err := w.c.KV().List(w.prefix, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
 	if err != nil {
 		return r, fmt.Errorf("read back %s: %w", w.prefix, err)
@@ -120,6 +151,80 @@ func (w *Writer) Stop(ctx context.Context) (Result, error) {
 		}
 	}
 	return r, nil
+}
+
+// Reader reads one key with consistent reads at a fixed rate until stopped: a read
+// that must reach the leader, so it fails or stalls whenever there is none.
+type Reader struct {
+	c        *api.Client
+	key      string
+	want     []byte
+	attempts int
+
+	mu     sync.Mutex
+	failed int
+	lat    []time.Duration // successful reads
+	spent  []time.Duration // every read, failed ones included
+	stop   context.CancelFunc
+	done   chan struct{}
+}
+
+// ReadResult is what a reader saw. A read fails on an error in every attempt, or on
+// a missing key or a value other than the one written before.
+type ReadResult struct {
+	OK      int
+	Failed  int
+	Latency Percentiles // successful reads
+	Spent   Percentiles // every read, failed ones included
+}
+
+// StartReader starts reading key, which must hold want, at rate reads per second
+// with RequireConsistent. Each read gets `attempts` tries (at least 1), 100ms apart,
+// each bounded by timeout, as a writer's writes do.
+func StartReader(c *api.Client, key string, want []byte, rate, attempts int, timeout time.Duration) *Reader {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &Reader{c: c, key: key, want: want, attempts: max(attempts, 1), stop: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		pace(ctx, rate, func(int) { r.read(timeout) })
+	}()
+	return r
+}
+
+func (r *Reader) read(timeout time.Duration) {
+	start := time.Now()
+	ok := false
+	for try := 0; try < r.attempts; try++ {
+		if try > 0 {
+			time.Sleep(100 * time.Millisecond)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		kv, _, err := r.c.KV().Get(r.key, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+		cancel()
+		// A wrong answer is not retried: it is a wrong answer.
+		if err == nil {
+			ok = kv != nil && string(kv.Value) == string(r.want)
+			break
+		}
+	}
+	took := time.Since(start)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.spent = append(r.spent, took)
+	if ok {
+		r.lat = append(r.lat, took)
+	} else {
+		r.failed++
+	}
+}
+
+// Stop stops reading and waits for the reads in flight.
+func (r *Reader) Stop() ReadResult {
+	r.stop()
+	<-r.done
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return ReadResult{OK: len(r.lat), Failed: r.failed, Latency: Summarize(r.lat), Spent: Summarize(r.spent)}
 }
 
 // LeaderWatch counts leader changes and the time without a leader, polling every
