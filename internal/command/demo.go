@@ -150,7 +150,7 @@ func (a *app) follow(ctx context.Context, p *local.Provider, c *api.Client, imag
 			}
 		}
 		insts, ierr := p.Instances(ctx)
-		if err == nil && ierr == nil && rec != nil && rec.Phase == coord.PhaseDone && rec.Target == image && onImage(insts, image) == servers && len(insts) == servers {
+		if err == nil && ierr == nil && rec != nil && rec.Phase == coord.PhaseDone && rec.Target == image && onImage(insts, image) == servers && live(insts) == servers {
 			return true, nil
 		}
 		select {
@@ -159,6 +159,18 @@ func (a *app) follow(ctx context.Context, p *local.Provider, c *api.Client, imag
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// live counts the live instances: a retired one still draining its RPCs after its
+// leave is shutting down, no longer part of the cluster.
+func live(insts []cloud.Instance) int {
+	n := 0
+	for _, i := range insts {
+		if i.Live() {
+			n++
+		}
+	}
+	return n
 }
 
 func onImage(insts []cloud.Instance, image string) int {
