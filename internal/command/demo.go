@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -36,7 +37,13 @@ type DemoResult struct {
 // on 127.0.1.0/24 with Consul's default stabilization time, state under dir.
 func DemoConfig(dir string, servers int) (string, error) {
 	path := filepath.Join(dir, "demo.hcl")
-	src := fmt.Sprintf(`cluster = "demo"
+	return path, WriteLocalConfig(path, "demo", servers, filepath.Join(dir, "state"), netip.MustParsePrefix("127.0.1.0/24"))
+}
+
+// WriteLocalConfig writes a handler configuration for a local cluster as the demo
+// and the benchmarks run it: 10s stabilization, 3m launch timeout, 500ms polls.
+func WriteLocalConfig(path, cluster string, servers int, stateDir string, addresses netip.Prefix) error {
+	src := fmt.Sprintf(`cluster = %q
 servers = %d
 
 roll {
@@ -48,10 +55,10 @@ roll {
 provider "local" {
   state_dir     = %q
   consul_binary = "consul"
-  addresses     = "127.0.1.0/24"
+  addresses     = %q
 }
-`, servers, filepath.Join(dir, "state"))
-	return path, os.WriteFile(path, []byte(src), 0o644)
+`, cluster, servers, stateDir, addresses)
+	return os.WriteFile(path, []byte(src), 0o644)
 }
 
 // demo brings up a local cluster on image A, writes to it steadily, rolls it to

@@ -19,6 +19,7 @@ import (
 
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/command"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
 )
 
@@ -68,23 +69,8 @@ func (b *bench) newCluster(ctx context.Context, name string, servers int, watche
 	}
 	cl.cfgPath, cl.state = filepath.Join(cl.dir, "rehydrate.hcl"), filepath.Join(cl.dir, "state")
 	prefix := netip.MustParsePrefix(fmt.Sprintf("127.0.%d.0/24", cl.block))
-	// As the end-to-end tests configure it.
-	cfg := fmt.Sprintf(`cluster = %q
-servers = %d
-
-roll {
-  stabilization  = "10s"
-  launch_timeout = "3m"
-  poll_interval  = "500ms"
-}
-
-provider "local" {
-  state_dir     = %q
-  consul_binary = "consul"
-  addresses     = %q
-}
-`, clusterName, servers, cl.state, prefix)
-	if err = os.WriteFile(cl.cfgPath, []byte(cfg), 0o644); err != nil {
+	// As the demo configures it.
+	if err = command.WriteLocalConfig(cl.cfgPath, clusterName, servers, cl.state, prefix); err != nil {
 		return cl, err
 	}
 	lc := local.Config{StateDir: cl.state, Addresses: prefix}
