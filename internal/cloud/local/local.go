@@ -343,12 +343,8 @@ func (p *Provider) Kill(ctx context.Context, instanceID string) error {
 	if err != nil {
 		return fmt.Errorf("kill instance %q: %w", instanceID, err)
 	}
-	cfg := configPath(p.instanceDir(rec.ID))
-	if alive(rec.PID, cfg) {
-		_ = syscall.Kill(rec.PID, syscall.SIGKILL)
-	}
-	if exited, err := waitExit(ctx, time.Now().Add(stopTimeout), agentProc{rec.PID, cfg}); err != nil || !exited {
-		return fmt.Errorf("kill instance %q: process %d did not exit: %v", instanceID, rec.PID, err)
+	if err := stop(ctx, agentProc{rec.PID, configPath(p.instanceDir(rec.ID))}, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("kill instance %q: %w", instanceID, err)
 	}
 	p.log.Info("killed instance's server", "instance_id", instanceID)
 	return nil
@@ -365,24 +361,19 @@ func (p *Provider) Restart(ctx context.Context, instanceID string) error {
 		return fmt.Errorf("restart instance %q: it is %s", instanceID, rec.State)
 	}
 	dir := p.instanceDir(rec.ID)
-	if alive(rec.PID, configPath(dir)) {
-		_ = syscall.Kill(rec.PID, syscall.SIGINT)
-		if exited, err := waitExit(ctx, time.Now().Add(stopTimeout), agentProc{rec.PID, configPath(dir)}); err != nil || !exited {
-			return fmt.Errorf("restart instance %q: process %d did not stop: %v", instanceID, rec.PID, err)
-		}
+	if err := stop(ctx, agentProc{rec.PID, configPath(dir)}, syscall.SIGINT); err != nil {
+		return fmt.Errorf("restart instance %q: %w", instanceID, err)
 	}
-	var binary string
 	err = p.withState(func(s *state) (bool, error) {
 		img := s.image(rec.ImageID)
 		if img == nil {
 			return false, cloud.ErrUnknownImage
 		}
-		binary = img.ConsulBinary
 		in := s.instance(rec.ID)
 		if in == nil {
 			return false, ErrUnknownInstance
 		}
-		pid, err := p.startWith(binary, dir, rec.Address)
+		pid, err := p.startWith(img.ConsulBinary, dir, rec.Address)
 		if err != nil {
 			return false, err
 		}
@@ -453,10 +444,18 @@ func (p *Provider) leave(ctx context.Context, in instanceRecord) error {
 	p.log.Warn("server did not leave in time, killing it", "instance_id", in.ID, "leave_timeout", p.cfg.LeaveTimeout)
 	// Only the agent, not its process group: the handler terminating it may be one of
 	// the agent's own watch handlers.
-	_ = syscall.Kill(in.PID, syscall.SIGKILL)
-	exited, err := waitExit(ctx, time.Now().Add(stopTimeout), agentProc{in.PID, cfg})
+	return stop(ctx, agentProc{in.PID, cfg}, syscall.SIGKILL)
+}
+
+// stop sends sig to the agent, if it is still ours and running, and waits (bounded by
+// stopTimeout) for it to exit.
+func stop(ctx context.Context, a agentProc, sig syscall.Signal) error {
+	if alive(a.pid, a.cfg) {
+		_ = syscall.Kill(a.pid, sig)
+	}
+	exited, err := waitExit(ctx, time.Now().Add(stopTimeout), a)
 	if err == nil && !exited {
-		err = fmt.Errorf("process %d survived SIGKILL", in.PID)
+		err = fmt.Errorf("process %d survived %s", a.pid, sig)
 	}
 	return err
 }

@@ -253,13 +253,7 @@ func TestTerminate_LeavesGracefullyAndIsIdempotent(t *testing.T) {
 	require.NoError(t, p.Terminate(t.Context(), in.ID, "retire/extra"), "terminating again is a no-op")
 	require.ErrorIs(t, p.Terminate(t.Context(), "i-00000000000000000", "retire/none"), ErrUnknownInstance)
 
-	testcluster.WaitFor(t, wait, "a healthy cluster of 3 voters", func() (bool, string) {
-		h, err := cl.Operator().AutopilotServerHealth(nil)
-		if err != nil {
-			return false, err.Error()
-		}
-		return h.Healthy && len(h.Servers) == 3, describeHealth(h)
-	})
+	waitHealthy3(t, cl, "")
 }
 
 func TestLaunch_ConcurrentProvidersAndProcessesGetDistinctInstances(t *testing.T) {
@@ -474,6 +468,18 @@ func tail(path string, n int) string {
 	return strings.Join(lines[max(len(lines)-n, 0):], "\n")
 }
 
+// waitHealthy3 waits until autopilot reports a healthy cluster of 3 servers.
+func waitHealthy3(t *testing.T, cl *api.Client, when string) {
+	t.Helper()
+	testcluster.WaitFor(t, wait, strings.TrimSpace("a healthy cluster of 3 voters "+when), func() (bool, string) {
+		h, err := cl.Operator().AutopilotServerHealth(nil)
+		if err != nil {
+			return false, err.Error()
+		}
+		return h.Healthy && len(h.Servers) == 3, describeHealth(h)
+	})
+}
+
 func TestKillRestartReload_ServerFailsThenRejoinsOnItsData(t *testing.T) {
 	t.Parallel()
 	p, cfg, ins := startCluster(t, 3)
@@ -497,24 +503,12 @@ func TestKillRestartReload_ServerFailsThenRejoinsOnItsData(t *testing.T) {
 	assert.Len(t, now, 3, "a crashed server's instance still runs")
 
 	require.NoError(t, p.Restart(t.Context(), victim.ID))
-	testcluster.WaitFor(t, wait, "a healthy cluster of 3 voters again", func() (bool, string) {
-		h, err := cl.Operator().AutopilotServerHealth(nil)
-		if err != nil {
-			return false, err.Error()
-		}
-		return h.Healthy && len(h.Servers) == 3, describeHealth(h)
-	})
+	waitHealthy3(t, cl, "again")
 	// A restart of a live server is a reboot: no leave, same data.
 	require.NoError(t, p.Restart(t.Context(), ins[1].ID))
 	log := readFile(t, filepath.Join(cfg.StateDir, "instances", ins[1].ID, "agent.log"))
 	assert.NotContains(t, log, "server starting leave", "a restart does not leave")
-	testcluster.WaitFor(t, wait, "a healthy cluster of 3 voters after the reboot", func() (bool, string) {
-		h, err := cl.Operator().AutopilotServerHealth(nil)
-		if err != nil {
-			return false, err.Error()
-		}
-		return h.Healthy && len(h.Servers) == 3, describeHealth(h)
-	})
+	waitHealthy3(t, cl, "after the reboot")
 	require.NoError(t, p.Reload(t.Context(), ins[2].ID))
 	testcluster.WaitFor(t, wait, "the reload in the agent's log", func() (bool, string) {
 		return strings.Contains(readFile(t, filepath.Join(cfg.StateDir, "instances", ins[2].ID, "agent.log")), "Caught: signal=hangup"), "not yet"
