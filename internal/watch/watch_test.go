@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,18 +18,13 @@ import (
 	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
 )
 
-// binDir holds the real rehydrate executable, which spindown hands steps to.
+// binDir holds the executables; spindown hands steps to the real rehydrate there.
 var binDir string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "rehydrate-watch-bin-")
+	dir, err := testcluster.BuildHandlers("../..")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	if out, err := exec.Command("go", "build", "-o", dir+"/", "../../handlers/rehydrate").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build rehydrate: %v\n%s", err, out)
-		os.RemoveAll(dir)
 		os.Exit(1)
 	}
 	binDir = dir

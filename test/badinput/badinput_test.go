@@ -51,15 +51,9 @@ const (
 var binDir string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "rehydrate-badinput-bin-")
+	dir, err := testcluster.BuildHandlers("../..")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	out, err := exec.Command("go", "build", "-o", dir+"/", "../../handlers/...").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "build handlers: %v\n%s", err, out)
-		os.RemoveAll(dir)
 		os.Exit(1)
 	}
 	binDir = dir

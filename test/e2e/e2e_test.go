@@ -32,14 +32,9 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "rehydrate-e2e-bin-")
+	dir, err := testcluster.BuildHandlers("../..")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	out, err := exec.Command("go", "build", "-o", dir+"/", "../../handlers/...").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "build handlers: %v\n%s", err, out)
 		os.Exit(1)
 	}
 	binDir = dir
