@@ -315,8 +315,8 @@ func (r *Roller) step(held *coord.Held, trig Trigger) error {
 // that lost its lock never starts a call it cannot take back.
 func (r *Roller) act(held *coord.Held, st plan.Step, call func(context.Context) (string, error)) (string, error) {
 	ctx := held.Context()
-	if err := r.verify(held, st); err != nil {
-		return "", err
+	if ctx.Err() != nil { // a loss already known: not even the receipt
+		return "", fmt.Errorf("before %s: %w", st.Kind, ErrLockLost)
 	}
 	rcpt := &coord.Receipt{Intent: st.String(), Started: r.Now()}
 	if err := r.Store.PutReceipt(ctx, st.ActionID, rcpt); err != nil {
