@@ -4,9 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/hashicorp/consul/api"
@@ -54,9 +59,21 @@ provider "local" {
 	stdin, err := json.Marshal(entries)
 	require.NoError(t, err)
 
+	// The handler talks to Consul through a proxy that counts its requests.
+	var requests atomic.Int32
+	target, err := url.Parse("http://" + c.Servers[0].HTTPAddr())
+	require.NoError(t, err)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(proxy.Close)
+
 	run := func() (int, string) {
 		var out bytes.Buffer
-		code := watch.Spindown([]string{"-config", cfgPath, "-http-addr", c.Servers[0].HTTPAddr()}, watch.Env{
+		requests.Store(0)
+		code := watch.Spindown([]string{"-config", cfgPath, "-http-addr", strings.TrimPrefix(proxy.URL, "http://")}, watch.Env{
 			Stdin: bytes.NewReader(stdin), Stdout: &out, Stderr: &out,
 			Getenv: func(k string) string {
 				switch k {
@@ -75,6 +92,7 @@ provider "local" {
 	code, out := run()
 	assert.Equal(t, watch.ExitOK, code, out)
 	assert.NotContains(t, out, "plan", "nothing planned when idle")
+	assert.Equal(t, int32(1), requests.Load(), "idle, one request to Consul")
 
 	// A roll in progress: rehydrate takes the step. This cluster has no instances in
 	// the provider, so the step is to hold, and the full handler says so.
@@ -82,6 +100,7 @@ provider "local" {
 	code, out = run()
 	assert.Equal(t, watch.ExitOK, code, out)
 	assert.Contains(t, out, "spindown: plan: step=hold", "the full handler ran")
+	assert.Greater(t, requests.Load(), int32(1), "the full handler observed the cluster")
 
 	// What rehydrate exits with, spindown exits with: a broken payload never gets
 	// there, a Consul it cannot reach does.

@@ -52,7 +52,7 @@ func (e *env) everLaunched() []cloud.Instance {
 	return out
 }
 
-// rolled checks what every completed roll must show: the cluster back to N servers,
+// checkRolled checks what every completed roll must show: the cluster back to N servers,
 // all on image, and at most N+1 instances and raft servers seen at any time.
 func (e *env) checkRolled(image string, maxLive, maxRaft int) {
 	e.t.Helper()
