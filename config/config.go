@@ -65,6 +65,28 @@ const (
 	KeyAWSImageOwners      = "provider.aws.image.owners"
 	KeyAWSImageNamePattern = "provider.aws.image.name_pattern"
 	KeyAWSImageTags        = "provider.aws.image.tags"
+
+	// A deploy block's keys are deploy.<service>.<attribute>.
+	KeyDeploy                = "deploy"
+	AttrDeployCommand        = "command"
+	AttrDeployRollback       = "rollback_command"
+	AttrDeployTimeout        = "timeout"
+	AttrDeployHealthTimeout  = "health_timeout"
+	AttrDeployMinHealthyTime = "min_healthy_time"
+)
+
+// Jobs say what a program does with the file, so that Load requires the settings
+// each job needs and no others: a client agent that only deploys has no cluster to
+// roll and no provider.
+type Jobs uint8
+
+// The jobs.
+const (
+	// JobRoll is the roll's (spinup, spindown, rehydrate): cluster, servers and a
+	// provider are required.
+	JobRoll Jobs = 1 << iota
+	// JobDeploy is the deploy handler's: at least one deploy block is required.
+	JobDeploy
 )
 
 // Provider types: the label of the file's one provider block.
@@ -92,6 +114,11 @@ const (
 	DefaultLocalAddresses      = "127.0.1.0/24"
 	DefaultAWSMaxAttempts      = 5
 	DefaultAWSImageOwner       = "self"
+	DefaultDeployTimeout       = 5 * time.Minute
+	DefaultDeployHealthTimeout = 2 * time.Minute
+	// DefaultDeployMinHealthyTime is Nomad's min_healthy_time default, for the same
+	// reason: a check that passed before the deploy may not have run since.
+	DefaultDeployMinHealthyTime = 10 * time.Second
 )
 
 // Config is the whole configuration file, defaults filled in.
@@ -110,6 +137,40 @@ type Config struct {
 	Roll RollConfig
 	// Provider is where servers are launched and terminated.
 	Provider ProviderConfig
+	// Deploys are the deploy blocks, one per service, in file order.
+	Deploys []*DeployConfig
+}
+
+// DeployConfig is a deploy "<service>" block: how the deploy handler deploys a
+// version of the service on this node.
+type DeployConfig struct {
+	// Service is the block's label: the Consul service deployed, and the
+	// deploy/<service>/ part of the keys.
+	Service string
+	// Command is the deploy command's argv. It gets the version to deploy in
+	// $REHYDRATE_DEPLOY_VERSION (and the id, artifact and previous version).
+	Command []string
+	// RollbackCommand is run, with the previous version, after a failed deploy.
+	// Unset, it is Command.
+	RollbackCommand []string
+	// Timeout bounds each run of a command.
+	Timeout time.Duration
+	// HealthTimeout bounds the wait for the service's checks to pass after a run.
+	HealthTimeout time.Duration
+	// MinHealthyTime is how long the checks must pass without a break before the
+	// node counts as healthy: at least one check interval, so that a check that
+	// passed before the deploy has run again since.
+	MinHealthyTime time.Duration
+}
+
+// Deploy returns the deploy block of service, or nil.
+func (c *Config) Deploy(service string) *DeployConfig {
+	for _, d := range c.Deploys {
+		if d.Service == service {
+			return d
+		}
+	}
+	return nil
 }
 
 // ConsulConfig says how to reach the Consul HTTP API. It prints without its

@@ -335,9 +335,10 @@ func TestValidate_ReportsEveryProblemOfAConfigBuiltInCode(t *testing.T) {
 func TestExamples_LoadWithTheValuesTheyShow(t *testing.T) {
 	tests := []struct {
 		file string
+		jobs Jobs
 		want func(dir string) *Config
 	}{
-		{"example.hcl", func(string) *Config {
+		{"example.hcl", JobRoll, func(string) *Config {
 			c := Default()
 			c.Cluster, c.Servers = "main", 3
 			c.Provider = ProviderConfig{Type: ProviderLocal, Local: &LocalProvider{
@@ -347,7 +348,7 @@ func TestExamples_LoadWithTheValuesTheyShow(t *testing.T) {
 			}}
 			return c
 		}},
-		{"example-local.hcl", func(dir string) *Config {
+		{"example-local.hcl", JobRoll, func(dir string) *Config {
 			c := Default()
 			c.Cluster, c.Servers = "demo", 3
 			c.Provider = ProviderConfig{Type: ProviderLocal, Local: &LocalProvider{
@@ -357,7 +358,20 @@ func TestExamples_LoadWithTheValuesTheyShow(t *testing.T) {
 			}}
 			return c
 		}},
-		{"example-aws.hcl", func(dir string) *Config {
+		{"example-deploy.hcl", JobDeploy, func(dir string) *Config {
+			c := Default()
+			c.Consul.TokenFile = filepath.Join(dir, "consul.token")
+			c.Deploys = []*DeployConfig{{
+				Service:         "web",
+				Command:         []string{"/opt/web/bin/deploy", "--restart"},
+				RollbackCommand: []string{"/opt/web/bin/deploy", "--restart", "--rollback"},
+				Timeout:         5 * time.Minute,
+				HealthTimeout:   2 * time.Minute,
+				MinHealthyTime:  10 * time.Second,
+			}}
+			return c
+		}},
+		{"example-aws.hcl", JobRoll, func(dir string) *Config {
 			c := Default()
 			c.Cluster, c.Servers, c.LogLevel = "prod-eu", 5, "warn"
 			c.Consul.TokenFile = filepath.Join(dir, "consul.token")
@@ -387,7 +401,7 @@ func TestExamples_LoadWithTheValuesTheyShow(t *testing.T) {
 			write(t, filepath.Join(dir, tt.file), string(src))
 			write(t, filepath.Join(dir, "consul.token"), "placeholder\n")
 
-			c, err := Load(filepath.Join(dir, tt.file))
+			c, err := LoadFor(filepath.Join(dir, tt.file), tt.jobs)
 			require.NoError(t, err)
 			assert.Equal(t, tt.want(dir), c)
 		})
@@ -440,6 +454,11 @@ func TestKeys_MatchTheFileSchema(t *testing.T) {
 		KeyProvider, KeyLocal, KeyLocalStateDir, KeyLocalConsulBinary, KeyLocalAddresses,
 		KeyAWS, KeyAWSRegion, KeyAWSAutoscalingGroup, KeyAWSLaunchTemplate, KeyAWSEndpointURL, KeyAWSMaxAttempts,
 		KeyAWSImage, KeyAWSImageOwners, KeyAWSImageNamePattern, KeyAWSImageTags,
+		KeyDeploy,
+	}
+	for _, attr := range []string{AttrDeployCommand, AttrDeployRollback, AttrDeployTimeout,
+		AttrDeployHealthTimeout, AttrDeployMinHealthyTime} {
+		keys = append(keys, KeyDeploy+"."+attr)
 	}
 	slices.Sort(schema)
 	slices.Sort(keys)

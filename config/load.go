@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -16,22 +17,29 @@ import (
 	"github.com/hashicorp/hcl/v2/json"
 )
 
-// Load reads and parses the configuration file at path; see Parse.
-func Load(path string) (*Config, error) {
+// Load reads and parses the configuration file at path for the roll; see Parse.
+func Load(path string) (*Config, error) { return LoadFor(path, JobRoll) }
+
+// LoadFor reads and parses the configuration file at path for jobs; see ParseFor.
+func LoadFor(path string, jobs Jobs) (*Config, error) {
 	src, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	return Parse(src, path)
+	return ParseFor(src, path, jobs)
 }
 
-// Parse parses src, the contents of the configuration file filename: HCL
-// native syntax, or HCL's JSON syntax when filename ends in ".json". It starts
-// from Default, overlays what the file sets and validates the result.
+// Parse parses a file for the roll: ParseFor(src, filename, JobRoll).
+func Parse(src []byte, filename string) (*Config, error) { return ParseFor(src, filename, JobRoll) }
+
+// ParseFor parses src, the contents of the configuration file filename, for the
+// jobs a program does: HCL native syntax, or HCL's JSON syntax when filename ends
+// in ".json". It starts from Default, overlays what the file sets and validates
+// the result: every block the file has, and the settings jobs require.
 // Relative paths in the file resolve against filename's directory. A file
 // that does not parse, decode or validate gives an *Error listing every
 // problem with its position.
-func Parse(src []byte, filename string) (*Config, error) {
+func ParseFor(src []byte, filename string, jobs Jobs) (*Config, error) {
 	var file *hcl.File
 	var diags hcl.Diagnostics
 	if strings.HasSuffix(filename, ".json") {
@@ -48,6 +56,7 @@ func Parse(src []byte, filename string) (*Config, error) {
 		return nil, fmt.Errorf("resolve directory of %s: %w", filename, err)
 	}
 	d := &decoder{
+		jobs:    jobs,
 		dir:     dir,
 		missing: file.Body.MissingItemRange(),
 		pos:     map[string]hcl.Range{},
@@ -55,7 +64,7 @@ func Parse(src []byte, filename string) (*Config, error) {
 		fromEnv: map[string]string{},
 	}
 	c := d.config(file.Body)
-	for _, p := range c.validate() {
+	for _, p := range c.validate(jobs) {
 		// A key that failed to decode has already been reported; its
 		// value is the default, so any problem with it would mislead.
 		if !d.reported(p.key) {
@@ -82,6 +91,17 @@ type fileConfig struct {
 	Lock      *fileLock      `hcl:"lock,block"`
 	Roll      *fileRoll      `hcl:"roll,block"`
 	Providers []fileProvider `hcl:"provider,block"`
+	Deploys   []fileDeploy   `hcl:"deploy,block"`
+}
+
+type fileDeploy struct {
+	Service         string    `hcl:"service,label"`
+	Command         *[]string `hcl:"command,optional"`
+	RollbackCommand *[]string `hcl:"rollback_command,optional"`
+	Timeout         *string   `hcl:"timeout,optional"`
+	HealthTimeout   *string   `hcl:"health_timeout,optional"`
+	MinHealthyTime  *string   `hcl:"min_healthy_time,optional"`
+	DefRange        hcl.Range `hcl:",def_range"`
 }
 
 type fileConsul struct {
@@ -147,6 +167,7 @@ type fileImage struct {
 
 // decoder turns a parsed file into a Config, collecting every problem.
 type decoder struct {
+	jobs    Jobs                 // what the program does with the file
 	dir     string               // the config file's directory, absolute
 	missing hcl.Range            // where to report a problem with no better place
 	pos     map[string]hcl.Range // where each attribute and block is, by key
@@ -205,11 +226,63 @@ func (d *decoder) config(body hcl.Body) *Config {
 		d.duration(&c.Roll.PollInterval, r.PollInterval, KeyRollPollInterval)
 	}
 	c.Provider = d.provider(f.Providers)
+	c.Deploys = d.deploys(f.Deploys)
 	return c
+}
+
+func (d *decoder) deploys(blocks []fileDeploy) []*DeployConfig {
+	var out []*DeployConfig
+	first := map[string]hcl.Range{}
+	for _, b := range blocks {
+		if at, dup := first[b.Service]; dup {
+			d.diags = append(d.diags, &hcl.Diagnostic{
+				Severity: hcl.DiagError,
+				Summary: fmt.Sprintf("duplicate deploy block for service %q: the first is at %s",
+					b.Service, position(at)),
+				Subject: b.DefRange.Ptr(),
+			})
+			continue
+		}
+		first[b.Service] = b.DefRange
+		key := KeyDeploy + "." + b.Service + "."
+		dc := &DeployConfig{
+			Service:        b.Service,
+			Timeout:        DefaultDeployTimeout,
+			HealthTimeout:  DefaultDeployHealthTimeout,
+			MinHealthyTime: DefaultDeployMinHealthyTime,
+		}
+		dc.Command = d.command(b.Command)
+		dc.RollbackCommand = d.command(b.RollbackCommand)
+		if dc.RollbackCommand == nil {
+			dc.RollbackCommand = dc.Command
+		}
+		d.duration(&dc.Timeout, b.Timeout, key+AttrDeployTimeout)
+		d.duration(&dc.HealthTimeout, b.HealthTimeout, key+AttrDeployHealthTimeout)
+		d.duration(&dc.MinHealthyTime, b.MinHealthyTime, key+AttrDeployMinHealthyTime)
+		out = append(out, dc)
+	}
+	return out
+}
+
+// command copies an argv, resolving a relative program path (one with a
+// separator; a bare name is looked up on PATH when run) against the file's
+// directory.
+func (d *decoder) command(src *[]string) []string {
+	if src == nil {
+		return nil
+	}
+	argv := slices.Clone(*src)
+	if len(argv) > 0 && strings.ContainsRune(argv[0], filepath.Separator) {
+		d.path(&argv[0], &argv[0])
+	}
+	return argv
 }
 
 func (d *decoder) provider(blocks []fileProvider) ProviderConfig {
 	if len(blocks) == 0 {
+		if d.jobs&JobRoll == 0 {
+			return ProviderConfig{}
+		}
 		d.errorf(KeyProvider, "missing provider block: want provider %q { ... } or provider %q { ... }",
 			ProviderLocal, ProviderAWS)
 		return ProviderConfig{}

@@ -30,40 +30,51 @@ var (
 	clusterName = regexp.MustCompile(`^[a-z0-9_-]{1,63}$`)
 	// datacenterName is what Consul accepts for a datacenter.
 	datacenterName = regexp.MustCompile(`^[a-z0-9_-]+$`)
-	logLevels      = []string{"trace", "debug", "info", "warn", "error"}
-	schemes        = []string{"http", "https"}
-	loopback       = netip.MustParsePrefix("127.0.0.0/8")
+	// serviceName keeps a deployed service's name safe in a KV path.
+	serviceName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
+	logLevels   = []string{"trace", "debug", "info", "warn", "error"}
+	schemes     = []string{"http", "https"}
+	loopback    = netip.MustParsePrefix("127.0.0.0/8")
 )
 
 // problem is one thing wrong with a Config, named by the key it concerns.
 type problem struct{ key, msg string }
 
-// Validate reports every problem with c as an *Error. It needs no file:
-// Load and Parse call it on what they decode and add each problem's position.
-// It checks that files named by c exist, but reads none of them.
-func (c *Config) Validate() error {
+// Validate reports every problem with c for the roll as an *Error; see
+// ValidateFor.
+func (c *Config) Validate() error { return c.ValidateFor(JobRoll) }
+
+// ValidateFor reports every problem with c for jobs as an *Error. It needs no
+// file: LoadFor and ParseFor call it on what they decode and add each problem's
+// position. It checks that files named by c exist, but reads none of them.
+func (c *Config) ValidateFor(jobs Jobs) error {
 	var diags hcl.Diagnostics
-	for _, p := range c.validate() {
+	for _, p := range c.validate(jobs) {
 		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: p.msg})
 	}
 	return newError(diags)
 }
 
-func (c *Config) validate() []problem {
+func (c *Config) validate(jobs Jobs) []problem {
 	var ps []problem
 	add := func(key, format string, args ...any) {
 		ps = append(ps, problem{key, fmt.Sprintf(format, args...)})
 	}
+	rolls := jobs&JobRoll != 0
 
 	switch {
 	case c.Cluster == "":
-		add(KeyCluster, "%s is required", KeyCluster)
+		if rolls {
+			add(KeyCluster, "%s is required", KeyCluster)
+		}
 	case !clusterName.MatchString(c.Cluster):
 		add(KeyCluster, "%s %q must be 1 to 63 characters of a-z, 0-9, - and _", KeyCluster, c.Cluster)
 	}
 	switch {
 	case c.Servers == 0:
-		add(KeyServers, "%s is required: an odd number from %d to %d", KeyServers, minServers, maxServers)
+		if rolls {
+			add(KeyServers, "%s is required: an odd number from %d to %d", KeyServers, minServers, maxServers)
+		}
 	case c.Servers < minServers || c.Servers > maxServers || c.Servers%2 == 0:
 		add(KeyServers, "%s must be an odd number from %d to %d, got %d", KeyServers, minServers, maxServers, c.Servers)
 	}
@@ -137,6 +148,8 @@ func (c *Config) validate() []problem {
 	}
 
 	switch p := c.Provider; {
+	case p.Type == "" && p.Local == nil && p.AWS == nil && !rolls:
+		// No provider block, and none needed.
 	case p.Type == ProviderLocal && p.Local != nil && p.AWS == nil:
 		p.Local.validate(c.Servers, add)
 	case p.Type == ProviderAWS && p.AWS != nil && p.Local == nil:
@@ -145,7 +158,51 @@ func (c *Config) validate() []problem {
 		// Parse reports a missing or unknown provider block itself.
 		add(KeyProvider, "%s is required: exactly one of %s and %s", KeyProvider, ProviderLocal, ProviderAWS)
 	}
+
+	if jobs&JobDeploy != 0 && len(c.Deploys) == 0 {
+		add(KeyDeploy, "a deploy \"<service>\" block is required: it says how to deploy the service")
+	}
+	for _, d := range c.Deploys {
+		d.validate(add)
+	}
 	return ps
+}
+
+func (d *DeployConfig) validate(add func(key, format string, args ...any)) {
+	key := KeyDeploy + "." + d.Service
+	if !serviceName.MatchString(d.Service) {
+		add(key, "deploy service %q must be 1 to 63 characters of a-z, A-Z, 0-9, - and _, starting with a letter or digit", d.Service)
+	}
+	for _, cmd := range []struct {
+		attr string
+		argv []string
+	}{{AttrDeployCommand, d.Command}, {AttrDeployRollback, d.RollbackCommand}} {
+		if cmd.attr == AttrDeployRollback && slices.Equal(cmd.argv, d.Command) {
+			continue // unset: it is the command, already checked
+		}
+		if len(cmd.argv) == 0 || cmd.argv[0] == "" {
+			add(key+"."+cmd.attr, "%s.%s is required: the program and its arguments, e.g. [\"/opt/%s/deploy.sh\"]",
+				key, cmd.attr, d.Service)
+		}
+	}
+	for _, r := range []struct {
+		attr string
+		d    time.Duration
+	}{
+		{AttrDeployTimeout, d.Timeout},
+		{AttrDeployHealthTimeout, d.HealthTimeout},
+	} {
+		if r.d <= 0 {
+			add(key+"."+r.attr, "%s.%s must be positive, got %s", key, r.attr, short(r.d))
+		}
+	}
+	switch {
+	case d.MinHealthyTime < 0:
+		add(key+"."+AttrDeployMinHealthyTime, "%s.%s must not be negative, got %s", key, AttrDeployMinHealthyTime, short(d.MinHealthyTime))
+	case d.MinHealthyTime >= d.HealthTimeout && d.HealthTimeout > 0:
+		add(key+"."+AttrDeployMinHealthyTime, "%s.%s (%s) must be shorter than %s (%s)",
+			key, AttrDeployMinHealthyTime, short(d.MinHealthyTime), AttrDeployHealthTimeout, short(d.HealthTimeout))
+	}
 }
 
 func (p *LocalProvider) validate(servers int, add func(key, format string, args ...any)) {
