@@ -19,3 +19,15 @@ var ServerHCL string
 //
 //go:embed watches.hcl
 var WatchesHCL string
+
+// DeployWebHCL is deploy-web.hcl: a service with an HTTP check, and the deploy
+// handler's key watch for it.
+//
+//go:embed deploy-web.hcl
+var DeployWebHCL string
+
+// Placeholders of DeployWebHCL.
+const (
+	DeployConfigPath = "/etc/consul-rehydrate/deploy.hcl"
+	NodeName         = "NODE_NAME"
+)

@@ -75,7 +75,7 @@ func newApp(name string, env Env, fs *flag.FlagSet) *app {
 // load reads the configuration and sets up logging. It returns an exit code != 0
 // on failure, having said why.
 func (a *app) load() int {
-	l, code := watch.Load(a.name, a.configPath, a.env)
+	l, code := watch.Load(a.name, a.configPath, config.JobRoll, a.env)
 	if code != ExitOK {
 		return code
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/consul-rehydrate/consul-rehydrate/config"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/deploy"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/plan"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/roll"
@@ -30,6 +31,7 @@ commands:
   local image register NAME         register a local image
   local down                        stop the local cluster and remove its state
   local demo [--servers N]          a whole roll of a local cluster under write load
+  deploy start|status --service S   node-by-node deployments (rehydrate deploy -h)
 `
 
 // Rehydrate is the operator CLI.
@@ -57,6 +59,21 @@ func Rehydrate(args []string, env Env) int {
 			pre = append(pre, "-http-addr", g.httpAddr)
 		}
 		return Spindown(append(pre, rest...), env)
+	}
+	if cmd == "deploy" {
+		// Its own flags and configuration: a node that deploys has no roll to set up.
+		if len(rest) == 0 {
+			fmt.Fprint(env.Stderr, deploy.Usage)
+			return ExitUsage
+		}
+		pre := []string{rest[0]}
+		if g.configPath != "" {
+			pre = append(pre, "-config", g.configPath)
+		}
+		if g.httpAddr != "" {
+			pre = append(pre, "-http-addr", g.httpAddr)
+		}
+		return deploy.CLI(append(pre, rest[1:]...), env)
 	}
 	if cmd == "local" {
 		if len(rest) == 0 {

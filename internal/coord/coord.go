@@ -102,12 +102,18 @@ func (h *Held) Release() error {
 	return nil
 }
 
-// Lock tries to take the lock, waiting at most o.Wait. It returns ErrLockHeld if
-// another handler keeps it that long.
+// Lock tries to take the cluster's lock, waiting at most o.Wait. It returns
+// ErrLockHeld if another handler keeps it that long.
 func (s *Store) Lock(ctx context.Context, o LockOptions) (*Held, error) {
+	return LockKey(ctx, s.c, s.Key("lock"), o)
+}
+
+// LockKey tries to take the session lock at key, waiting at most o.Wait. It
+// returns ErrLockHeld if another holder keeps it that long.
+func LockKey(ctx context.Context, c *api.Client, key string, o LockOptions) (*Held, error) {
 	ttl := o.TTL.String()
-	lock, err := s.c.LockOpts(&api.LockOptions{
-		Key:   s.Key("lock"),
+	lock, err := c.LockOpts(&api.LockOptions{
+		Key:   key,
 		Value: []byte(o.Holder),
 		SessionOpts: &api.SessionEntry{
 			Name: "consul-rehydrate " + o.Holder, TTL: ttl, LockDelay: o.Delay,
@@ -118,7 +124,7 @@ func (s *Store) Lock(ctx context.Context, o LockOptions) (*Held, error) {
 		LockTryOnce:  true,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("prepare lock %s: %w", s.Key("lock"), err)
+		return nil, fmt.Errorf("prepare lock %s: %w", key, err)
 	}
 	stop := make(chan struct{})
 	go func() {
@@ -130,19 +136,19 @@ func (s *Store) Lock(ctx context.Context, o LockOptions) (*Held, error) {
 	}()
 	lost, err := lock.Lock(stop)
 	if err != nil {
-		return nil, fmt.Errorf("take lock %s: %w", s.Key("lock"), err)
+		return nil, fmt.Errorf("take lock %s: %w", key, err)
 	}
 	if lost == nil {
 		return nil, ErrLockHeld
 	}
 	// Learn the session the lock took, for Verify.
-	kv, _, err := s.c.KV().Get(s.Key("lock"), (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	kv, _, err := c.KV().Get(key, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
 	if err != nil || kv == nil || kv.Session == "" {
 		_ = lock.Unlock()
 		if err == nil {
 			err = errors.New("the key has no session right after acquiring it")
 		}
-		return nil, fmt.Errorf("read lock %s: %w", s.Key("lock"), err)
+		return nil, fmt.Errorf("read lock %s: %w", key, err)
 	}
 	hctx, cancel := context.WithCancel(ctx)
 	go func() {
@@ -152,14 +158,17 @@ func (s *Store) Lock(ctx context.Context, o LockOptions) (*Held, error) {
 		}
 		cancel()
 	}()
-	return &Held{lock: lock, kv: s.c.KV(), key: s.Key("lock"), session: kv.Session, ctx: hctx, cancel: cancel}, nil
+	return &Held{lock: lock, kv: c.KV(), key: key, session: kv.Session, ctx: hctx, cancel: cancel}, nil
 }
 
-// Holder returns who holds the lock now ("" if nobody).
-func (s *Store) Holder(ctx context.Context) (string, error) {
-	kv, _, err := s.c.KV().Get(s.Key("lock"), (&api.QueryOptions{}).WithContext(ctx))
+// Holder returns who holds the cluster's lock now ("" if nobody).
+func (s *Store) Holder(ctx context.Context) (string, error) { return HolderOf(ctx, s.c, s.Key("lock")) }
+
+// HolderOf returns who holds the session lock at key now ("" if nobody).
+func HolderOf(ctx context.Context, c *api.Client, key string) (string, error) {
+	kv, _, err := c.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
-		return "", fmt.Errorf("read %s: %w", s.Key("lock"), err)
+		return "", fmt.Errorf("read %s: %w", key, err)
 	}
 	if kv == nil || kv.Session == "" {
 		return "", nil

@@ -40,6 +40,8 @@ const (
 	ExitCloud      = 15 // the provider failed
 	ExitLockLost   = 16 // the lock was lost mid-step; nothing more was done
 	ExitRefused    = 17 // the request was refused (image not allowed, bad, or a downgrade)
+	ExitFailed     = 18 // a deployment or rollout did not succeed (it may have rolled back)
+	ExitBusy       = 19 // another rollout of the service is in progress
 )
 
 // Env is what a program reads and writes besides its arguments.
@@ -87,9 +89,9 @@ func (l *Loaded) Close() {
 	}
 }
 
-// Load reads the configuration and sets up logging for the program name. It returns
-// an exit code != 0 on failure, having said why on env.Stderr.
-func Load(name, configPath string, env Env) (*Loaded, int) {
+// Load reads the configuration for the program name's jobs and sets up its logging.
+// It returns an exit code != 0 on failure, having said why on env.Stderr.
+func Load(name, configPath string, jobs config.Jobs, env Env) (*Loaded, int) {
 	if configPath == "" {
 		fmt.Fprintf(env.Stderr, "%s: no configuration: pass -config FILE or set $%s\n", name, EnvConfig)
 		return nil, ExitConfig
@@ -97,7 +99,7 @@ func Load(name, configPath string, env Env) (*Loaded, int) {
 	if abs, err := filepath.Abs(configPath); err == nil {
 		configPath = abs
 	}
-	cfg, err := config.Load(configPath)
+	cfg, err := config.LoadFor(configPath, jobs)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "%s: %v\n", name, err)
 		return nil, ExitConfig
@@ -113,6 +115,22 @@ func Load(name, configPath string, env Env) (*Loaded, int) {
 		Name: name, Level: hclog.LevelFromString(cfg.LogLevel), Output: out, TimeFormat: "15:04:05.000",
 	})
 	return l, ExitOK
+}
+
+// Consul returns a client for the configured agent, at httpAddr if that is set.
+func (l *Loaded) Consul(httpAddr string) (*api.Client, error) {
+	ac, err := l.Config.Consul.APIConfig()
+	if err != nil {
+		return nil, err
+	}
+	if httpAddr != "" {
+		ac.Address = httpAddr
+	}
+	c, err := api.NewClient(ac)
+	if err != nil {
+		return nil, fmt.Errorf("consul client: %w", err)
+	}
+	return c, nil
 }
 
 // CheckServices refuses a service watch payload that is not about the `consul`
@@ -153,7 +171,7 @@ func Spindown(args []string, env Env) int {
 	if err := fs.Parse(args); err != nil {
 		return ExitUsage
 	}
-	l, code := Load("spindown", configPath, env)
+	l, code := Load("spindown", configPath, config.JobRoll, env)
 	if code != ExitOK {
 		return code
 	}
@@ -175,15 +193,7 @@ func Spindown(args []string, env Env) int {
 		return ExitBadPayload
 	}
 
-	ac, err := l.Config.Consul.APIConfig()
-	if err != nil {
-		l.Log.Error("set up consul client", "error", err)
-		return ExitConfig
-	}
-	if httpAddr != "" {
-		ac.Address = httpAddr
-	}
-	c, err := api.NewClient(ac)
+	c, err := l.Consul(httpAddr)
 	if err != nil {
 		l.Log.Error("set up consul client", "error", err)
 		return ExitConfig

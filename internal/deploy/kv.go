@@ -1,0 +1,225 @@
+// Package deploy carries node-by-node deployments driven from Consul KV: the deploy
+// watch handler that deploys one node (Node), and the rollout that walks a
+// service's nodes in batches (Rollout).
+//
+// Everything lives under deploy/<service>/:
+//
+//	nodes/<node>/desired   what the node should run: {"id", "version", "artifact"}
+//	nodes/<node>/status    the node's last deployment: id, version, state, times, output
+//	nodes/<node>/current   the version the node runs, as plain text
+//	nodes/<node>/lock      held by the node's handler while it deploys
+//	lock                   held by the one rollout of the service
+//	rollout                the last rollout: id, version, state, each node's part
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Prefix is where deployments live in KV.
+const Prefix = "deploy/"
+
+// Key names under a node's prefix.
+const (
+	KeyDesired = "desired"
+	KeyStatus  = "status"
+	KeyCurrent = "current"
+	KeyLock    = "lock"
+)
+
+// States of a node's deployment. The last three are final.
+const (
+	StateDeploying   = "deploying"
+	StateRollingBack = "rolling_back"
+	StateSucceeded   = "succeeded"
+	StateRolledBack  = "rolled_back"
+	StateFailed      = "failed"
+)
+
+// Final reports whether state is one a deployment ends in.
+func Final(state string) bool {
+	return state == StateSucceeded || state == StateRolledBack || state == StateFailed
+}
+
+// Errors callers tell apart.
+var (
+	// ErrBadDesired means a desired value or its key is not one the handler acts on.
+	ErrBadDesired = errors.New("bad desired value")
+	// ErrConsul means Consul could not be read or written.
+	ErrConsul = errors.New("consul")
+	// ErrFailed means a deployment did not succeed (it may have rolled back).
+	ErrFailed = errors.New("deployment failed")
+	// ErrBusy means another rollout of the service holds its lock.
+	ErrBusy = errors.New("another rollout is in progress")
+	// ErrLockLost means the lock was lost part way; nothing more was started.
+	ErrLockLost = errors.New("lock lost")
+)
+
+// NodeKey returns the key name under the node's prefix for service.
+func NodeKey(service, node, name string) string {
+	return Prefix + service + "/nodes/" + node + "/" + name
+}
+
+// NodesPrefix is the prefix of every node's keys for service.
+func NodesPrefix(service string) string { return Prefix + service + "/nodes/" }
+
+// ServiceKey returns a key of the service itself (KeyLock, "rollout").
+func ServiceKey(service, name string) string { return Prefix + service + "/" + name }
+
+// segment is what a service or node name may be in a key: Consul's node names
+// and service names, and nothing that walks out of the prefix.
+var segment = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+
+// ParseDesiredKey splits deploy/<service>/nodes/<node>/desired.
+func ParseDesiredKey(key string) (service, node string, err error) {
+	parts := strings.Split(key, "/")
+	if len(parts) != 5 || parts[0]+"/" != Prefix || parts[2] != "nodes" || parts[4] != KeyDesired ||
+		!segment.MatchString(parts[1]) || !segment.MatchString(parts[3]) || strings.Contains(key, "..") {
+		return "", "", fmt.Errorf("%w: key %q is not %s<service>/nodes/<node>/%s", ErrBadDesired, key, Prefix, KeyDesired)
+	}
+	return parts[1], parts[3], nil
+}
+
+// Desired is what a node should run: the value of its desired key.
+type Desired struct {
+	// ID names the deployment; a new ID is a new deployment, the same ID is a replay.
+	ID string `json:"id"`
+	// Version is handed to the deploy command.
+	Version string `json:"version"`
+	// Artifact optionally says where the version comes from (a URL, a path).
+	Artifact string `json:"artifact,omitempty"`
+}
+
+// Limits on a desired value.
+const (
+	maxDesiredBytes = 64 << 10
+	maxIDLen        = 128
+	maxVersionLen   = 128
+	maxArtifactLen  = 2048
+)
+
+var deploymentID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]*$`)
+
+// ParseDesired decodes and checks a desired value: JSON with a non-empty id and
+// version and nothing else but an artifact. Every problem is an ErrBadDesired.
+func ParseDesired(value []byte) (Desired, error) {
+	var d Desired
+	if len(value) > maxDesiredBytes {
+		return d, fmt.Errorf("%w: %d bytes, the limit is %d", ErrBadDesired, len(value), maxDesiredBytes)
+	}
+	dec := json.NewDecoder(bytes.NewReader(value))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&d); err != nil {
+		return Desired{}, fmt.Errorf("%w: not a JSON object of id, version and artifact: %w", ErrBadDesired, err)
+	}
+	if dec.More() {
+		return Desired{}, fmt.Errorf("%w: more than one JSON value", ErrBadDesired)
+	}
+	switch {
+	case d.ID == "":
+		return Desired{}, fmt.Errorf("%w: missing id", ErrBadDesired)
+	case len(d.ID) > maxIDLen || !deploymentID.MatchString(d.ID):
+		return Desired{}, fmt.Errorf("%w: id %q must be up to %d characters of A-Z, a-z, 0-9, _ . : -", ErrBadDesired, d.ID, maxIDLen)
+	case d.Version == "":
+		return Desired{}, fmt.Errorf("%w: missing version", ErrBadDesired)
+	case len(d.Version) > maxVersionLen || !printable(d.Version) || strings.ContainsRune(d.Version, ' '):
+		return Desired{}, fmt.Errorf("%w: version %q must be up to %d printable characters without spaces", ErrBadDesired, d.Version, maxVersionLen)
+	case len(d.Artifact) > maxArtifactLen || !printable(d.Artifact):
+		return Desired{}, fmt.Errorf("%w: artifact must be up to %d printable characters", ErrBadDesired, maxArtifactLen)
+	}
+	return d, nil
+}
+
+func printable(s string) bool {
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// Status is a node's last deployment: the value of its status key.
+type Status struct {
+	ID       string `json:"id"`
+	Version  string `json:"version"`
+	Previous string `json:"previous,omitempty"` // the version before, for the rollback
+	State    string `json:"state"`
+	// Started and Finished are when the deployment started and ended (zero while
+	// it runs).
+	Started  time.Time  `json:"started"`
+	Finished *time.Time `json:"finished,omitempty"`
+	// Attempts counts the handlers that started it: more than one after a crash.
+	Attempts int `json:"attempts"`
+	// Output is the tail of the last command's output.
+	Output string `json:"output,omitempty"`
+	// Error says why it did not succeed.
+	Error string `json:"error,omitempty"`
+}
+
+// kv reads and writes the deployment keys.
+type kv struct{ c *api.Client }
+
+func (s kv) get(ctx context.Context, key string, consistent bool) (*api.KVPair, error) {
+	p, _, err := s.c.KV().Get(key, (&api.QueryOptions{RequireConsistent: consistent}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("%w: read %s: %w", ErrConsul, key, err)
+	}
+	return p, nil
+}
+
+// getJSON reads key into v; false if the key does not exist.
+func (s kv) getJSON(ctx context.Context, key string, v any) (bool, error) {
+	p, err := s.get(ctx, key, true)
+	if err != nil || p == nil {
+		return false, err
+	}
+	if err := json.Unmarshal(p.Value, v); err != nil {
+		return false, fmt.Errorf("%w: decode %s: %w", ErrConsul, key, err)
+	}
+	return true, nil
+}
+
+func (s kv) put(ctx context.Context, key string, value []byte) error {
+	if _, err := s.c.KV().Put(&api.KVPair{Key: key, Value: value}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return fmt.Errorf("%w: write %s: %w", ErrConsul, key, err)
+	}
+	return nil
+}
+
+func (s kv) putJSON(ctx context.Context, key string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", key, err)
+	}
+	return s.put(ctx, key, b)
+}
+
+// status reads a node's status; nil when it has none.
+func (s kv) status(ctx context.Context, service, node string) (*Status, error) {
+	var st Status
+	ok, err := s.getJSON(ctx, NodeKey(service, node, KeyStatus), &st)
+	if !ok || err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// current reads the version a node runs; "" when it is not known.
+func (s kv) current(ctx context.Context, service, node string) (string, error) {
+	p, err := s.get(ctx, NodeKey(service, node, KeyCurrent), true)
+	if err != nil || p == nil {
+		return "", err
+	}
+	return string(p.Value), nil
+}

@@ -1,0 +1,377 @@
+package deploy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
+)
+
+// Rollout states, and the states of a node within one.
+const (
+	RolloutRunning = "running"
+	RolloutDone    = "done"
+	RolloutHalted  = "halted"
+
+	NodePending    = "pending"
+	NodeSkipped    = "skipped" // it ran the version already
+	NodeDeploying  = "deploying"
+	NodeTimedOut   = "timed_out"
+	NodeReverting  = "reverting"
+	NodeReverted   = "reverted" // the rollout rolled it back after another node failed
+	NodeRevertFail = "revert_failed"
+)
+
+// Record is a rollout, kept at deploy/<service>/rollout.
+type Record struct {
+	ID             string       `json:"id"`
+	Version        string       `json:"version"`
+	Artifact       string       `json:"artifact,omitempty"`
+	State          string       `json:"state"`
+	Batch          int          `json:"batch"`
+	MaxUnavailable int          `json:"max_unavailable"`
+	Started        time.Time    `json:"started"`
+	Finished       *time.Time   `json:"finished,omitempty"`
+	Nodes          []NodeRecord `json:"nodes"`
+	Error          string       `json:"error,omitempty"`
+}
+
+// NodeRecord is one node's part in a rollout.
+type NodeRecord struct {
+	Node     string `json:"node"`
+	Previous string `json:"previous,omitempty"`
+	State    string `json:"state"`
+	Error    string `json:"error,omitempty"`
+}
+
+// Rollout deploys a version to every node of a service, a batch at a time.
+type Rollout struct {
+	Client   *api.Client
+	Service  string
+	Version  string
+	Artifact string
+	// Batch is how many nodes deploy at once.
+	Batch int
+	// MaxUnavailable is how many of the service's nodes may be out of passing at
+	// once, counting those out for other reasons.
+	MaxUnavailable int
+	// NodeTimeout bounds a batch: from writing its desired values to every node's
+	// final status.
+	NodeTimeout time.Duration
+	Poll        time.Duration
+	Lock        coord.LockOptions
+	// Out gets a line for every step.
+	Out io.Writer
+	Now func() time.Time
+
+	rec   Record
+	store kv
+	held  *coord.Held
+}
+
+// item is a desired value for one node.
+type item struct {
+	node string
+	want Desired
+}
+
+// Run runs the rollout. It halts at the first node whose deployment does not
+// succeed, and rolls the nodes it updated back to the version each ran before.
+func (r *Rollout) Run(ctx context.Context) (*Record, error) {
+	r.store = kv{r.Client}
+	id, err := newID(r.Now())
+	if err != nil {
+		return nil, err
+	}
+	r.Lock.Holder = fmt.Sprintf("rollout %s of %s %s", id, r.Service, r.Version)
+	held, err := coord.LockKey(ctx, r.Client, ServiceKey(r.Service, KeyLock), r.Lock)
+	if errors.Is(err, coord.ErrLockHeld) {
+		holder, _ := coord.HolderOf(ctx, r.Client, ServiceKey(r.Service, KeyLock))
+		return nil, fmt.Errorf("%w: %s holds %s", ErrBusy, holder, ServiceKey(r.Service, KeyLock))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConsul, err)
+	}
+	r.held = held
+	defer held.Release()
+	ctx = held.Context()
+
+	nodes, err := serviceNodes(ctx, r.Client, r.Service)
+	if err != nil {
+		return nil, err
+	}
+	r.rec = Record{ID: id, Version: r.Version, Artifact: r.Artifact, State: RolloutRunning, Batch: r.Batch,
+		MaxUnavailable: r.MaxUnavailable, Started: r.Now().UTC()}
+	var todo []item
+	for _, n := range nodes {
+		cur, err := r.store.current(ctx, r.Service, n)
+		if err != nil {
+			return nil, err
+		}
+		st, err := r.store.status(ctx, r.Service, n)
+		if err != nil {
+			return nil, err
+		}
+		nr := NodeRecord{Node: n, Previous: cur, State: NodePending}
+		if cur == r.Version && st != nil && st.State == StateSucceeded && st.Version == r.Version {
+			nr.State = NodeSkipped
+		} else {
+			todo = append(todo, item{n, Desired{ID: id, Version: r.Version, Artifact: r.Artifact}})
+		}
+		r.rec.Nodes = append(r.rec.Nodes, nr)
+	}
+	if err := r.save(ctx); err != nil {
+		return nil, err
+	}
+	r.printf("rollout %s: %s %s to %d of %d nodes (batch %d, max unavailable %d)",
+		id, r.Service, r.Version, len(todo), len(nodes), r.Batch, r.MaxUnavailable)
+
+	failed, err := r.walk(ctx, nodes, todo, false)
+	if err == nil && failed == "" {
+		r.rec.State = RolloutDone
+		return &r.rec, r.end(ctx, "")
+	}
+	if errors.Is(err, ErrLockLost) || ctx.Err() != nil {
+		return &r.rec, fmt.Errorf("%w: %w", ErrLockLost, errors.Join(err, context.Cause(ctx)))
+	}
+	cause := err
+	if failed != "" {
+		nr := r.node(failed)
+		cause = fmt.Errorf("node %s %s: %s", failed, nr.State, nr.Error)
+	}
+	r.printf("halting: %v", cause)
+
+	// Roll back what this rollout changed, each node to what it ran before.
+	var back []item
+	for _, nr := range r.rec.Nodes {
+		if nr.State == StateSucceeded && nr.Previous != "" && nr.Previous != r.Version {
+			back = append(back, item{nr.Node, Desired{ID: id + "-rollback", Version: nr.Previous}})
+		}
+	}
+	if len(back) > 0 {
+		r.printf("rolling back %d updated nodes", len(back))
+		if _, err := r.walk(ctx, nodes, back, true); err != nil {
+			cause = fmt.Errorf("%w; roll back: %w", cause, err)
+		}
+	}
+	r.rec.State = RolloutHalted
+	if err := r.end(ctx, cause.Error()); err != nil {
+		return &r.rec, err
+	}
+	return &r.rec, fmt.Errorf("%w: rollout %s halted: %w", ErrFailed, id, cause)
+}
+
+// walk deploys items a batch at a time. It returns the first node whose
+// deployment did not succeed, or an error that stopped the walk.
+func (r *Rollout) walk(ctx context.Context, nodes []string, todo []item, revert bool) (string, error) {
+	for len(todo) > 0 {
+		batch, err := r.nextBatch(ctx, nodes, todo)
+		if err != nil {
+			return "", err
+		}
+		todo = todo[len(batch):]
+		for _, it := range batch {
+			if err := r.held.Verify(); err != nil {
+				return "", fmt.Errorf("%w: %w", ErrLockLost, err)
+			}
+			if err := r.store.putJSON(ctx, NodeKey(r.Service, it.node, KeyDesired), it.want); err != nil {
+				return "", err
+			}
+			r.setNode(it.node, map[bool]string{false: NodeDeploying, true: NodeReverting}[revert], "")
+			r.printf("%s: %s %s", it.node, map[bool]string{false: "deploying", true: "rolling back to"}[revert], it.want.Version)
+		}
+		if err := r.save(ctx); err != nil {
+			return "", err
+		}
+		failed, err := r.await(ctx, batch, revert)
+		if err != nil || failed != "" {
+			return failed, err
+		}
+	}
+	return "", nil
+}
+
+// nextBatch waits until taking the next nodes out keeps at most MaxUnavailable of
+// the service's nodes out of passing, and returns them: up to Batch nodes from the
+// front of todo. A node that is out already costs nothing to take.
+func (r *Rollout) nextBatch(ctx context.Context, nodes []string, todo []item) ([]item, error) {
+	deadline := time.Now().Add(r.NodeTimeout)
+	for {
+		hs, err := health(ctx, r.Client, r.Service)
+		if err != nil {
+			return nil, err
+		}
+		out := unavailable(hs, nodes)
+		room := r.MaxUnavailable - len(out)
+		n := 0
+		for n < len(todo) && n < r.Batch {
+			if !slices.Contains(out, todo[n].node) {
+				if room == 0 {
+					break
+				}
+				room--
+			}
+			n++
+		}
+		if n > 0 {
+			return todo[:n], nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%d nodes not passing (%s), and --max-unavailable %d leaves no room for %s after %s",
+				len(out), strings.Join(out, ", "), r.MaxUnavailable, todo[0].node, r.NodeTimeout)
+		}
+		if err := sleep(ctx, r.Poll); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// await waits until every node of the batch has a final status for its desired
+// ID, or NodeTimeout has passed. It returns the first node that did not succeed.
+func (r *Rollout) await(ctx context.Context, batch []item, revert bool) (string, error) {
+	deadline := time.Now().Add(r.NodeTimeout)
+	pending := slices.Clone(batch)
+	failed := ""
+	for len(pending) > 0 {
+		pairs, _, err := r.Client.KV().List(NodesPrefix(r.Service), (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			return "", fmt.Errorf("%w: list %s: %w", ErrConsul, NodesPrefix(r.Service), err)
+		}
+		statuses := map[string]Status{}
+		for _, p := range pairs {
+			if svc, node, ok := statusKey(p.Key); ok && svc == r.Service {
+				var st Status
+				if json.Unmarshal(p.Value, &st) == nil {
+					statuses[node] = st
+				}
+			}
+		}
+		var still []item
+		for _, it := range pending {
+			st, ok := statuses[it.node]
+			if !ok || st.ID != it.want.ID || !Final(st.State) {
+				still = append(still, it)
+				continue
+			}
+			state := st.State
+			if revert {
+				state = map[bool]string{true: NodeReverted, false: NodeRevertFail}[st.State == StateSucceeded]
+			}
+			r.setNode(it.node, state, st.Error)
+			r.printf("%s: %s (%s)", it.node, state, st.Version)
+			if st.State != StateSucceeded && failed == "" {
+				failed = it.node
+			}
+		}
+		pending = still
+		if err := r.save(ctx); err != nil {
+			return "", err
+		}
+		if len(pending) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			for _, it := range pending {
+				r.setNode(it.node, NodeTimedOut, fmt.Sprintf("no final status for %s within %s", it.want.ID, r.NodeTimeout))
+				r.printf("%s: timed out", it.node)
+				if failed == "" {
+					failed = it.node
+				}
+			}
+			return failed, r.save(ctx)
+		}
+		if err := sleep(ctx, r.Poll); err != nil {
+			return "", err
+		}
+	}
+	return failed, nil
+}
+
+func (r *Rollout) node(name string) *NodeRecord {
+	for i := range r.rec.Nodes {
+		if r.rec.Nodes[i].Node == name {
+			return &r.rec.Nodes[i]
+		}
+	}
+	return nil
+}
+
+func (r *Rollout) setNode(name, state, errText string) {
+	if nr := r.node(name); nr != nil {
+		nr.State, nr.Error = state, errText
+	}
+}
+
+func (r *Rollout) save(ctx context.Context) error {
+	return r.store.putJSON(ctx, ServiceKey(r.Service, "rollout"), r.rec)
+}
+
+func (r *Rollout) end(ctx context.Context, errText string) error {
+	t := r.Now().UTC()
+	r.rec.Finished, r.rec.Error = &t, errText
+	r.printf("rollout %s: %s", r.rec.ID, r.rec.State)
+	return r.save(ctx)
+}
+
+func (r *Rollout) printf(format string, args ...any) {
+	if r.Out != nil {
+		fmt.Fprintf(r.Out, "%s %s\n", r.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+	}
+}
+
+// statusKey splits deploy/<service>/nodes/<node>/status.
+func statusKey(key string) (service, node string, ok bool) {
+	parts := strings.Split(key, "/")
+	if len(parts) != 5 || parts[0]+"/" != Prefix || parts[2] != "nodes" || parts[4] != KeyStatus {
+		return "", "", false
+	}
+	return parts[1], parts[3], true
+}
+
+// serviceNodes returns the names of the nodes the catalog has the service on.
+func serviceNodes(ctx context.Context, c *api.Client, service string) ([]string, error) {
+	svcs, _, err := c.Catalog().Service(service, "", (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("%w: catalog of service %s: %w", ErrConsul, service, err)
+	}
+	var nodes []string
+	for _, s := range svcs {
+		if !slices.Contains(nodes, s.Node) {
+			nodes = append(nodes, s.Node)
+		}
+	}
+	if len(nodes) == 0 {
+		return nil, fmt.Errorf("no instance of service %s in the catalog", service)
+	}
+	sort.Strings(nodes)
+	return nodes, nil
+}
+
+// newID names a rollout: sortable by time, unique by its random part.
+func newID(now time.Time) (string, error) {
+	b := make([]byte, 3)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("new rollout id: %w", err)
+	}
+	return now.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b), nil
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
+}
