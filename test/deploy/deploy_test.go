@@ -436,7 +436,7 @@ func TestDeploy_ReplaysAndBadDesiredValuesChangeNothing(t *testing.T) {
 
 	bad := []struct {
 		name, stdin, want string
-		code            int
+		code              int
 	}{
 		{"not JSON at all", `{{{`, "key watch payload", watch.ExitBadPayload},
 		{"value not JSON", payload(&api.KVPair{Key: key, Value: []byte("v2 please")}), "not a JSON object", watch.ExitBadPayload},
