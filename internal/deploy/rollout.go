@@ -213,18 +213,11 @@ func (r *Rollout) nextBatch(ctx context.Context, nodes []string, todo []item) ([
 			return nil, err
 		}
 		out := unavailable(hs, nodes)
-		room := r.MaxUnavailable - len(out)
-		n := 0
-		for n < len(todo) && n < r.Batch {
-			if !slices.Contains(out, todo[n].node) {
-				if room == 0 {
-					break
-				}
-				room--
-			}
-			n++
+		var names []string
+		for _, it := range todo {
+			names = append(names, it.node)
 		}
-		if n > 0 {
+		if n := pick(names, out, r.Batch, r.MaxUnavailable); n > 0 {
 			return todo[:n], nil
 		}
 		if time.Now().After(deadline) {
@@ -235,6 +228,24 @@ func (r *Rollout) nextBatch(ctx context.Context, nodes []string, todo []item) ([
 			return nil, err
 		}
 	}
+}
+
+// pick says how many of the nodes at the front of todo to deploy next: at most
+// batch, and no more than keep the nodes out of passing (out) within
+// maxUnavailable. A node that is out already costs nothing to take.
+func pick(todo, out []string, batch, maxUnavailable int) int {
+	room := maxUnavailable - len(out)
+	n := 0
+	for n < len(todo) && n < batch {
+		if !slices.Contains(out, todo[n]) {
+			if room <= 0 {
+				break
+			}
+			room--
+		}
+		n++
+	}
+	return n
 }
 
 // await waits until every node of the batch has a final status for its desired
