@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -113,4 +114,34 @@ func TestPacker_ValidatesTheTemplateOfflineAndCatchesABrokenOne(t *testing.T) {
 	out, err = run(t, packer, "validate", packerTree(t, "../../packer/testdata/broken.pkr.hcl"))
 	require.Error(t, err, "packer validate must reject the broken fixture")
 	assert.Contains(t, out, `"region"`)
+}
+
+// A client node's configuration with the deploy example, NODE_NAME rendered as
+// user-data would.
+func TestConsulValidate_PassesOnTheDeployExample(t *testing.T) {
+	consul, err := testcluster.ConsulBinary()
+	require.NoError(t, err)
+	b, err := os.ReadFile("../../consul.d/deploy-web.hcl")
+	require.NoError(t, err)
+	require.Contains(t, string(b), "NODE_NAME")
+	dir := t.TempDir()
+	node := `node_name = "web-1"
+data_dir = "` + filepath.Join(dir, "data") + `"
+bind_addr = "127.0.0.1"
+retry_join = ["provider=aws region=us-east-1 tag_key=consul-cluster tag_value=main"]
+`
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "node.hcl"), []byte(node), 0o644))
+	rendered := strings.ReplaceAll(string(b), "NODE_NAME", "web-1")
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "deploy-web.hcl"), []byte(rendered), 0o644))
+	out, err := run(t, consul, "validate", dir)
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "Configuration is valid!")
+
+	// The same check catches a broken service definition.
+	broken := strings.Replace(rendered, `interval = "1s"`, `interval = "soon"`, 1)
+	require.NotEqual(t, rendered, broken)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "deploy-web.hcl"), []byte(broken), 0o644))
+	out, err = run(t, consul, "validate", dir)
+	require.Error(t, err, "consul validate must reject a bad check interval")
+	assert.Contains(t, out, "soon")
 }
