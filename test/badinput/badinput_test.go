@@ -3,6 +3,9 @@
 // nothing: not Consul's KV, not the cloud's instances or images, not the raft
 // configuration.
 //
+// The deploy handler gets bad key payloads, bad desired values and broken deploy
+// blocks the same way.
+//
 // One real 3-server cluster runs on the local provider (`rehydrate local up`, run as a
 // subprocess) on image A, with a newer image B registered, so that a valid request
 // would start a roll: "nothing changed" means something. Every row of the table runs
@@ -518,6 +521,61 @@ func TestBadInput_IsRefusedWithItsExitCodeAndMessageAndChangesNothing(t *testing
 		{name: "spindown: no configuration", prog: "spindown", stdin: []byte("[]"), code: command.ExitConfig,
 			want: []string{"spindown: no configuration: pass -config FILE or set $REHYDRATE_CONFIG"}},
 	}
+
+	// The deploy handler: the key watch's payload and its desired value. The node's
+	// desired key would deploy if the value were good.
+	nodeName, err := e.consul.Agent().NodeName()
+	require.NoError(t, err)
+	deployCfg := filepath.Join(e.dir, "deploy.hcl")
+	require.NoError(t, os.WriteFile(deployCfg, []byte(`deploy "web" {
+  command = ["/bin/sh", "-c", "echo deployed"]
+}
+deploy "api" {
+  command = ["/bin/sh", "-c", "echo deployed"]
+}
+`), 0o644))
+	brokenDeployCfg := filepath.Join(e.dir, "deploy-broken.hcl")
+	require.NoError(t, os.WriteFile(brokenDeployCfg, []byte(`deploy "web" {
+  timeout = "5m"
+}
+`), 0o644))
+	dcfg := []string{"-config", deployCfg}
+	desired := func(node, value string) []byte {
+		b, err := json.Marshal(&api.KVPair{Key: "deploy/web/nodes/" + node + "/desired", Value: []byte(value)})
+		require.NoError(t, err)
+		return b
+	}
+	goodDesired := `{"id":"d1","version":"v2"}`
+	rows = append(rows, []row{
+		{name: "deploy: empty stdin", prog: "deploy", args: dcfg, stdin: nil, code: command.ExitBadPayload,
+			want: []string{"refusing key payload", "decode key watch payload: empty payload"}},
+		{name: "deploy: not JSON", prog: "deploy", args: dcfg, stdin: []byte("hello\n"), code: command.ExitBadPayload,
+			want: []string{"decode key watch payload: invalid JSON at offset 1"}},
+		{name: "deploy: wrong shape, an array", prog: "deploy", args: dcfg, stdin: []byte("[" + string(desired(nodeName, goodDesired)) + "]"), code: command.ExitBadPayload,
+			want: []string{"decode key watch payload: expected object or null, got array"}},
+		{name: "deploy: desired value not JSON", prog: "deploy", args: dcfg, stdin: desired(nodeName, "v2 please"), code: command.ExitBadPayload,
+			want: []string{"bad desired value: not a JSON object of id, version and artifact"}},
+		{name: "deploy: desired value without an id", prog: "deploy", args: dcfg, stdin: desired(nodeName, `{"version":"v2"}`), code: command.ExitBadPayload,
+			want: []string{"bad desired value: missing id"}},
+		{name: "deploy: desired value without a version", prog: "deploy", args: dcfg, stdin: desired(nodeName, `{"id":"d1"}`), code: command.ExitBadPayload,
+			want: []string{"bad desired value: missing version"}},
+		{name: "deploy: desired key of another node", prog: "deploy", args: dcfg, stdin: desired("someone-else", goodDesired), code: command.ExitBadPayload,
+			want: []string{`is for node \"someone-else\", and this agent is \"` + nodeName + `\"`}},
+		{name: "deploy: key outside the layout", prog: "deploy", args: dcfg,
+			stdin: []byte(`{"Key":"rehydrate/badinput/roll","Value":"e30="}`), code: command.ExitBadPayload,
+			want: []string{`key \"rehydrate/badinput/roll\" is not deploy/<service>/nodes/<node>/desired`}},
+		{name: "deploy: a configuration with no deploy block", prog: "deploy", args: cfg, stdin: desired(nodeName, goodDesired), code: command.ExitConfig,
+			want: []string{"deploy: " + e.cfgPath + `:1:1: a deploy "<service>" block is required`}},
+		{name: "deploy: a deploy block without a command", prog: "deploy", args: []string{"-config", brokenDeployCfg}, stdin: desired(nodeName, goodDesired), code: command.ExitConfig,
+			want: []string{"deploy: " + brokenDeployCfg + ":1:1: deploy.web.command is required"}},
+		{name: "rehydrate deploy start: no version", prog: "rehydrate", args: []string{"deploy", "start", "--service", "web"}, code: command.ExitUsage,
+			want: []string{"rehydrate deploy start: --version/--artifact: missing version"}},
+		{name: "rehydrate deploy start: a service name unsafe in a key", prog: "rehydrate",
+			args: []string{"deploy", "start", "--service", "web/../x", "--version", "v2", "--batch", "0"}, code: command.ExitUsage,
+			want: []string{`--service "web/../x": want a service name`, "--batch must be at least 1, got 0"}},
+		{name: "rehydrate deploy: broken configuration", prog: "rehydrate", args: []string{"-config", brokenDeployCfg, "deploy", "status", "--service", "web"},
+			code: command.ExitConfig, want: []string{"rehydrate deploy: " + brokenDeployCfg + ":1:1: deploy.web.command is required"}},
+	}...)
 
 	// Broken configuration files, for both handlers and the CLI. The handlers get
 	// input they would otherwise act on.
