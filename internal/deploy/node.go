@@ -138,13 +138,13 @@ func (d *deployment) run(ctx context.Context, last *Status) error {
 	}
 
 	d.log.Info("deploying", "previous", d.st.Previous, "instances", len(ids))
-	if err := d.maintenance(ctx, ids, true, fmt.Sprintf("consul-rehydrate: deploying %s (deployment %s)", d.want.Version, d.want.ID)); err != nil {
+	if err := d.maintenance(ctx, ids, true); err != nil {
 		return d.fail(ctx, err)
 	}
 	out, err := d.command(ctx, d.dc.Command, d.want.Version, false)
 	d.st.Output = out
 	if err == nil {
-		if err = d.maintenance(ctx, ids, false, ""); err == nil {
+		if err = d.maintenance(ctx, ids, false); err == nil {
 			err = waitHealthy(ctx, d.n.Client, d.dc.Service, d.node, d.dc.MinHealthyTime, d.dc.HealthTimeout, d.n.Poll)
 		}
 	}
@@ -176,15 +176,14 @@ func (d *deployment) rollback(ctx context.Context, ids []string, cause error) er
 	if err := d.save(ctx); err != nil {
 		return err
 	}
-	reason := fmt.Sprintf("consul-rehydrate: rolling back to %s after deployment %s of %s failed", d.st.Previous, d.want.ID, d.want.Version)
-	if err := d.maintenance(ctx, ids, true, reason); err != nil {
+	if err := d.maintenance(ctx, ids, true); err != nil {
 		return d.fail(ctx, fmt.Errorf("%w; roll back: %w", cause, err))
 	}
 	d.log.Info("rolling back", "to", d.st.Previous)
 	out, err := d.command(ctx, d.dc.RollbackCommand, d.st.Previous, true)
 	d.st.Output = out
 	if err == nil {
-		if err = d.maintenance(ctx, ids, false, ""); err == nil {
+		if err = d.maintenance(ctx, ids, false); err == nil {
 			err = waitHealthy(ctx, d.n.Client, d.dc.Service, d.node, d.dc.MinHealthyTime, d.dc.HealthTimeout, d.n.Poll)
 		}
 	}
@@ -204,16 +203,14 @@ func (d *deployment) rollback(ctx context.Context, ids []string, cause error) er
 }
 
 // fail ends the deployment as failed. The service stays in maintenance, so that no
-// traffic reaches a node in an unknown state; the reason says what happened.
+// traffic reaches a node in an unknown state; the status says what happened.
 func (d *deployment) fail(ctx context.Context, cause error) error {
 	if errors.Is(cause, ErrLockLost) || errors.Is(cause, ErrConsul) {
 		return cause
 	}
 	d.st.State, d.st.Error = StateFailed, cause.Error()
 	if ids, err := d.instances(ctx); err == nil {
-		reason := fmt.Sprintf("consul-rehydrate: deployment %s of %s failed; see %s", d.want.ID, d.want.Version,
-			NodeKey(d.dc.Service, d.node, KeyStatus))
-		if err := d.maintenance(ctx, ids, true, reason); err != nil {
+		if err := d.maintenance(ctx, ids, true); err != nil {
 			d.log.Warn("keep the service in maintenance", "error", err)
 		}
 	}
@@ -250,9 +247,15 @@ func (d *deployment) instances(ctx context.Context) ([]string, error) {
 	return ids, nil
 }
 
-// maintenance puts the instances into maintenance (on) or takes them out.
-func (d *deployment) maintenance(ctx context.Context, ids []string, on bool, reason string) error {
+// maintenance puts the instances into maintenance (on) or takes them out. The reason
+// is the same from the first step of a deployment to its end, pointing to the status
+// for what happened: the agent keeps the first reason of a service that is in
+// maintenance already, and taking it out only to change the reason would let traffic
+// in for a moment.
+func (d *deployment) maintenance(ctx context.Context, ids []string, on bool) error {
 	a := d.n.Client.Agent()
+	reason := fmt.Sprintf("consul-rehydrate: deployment %s of %s %s; its state is in %s",
+		d.want.ID, d.dc.Service, d.want.Version, NodeKey(d.dc.Service, d.node, KeyStatus))
 	for _, id := range ids {
 		var err error
 		if on {

@@ -68,8 +68,8 @@ func (t *tail) String() string {
 
 // run runs a command in its own process group, which is killed whole when the
 // timeout passes or ctx ends. It returns the tail of stdout and stderr together.
-func run(ctx context.Context, s runSpec) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+func run(parent context.Context, s runSpec) (string, error) {
+	ctx, cancel := context.WithTimeout(parent, s.timeout)
 	defer cancel()
 	out := &tail{n: OutputTail}
 	cmd := exec.CommandContext(ctx, s.argv[0], s.argv[1:]...)
@@ -86,8 +86,10 @@ func run(ctx context.Context, s runSpec) (string, error) {
 	switch {
 	case err == nil:
 		return out.String(), nil
-	case ctx.Err() != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && cmd.ProcessState != nil && !cmd.ProcessState.Success():
+	case errors.Is(ctx.Err(), context.DeadlineExceeded) && parent.Err() == nil && cmd.ProcessState != nil && !cmd.ProcessState.Success():
 		return out.String(), fmt.Errorf("%s %s: killed after its timeout of %s", what, s.argv[0], s.timeout)
+	case parent.Err() != nil:
+		return out.String(), fmt.Errorf("%s %s: killed, the handler is out of time: %w", what, s.argv[0], context.Cause(parent))
 	case errors.Is(err, exec.ErrWaitDelay):
 		// It succeeded; something it left running kept its output open.
 		return out.String(), nil

@@ -1,0 +1,707 @@
+package deploy
+
+// Integration tests of the deploy handler (Node.Handle) and the rollout's edges
+// (Rollout.Run), against a real Consul: one server and one client agent, shared by
+// the package's tests. Each test registers its own service on the client agent,
+// with a TTL check whose health the test sets, so the tests stay independent and
+// run in parallel. The deploy and rollback commands are /bin/sh scripts that log
+// every run, with its environment, to a file in the test's temporary directory.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-rehydrate/consul-rehydrate/config"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
+	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
+)
+
+// ---------------------------------------------------------------------------
+// The package's shared cluster.
+
+// pkgTB is the testing.TB the shared cluster lives on: it outlives every test, so
+// it cannot be a test's own. testcluster calls only the methods defined here; the
+// embedded nil TB makes any other call panic loudly rather than pass silently.
+type pkgTB struct {
+	testing.TB
+	mu       sync.Mutex
+	root     string
+	n        int
+	cleanups []func()
+	failed   bool
+}
+
+// fatal is what pkgTB.Fatalf panics with; startCluster turns it into a test failure.
+type fatal string
+
+func (p *pkgTB) Helper() {}
+
+func (p *pkgTB) Fatalf(format string, args ...any) { panic(fatal(fmt.Sprintf(format, args...))) }
+
+func (p *pkgTB) Logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "shared cluster: "+format+"\n", args...)
+}
+
+func (p *pkgTB) Failed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.failed
+}
+
+func (p *pkgTB) Cleanup(f func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cleanups = append(p.cleanups, f)
+}
+
+func (p *pkgTB) TempDir() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.root == "" {
+		dir, err := os.MkdirTemp("", "deploy-test-cluster-")
+		if err != nil {
+			panic(fatal(err.Error()))
+		}
+		p.root = dir
+	}
+	p.n++
+	dir := filepath.Join(p.root, strconv.Itoa(p.n))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		panic(fatal(err.Error()))
+	}
+	return dir
+}
+
+// close runs the cleanups, last registered first, then removes the directories.
+func (p *pkgTB) close(failed bool) {
+	p.mu.Lock()
+	p.failed = failed
+	cleanups := p.cleanups
+	p.cleanups = nil
+	p.mu.Unlock()
+	for i := len(cleanups) - 1; i >= 0; i-- {
+		cleanups[i]()
+	}
+	if p.root != "" {
+		_ = os.RemoveAll(p.root)
+	}
+}
+
+var shared struct {
+	once sync.Once
+	tb   pkgTB
+	c    *testcluster.Cluster
+	err  string
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	shared.tb.close(code != 0)
+	os.Exit(code)
+}
+
+// cluster returns the shared cluster, starting it on first use.
+func cluster(t *testing.T) *testcluster.Cluster {
+	t.Helper()
+	shared.once.Do(func() {
+		defer func() {
+			if r := recover(); r != nil {
+				f, ok := r.(fatal)
+				if !ok {
+					panic(r)
+				}
+				shared.err = string(f)
+			}
+		}()
+		shared.c = testcluster.Start(&shared.tb, testcluster.Options{Servers: 1, Clients: 1})
+	})
+	if shared.err != "" {
+		t.Fatalf("start the shared Consul cluster: %s", shared.err)
+	}
+	return shared.c
+}
+
+// ---------------------------------------------------------------------------
+// A service on the client agent, its deploy block, and a handler for it.
+
+const (
+	minHealthy = 300 * time.Millisecond
+	waitLimit  = 30 * time.Second // bound of every wait on something the test set in motion
+)
+
+type fixture struct {
+	t     *testing.T
+	agent *testcluster.Agent
+	c     *api.Client
+	svc   string
+	check string
+	dir   string // the scripts' working directory: their run log, gates and pid files
+	dc    *config.DeployConfig
+	node  *Node
+}
+
+// newFixture registers service svc on the client agent with a TTL check in state
+// health, and returns a handler whose deploy block runs the deploy and rollback
+// scripts (see script).
+func newFixture(t *testing.T, svc, health, deploy, rollback string) *fixture {
+	t.Helper()
+	c := cluster(t)
+	a := c.Clients[0]
+	f := &fixture{t: t, agent: a, c: a.Client(), svc: svc, check: "ttl-" + svc, dir: t.TempDir()}
+	require.NoError(t, f.c.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		ID: svc, Name: svc, Port: 8080,
+		Check: &api.AgentServiceCheck{CheckID: f.check, Name: svc + " ttl", TTL: "30s", Status: health},
+	}))
+	// Leave nothing behind for the next run of the test (-count) in this process.
+	t.Cleanup(func() {
+		_ = f.c.Agent().ServiceDeregister(svc)
+		_, _ = f.c.KV().DeleteTree(Prefix+svc+"/", nil)
+	})
+	f.dc = &config.DeployConfig{
+		Service:         svc,
+		Command:         f.script(deploy),
+		RollbackCommand: f.script(rollback),
+		Timeout:         10 * time.Second,
+		HealthTimeout:   2 * time.Second,
+		MinHealthyTime:  minHealthy,
+	}
+	f.node = &Node{
+		Client: f.c,
+		Name:   a.Name,
+		Config: &config.Config{Deploys: []*config.DeployConfig{f.dc}},
+		Log:    hclog.New(&hclog.LoggerOptions{Name: svc, Output: testWriter{t}, Level: hclog.Debug}),
+		Lock:   coord.LockOptions{TTL: 10 * time.Second, Delay: time.Second, Wait: 2 * time.Second, Holder: "test"},
+		Poll:   100 * time.Millisecond,
+		Now:    time.Now,
+	}
+	return f
+}
+
+// testWriter sends the handler's log to the test's log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// script is a command that first appends a line with its environment to the run
+// log, then runs body, in the fixture's directory.
+func (f *fixture) script(body string) []string {
+	return []string{"/bin/sh", "-c", fmt.Sprintf(`cd '%s' || exit 99
+printf 'version=%%s id=%%s artifact=%%s previous=%%s rollback=%%s service=%%s\n' \
+  "$%s" "$%s" "$%s" "$%s" "$%s" "$%s" >> runs
+%s`, f.dir, EnvVersion, EnvID, EnvArtifact, EnvPreviousVersion, EnvRollback, EnvService, body)}
+}
+
+// gate is script body that stops at a gate: it creates name.started and waits (at
+// most 10s) for name.go, which the test's atGate creates.
+func gate(name string) string {
+	return fmt.Sprintf(`touch %[1]s.started
+i=0; while [ ! -e %[1]s.go ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+`, name)
+}
+
+// atGate runs fn while a script waits at the gate name, then lets it through.
+// The returned stop ends the watch and reports whether fn ran.
+func (f *fixture) atGate(name string, fn func()) (stop func() bool) {
+	quit, ran := make(chan struct{}), make(chan bool, 1)
+	go func() {
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if _, err := os.Stat(filepath.Join(f.dir, name+".started")); err == nil {
+				fn()
+				_ = os.WriteFile(filepath.Join(f.dir, name+".go"), nil, 0o644)
+				ran <- true
+				return
+			}
+			select {
+			case <-quit:
+				ran <- false
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() bool { close(quit); return <-ran }
+}
+
+// runs returns the scripts' runs, in order, each its environment.
+func (f *fixture) runs() []map[string]string {
+	b, err := os.ReadFile(filepath.Join(f.dir, "runs"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	require.NoError(f.t, err)
+	var out []map[string]string
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		env := map[string]string{}
+		for _, kv := range strings.Fields(line) {
+			k, v, _ := strings.Cut(kv, "=")
+			env[k] = v
+		}
+		out = append(out, env)
+	}
+	return out
+}
+
+func (f *fixture) ctx() context.Context {
+	ctx, cancel := context.WithTimeout(f.t.Context(), time.Minute)
+	f.t.Cleanup(cancel)
+	return ctx
+}
+
+func (f *fixture) key(name string) string { return NodeKey(f.svc, f.agent.Name, name) }
+
+func (f *fixture) put(name string, value []byte) {
+	f.t.Helper()
+	_, err := f.c.KV().Put(&api.KVPair{Key: f.key(name), Value: value}, nil)
+	require.NoError(f.t, err)
+}
+
+func (f *fixture) putJSON(name string, v any) {
+	f.t.Helper()
+	b, err := json.Marshal(v)
+	require.NoError(f.t, err)
+	f.put(name, b)
+}
+
+func (f *fixture) get(name string) *api.KVPair {
+	f.t.Helper()
+	p, _, err := f.c.KV().Get(f.key(name), &api.QueryOptions{RequireConsistent: true})
+	require.NoError(f.t, err)
+	return p
+}
+
+// desire writes the node's desired value and returns the pair read back, as the
+// key watch would hand it to the handler.
+func (f *fixture) desire(d Desired) *api.KVPair {
+	f.t.Helper()
+	f.putJSON(KeyDesired, d)
+	p := f.get(KeyDesired)
+	require.NotNil(f.t, p)
+	return p
+}
+
+func (f *fixture) status() *Status {
+	f.t.Helper()
+	p := f.get(KeyStatus)
+	if p == nil {
+		return nil
+	}
+	var st Status
+	require.NoError(f.t, json.Unmarshal(p.Value, &st), "status %s", p.Value)
+	return &st
+}
+
+func (f *fixture) current() string {
+	f.t.Helper()
+	p := f.get(KeyCurrent)
+	if p == nil {
+		return ""
+	}
+	return string(p.Value)
+}
+
+// maintenance returns the service's maintenance check on the agent, nil if it is
+// not in maintenance.
+func (f *fixture) maintenance() *api.AgentCheck {
+	f.t.Helper()
+	checks, err := f.c.Agent().Checks()
+	require.NoError(f.t, err)
+	return maintenanceOf(checks, f.svc)
+}
+
+func maintenanceOf(checks map[string]*api.AgentCheck, svc string) *api.AgentCheck {
+	for id, chk := range checks {
+		if strings.HasPrefix(id, "_service_maintenance:") && chk.ServiceID == svc {
+			return chk
+		}
+	}
+	return nil
+}
+
+func (f *fixture) setHealth(status string) error {
+	return f.c.Agent().UpdateTTL(f.check, "set by the test", status)
+}
+
+// ---------------------------------------------------------------------------
+// The deploy handler.
+
+func TestHandle_DeploysTheVersionInMaintenanceThenRecordsSuccessAndTheNewCurrent(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, "success", api.HealthPassing,
+		`echo "deploying $REHYDRATE_DEPLOY_VERSION"; echo "a warning" >&2
+`+gate("deploy")+`echo "deployed $REHYDRATE_DEPLOY_VERSION"`,
+		`exit 0`)
+	f.put(KeyCurrent, []byte("v1"))
+	pair := f.desire(Desired{ID: "d-success", Version: "v2", Artifact: "file:///srv/web-v2.tar.gz"})
+
+	// While the command waits at its gate, the service must be in maintenance.
+	var during *api.AgentCheck
+	var duringErr error
+	stop := f.atGate("deploy", func() {
+		var checks map[string]*api.AgentCheck
+		if checks, duringErr = f.c.Agent().Checks(); duringErr == nil {
+			during = maintenanceOf(checks, f.svc)
+		}
+	})
+	err := f.node.Handle(f.ctx(), pair)
+	require.True(t, stop(), "the deploy command never reached its gate")
+	require.NoError(t, err)
+
+	require.NoError(t, duringErr)
+	require.NotNil(t, during, "the service was not in maintenance while the deploy command ran")
+	assert.Equal(t, api.HealthCritical, during.Status)
+	assert.Contains(t, during.Notes, "d-success", "the maintenance reason names the deployment")
+
+	runs := f.runs()
+	require.Len(t, runs, 1, "one run of the deploy command")
+	assert.Equal(t, map[string]string{
+		"version": "v2", "id": "d-success", "artifact": "file:///srv/web-v2.tar.gz",
+		"previous": "v1", "rollback": "false", "service": "success",
+	}, runs[0])
+
+	st := f.status()
+	require.NotNil(t, st)
+	assert.Equal(t, StateSucceeded, st.State)
+	assert.Equal(t, "d-success", st.ID)
+	assert.Equal(t, "v2", st.Version)
+	assert.Equal(t, "v1", st.Previous)
+	assert.Equal(t, 1, st.Attempts)
+	assert.Empty(t, st.Error)
+	require.NotNil(t, st.Finished)
+	assert.False(t, st.Finished.Before(st.Started))
+	assert.Contains(t, st.Output, "deploying v2")
+	assert.Contains(t, st.Output, "a warning")
+	assert.Contains(t, st.Output, "deployed v2")
+	assert.Equal(t, "v2", f.current())
+	assert.Nil(t, f.maintenance(), "maintenance is off after a successful deployment")
+}
+
+func TestHandle_ReplayOfAFinishedDeploymentRunsNothingAndChangesNothing(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, "replay", api.HealthPassing, `echo ok`, `exit 0`)
+	f.put(KeyCurrent, []byte("v1"))
+	pair := f.desire(Desired{ID: "d-replay", Version: "v2"})
+	require.NoError(t, f.node.Handle(f.ctx(), pair))
+	require.Len(t, f.runs(), 1)
+	before := f.get(KeyStatus)
+	require.NotNil(t, before)
+	require.Contains(t, string(before.Value), StateSucceeded)
+
+	require.NoError(t, f.node.Handle(f.ctx(), pair), "a replay is no error")
+	assert.Len(t, f.runs(), 1, "a replay runs no command")
+	after := f.get(KeyStatus)
+	require.NotNil(t, after)
+	assert.Equal(t, before.ModifyIndex, after.ModifyIndex, "a replay does not write the status")
+	assert.Equal(t, string(before.Value), string(after.Value))
+	assert.Equal(t, "v2", f.current())
+}
+
+func TestHandle_UnhealthyAfterTheDeployAndAfterTheRollbackEndsFailedAndInMaintenance(t *testing.T) {
+	t.Parallel()
+	// The TTL check stays critical throughout.
+	f := newFixture(t, "unhealthy", api.HealthCritical, `echo deployed`, `echo rolled back`)
+	f.put(KeyCurrent, []byte("v1"))
+	pair := f.desire(Desired{ID: "d-unhealthy", Version: "v2", Artifact: "art-v2"})
+
+	err := f.node.Handle(f.ctx(), pair)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, ErrFailed)
+	assert.Contains(t, err.Error(), "did not pass")
+
+	runs := f.runs()
+	require.Len(t, runs, 2, "the deploy, then the rollback")
+	assert.Equal(t, "v2", runs[0]["version"])
+	assert.Equal(t, "false", runs[0]["rollback"])
+	assert.Equal(t, map[string]string{
+		"version": "v1", "id": "d-unhealthy", "artifact": "", "previous": "v1",
+		"rollback": "true", "service": "unhealthy",
+	}, runs[1], "the rollback runs with the previous version and without the failed version's artifact")
+
+	st := f.status()
+	require.NotNil(t, st)
+	assert.Equal(t, StateFailed, st.State)
+	assert.Equal(t, "v2", st.Version)
+	assert.Equal(t, "v1", st.Previous)
+	assert.Contains(t, st.Error, "roll back to v1")
+	assert.Contains(t, st.Output, "rolled back", "the output is the last command's")
+	require.NotNil(t, st.Finished)
+	assert.Equal(t, "v1", f.current(), "current is not moved to a version that never became healthy")
+
+	m := f.maintenance()
+	require.NotNil(t, m, "a node whose rollback failed stays in maintenance")
+	assert.Contains(t, m.Notes, "d-unhealthy", "the maintenance reason names the deployment")
+	assert.Contains(t, m.Notes, f.key(KeyStatus), "the maintenance reason points to the status")
+}
+
+func TestHandle_UnhealthyAfterTheDeployButHealthyAfterTheRollbackEndsRolledBack(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, "rolledback", api.HealthCritical, `echo deployed`, gate("rollback")+`echo rolled back`)
+	f.put(KeyCurrent, []byte("v1"))
+	pair := f.desire(Desired{ID: "d-rolledback", Version: "v2"})
+
+	// The old version is healthy again: the check passes once the rollback runs.
+	var flipErr error
+	stop := f.atGate("rollback", func() { flipErr = f.setHealth(api.HealthPassing) })
+	err := f.node.Handle(f.ctx(), pair)
+	require.True(t, stop(), "the rollback command never reached its gate")
+	require.NoError(t, flipErr)
+
+	require.Error(t, err)
+	assert.ErrorIs(t, err, ErrFailed, "a rolled back deployment is still a failed one")
+	assert.Contains(t, err.Error(), "rolled back to v1")
+
+	runs := f.runs()
+	require.Len(t, runs, 2)
+	assert.Equal(t, "false", runs[0]["rollback"])
+	assert.Equal(t, "v1", runs[1]["version"])
+	assert.Equal(t, "true", runs[1]["rollback"])
+
+	st := f.status()
+	require.NotNil(t, st)
+	assert.Equal(t, StateRolledBack, st.State)
+	assert.Equal(t, "v1", st.Previous)
+	assert.Contains(t, st.Error, "did not pass", "the status says why the deployment failed")
+	require.NotNil(t, st.Finished)
+	assert.Equal(t, "v1", f.current(), "current is the previous version after a rollback")
+	assert.Nil(t, f.maintenance(), "a rolled back node is healthy and out of maintenance")
+}
+
+func TestHandle_FailedDeployWithoutAPreviousVersionEndsFailedAndInMaintenance(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, "noprevious", api.HealthPassing, `echo "cannot install $REHYDRATE_DEPLOY_VERSION" >&2; exit 1`, `exit 0`)
+	pair := f.desire(Desired{ID: "d-noprevious", Version: "v2"})
+
+	err := f.node.Handle(f.ctx(), pair)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, ErrFailed)
+	assert.Contains(t, err.Error(), "no previous version")
+
+	runs := f.runs()
+	require.Len(t, runs, 1, "no rollback without a version to roll back to")
+	assert.Equal(t, "", runs[0]["previous"])
+
+	st := f.status()
+	require.NotNil(t, st)
+	assert.Equal(t, StateFailed, st.State)
+	assert.Equal(t, "", st.Previous)
+	assert.Contains(t, st.Error, "no previous version")
+	assert.Contains(t, st.Output, "cannot install v2")
+	assert.Equal(t, "", f.current())
+
+	m := f.maintenance()
+	require.NotNil(t, m, "a node in an unknown state stays in maintenance")
+	assert.Contains(t, m.Notes, "d-noprevious")
+	// The reason stays the same from the deploy's start to its end (the agent keeps
+	// the first one), and points to the status, which says the deployment failed.
+	want := fmt.Sprintf("consul-rehydrate: deployment d-noprevious of noprevious v2; its state is in %s", f.key(KeyStatus))
+	assert.Equal(t, want, m.Notes)
+}
+
+func TestHandle_ResumesADeploymentWhoseHandlerDiedFromTheSamePreviousVersion(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, "resume", api.HealthPassing, `echo ok`, `exit 0`)
+	started := time.Now().UTC().Add(-time.Minute).Truncate(time.Second)
+	// The dead handler had written current already: the previous version must come
+	// from the status it left, not from current.
+	f.put(KeyCurrent, []byte("v2"))
+	f.putJSON(KeyStatus, Status{ID: "d-resume", Version: "v2", Previous: "v1", State: StateDeploying,
+		Started: started, Attempts: 1})
+	pair := f.desire(Desired{ID: "d-resume", Version: "v2"})
+
+	require.NoError(t, f.node.Handle(f.ctx(), pair))
+	runs := f.runs()
+	require.Len(t, runs, 1, "the unfinished deployment runs again")
+	assert.Equal(t, "v2", runs[0]["version"])
+	assert.Equal(t, "v1", runs[0]["previous"])
+
+	st := f.status()
+	require.NotNil(t, st)
+	assert.Equal(t, StateSucceeded, st.State)
+	assert.Equal(t, 2, st.Attempts)
+	assert.Equal(t, "v1", st.Previous)
+	assert.True(t, st.Started.Equal(started), "started is the first attempt's: %s, want %s", st.Started, started)
+	assert.Equal(t, "v2", f.current())
+}
+
+func TestHandle_NodeLockHeldByAnotherHandlerReturnsWithinTheLockWaitDoingNothing(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, "locked", api.HealthPassing, `echo ok`, `exit 0`)
+	f.put(KeyCurrent, []byte("v1"))
+	held, err := coord.LockKey(f.ctx(), f.c, f.key(KeyLock),
+		coord.LockOptions{TTL: 10 * time.Second, Delay: time.Second, Wait: 2 * time.Second, Holder: "other handler"})
+	require.NoError(t, err)
+	defer func() { assert.NoError(t, held.Release()) }()
+	pair := f.desire(Desired{ID: "d-locked", Version: "v2"})
+
+	start := time.Now()
+	require.NoError(t, f.node.Handle(f.ctx(), pair), "the lock holder will handle the newest value")
+	elapsed := time.Since(start)
+	assert.Less(t, elapsed, f.node.Lock.Wait+3*time.Second, "Handle waits about Lock.Wait for the lock")
+	assert.Empty(t, f.runs(), "nothing runs without the lock")
+	assert.Nil(t, f.get(KeyStatus), "no status is written without the lock")
+	assert.Equal(t, "v1", f.current())
+	assert.Nil(t, f.maintenance())
+	require.NoError(t, held.Verify(), "the other handler still holds its lock")
+}
+
+func TestHandle_ActsOnTheDesiredValueReadUnderTheLockNotTheStalePayload(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, "stale", api.HealthPassing, `echo ok`, `exit 0`)
+	f.put(KeyCurrent, []byte("v1"))
+	stale := f.desire(Desired{ID: "d-stale-a", Version: "v2"})
+	f.desire(Desired{ID: "d-stale-b", Version: "v3"})
+
+	require.NoError(t, f.node.Handle(f.ctx(), stale))
+	runs := f.runs()
+	require.Len(t, runs, 1, "one deployment: the key's value now")
+	assert.Equal(t, "d-stale-b", runs[0]["id"])
+	assert.Equal(t, "v3", runs[0]["version"])
+
+	st := f.status()
+	require.NotNil(t, st)
+	assert.Equal(t, "d-stale-b", st.ID)
+	assert.Equal(t, StateSucceeded, st.State)
+	assert.Equal(t, "v3", f.current())
+}
+
+func TestHandle_CommandPastItsTimeoutIsKilledWithItsWholeProcessGroup(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, "timeout", api.HealthPassing, `sleep 30 &
+echo $! > child.pid
+echo "started child"
+sleep 30`, `exit 0`)
+	f.dc.Timeout = time.Second
+	pair := f.desire(Desired{ID: "d-timeout", Version: "v2"})
+
+	start := time.Now()
+	err := f.node.Handle(f.ctx(), pair)
+	elapsed := time.Since(start)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, ErrFailed)
+	assert.Contains(t, err.Error(), "killed after its timeout")
+	assert.Less(t, elapsed, 10*time.Second, "the handler is not held up by the killed command")
+
+	st := f.status()
+	require.NotNil(t, st)
+	assert.Equal(t, StateFailed, st.State)
+	assert.Contains(t, st.Error, "killed after its timeout")
+	assert.Contains(t, st.Output, "started child")
+
+	b, err := os.ReadFile(filepath.Join(f.dir, "child.pid"))
+	require.NoError(t, err, "the script recorded its background child's pid")
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	require.NoError(t, err)
+	// Nothing reaps orphans here (PID 1 does not), so a killed child may linger as a
+	// zombie: that counts as gone.
+	deadline := time.Now().Add(3 * time.Second)
+	for !processGone(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the command's background child %d still runs 3s after the timeout: the process group was not killed", pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// processGone reports whether pid has exited: no such process, or a zombie.
+func processGone(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// pid (comm) state ...; comm may hold spaces and parentheses.
+	i := bytes.LastIndexByte(b, ')')
+	fields := strings.Fields(string(b[i+1:]))
+	return len(fields) > 0 && (fields[0] == "Z" || fields[0] == "X")
+}
+
+// ---------------------------------------------------------------------------
+// The rollout.
+
+func newRollout(c *api.Client, svc, version string) *Rollout {
+	return &Rollout{
+		Client: c, Service: svc, Version: version, Batch: 1, MaxUnavailable: 1,
+		NodeTimeout: 10 * time.Second, Poll: 100 * time.Millisecond,
+		Lock: coord.LockOptions{TTL: 10 * time.Second, Delay: time.Second, Wait: time.Second},
+		Now:  time.Now,
+	}
+}
+
+func TestRollout_ServiceLockHeldByAnotherRolloutIsBusyAndNamesTheHolder(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, "busy", api.HealthPassing, `echo ok`, `exit 0`)
+	holder := "rollout 20260101T000000Z-abcdef of busy v9"
+	held, err := coord.LockKey(f.ctx(), f.c, ServiceKey(f.svc, KeyLock),
+		coord.LockOptions{TTL: 10 * time.Second, Delay: time.Second, Wait: time.Second, Holder: holder})
+	require.NoError(t, err)
+	defer func() { assert.NoError(t, held.Release()) }()
+
+	r := newRollout(f.c, f.svc, "v2")
+	start := time.Now()
+	rec, err := r.Run(f.ctx())
+	require.Error(t, err)
+	assert.ErrorIs(t, err, ErrBusy)
+	assert.Contains(t, err.Error(), holder, "the error names who holds the lock")
+	assert.Nil(t, rec)
+	assert.Less(t, time.Since(start), r.Lock.Wait+3*time.Second)
+	p, _, err := f.c.KV().Get(ServiceKey(f.svc, "rollout"), nil)
+	require.NoError(t, err)
+	assert.Nil(t, p, "a busy rollout writes no record")
+	assert.Nil(t, f.get(KeyDesired), "a busy rollout writes no desired value")
+}
+
+func TestRollout_EveryNodeAlreadyOnTheVersionWritesNoDesiredValueAndEndsDone(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, "uptodate", api.HealthPassing, `echo ok`, `exit 0`)
+	f.put(KeyCurrent, []byte("v2"))
+	fin := time.Now().UTC()
+	f.putJSON(KeyStatus, Status{ID: "d-earlier", Version: "v2", Previous: "v1", State: StateSucceeded,
+		Started: fin.Add(-time.Minute), Finished: &fin, Attempts: 1})
+	testcluster.WaitFor(t, waitLimit, "the service in the catalog", func() (bool, string) {
+		svcs, _, err := f.c.Catalog().Service(f.svc, "", nil)
+		return err == nil && len(svcs) == 1, fmt.Sprintf("%d instances, error %v", len(svcs), err)
+	})
+
+	var out bytes.Buffer
+	r := newRollout(f.c, f.svc, "v2")
+	r.Out = &out
+	rec, err := r.Run(f.ctx())
+	require.NoError(t, err, "output:\n%s", out.String())
+	require.NotNil(t, rec)
+	assert.Equal(t, RolloutDone, rec.State)
+	assert.Equal(t, "v2", rec.Version)
+	assert.Equal(t, []NodeRecord{{Node: f.agent.Name, Previous: "v2", State: NodeSkipped}}, rec.Nodes)
+	require.NotNil(t, rec.Finished)
+
+	assert.Nil(t, f.get(KeyDesired), "no desired value for a node on the version")
+	assert.Empty(t, f.runs())
+	p, _, err := f.c.KV().Get(ServiceKey(f.svc, "rollout"), &api.QueryOptions{RequireConsistent: true})
+	require.NoError(t, err)
+	require.NotNil(t, p, "the rollout is recorded")
+	var stored Record
+	require.NoError(t, json.Unmarshal(p.Value, &stored))
+	assert.Equal(t, RolloutDone, stored.State)
+	assert.Equal(t, rec.ID, stored.ID)
+	assert.Equal(t, rec.Nodes, stored.Nodes)
+	holder, err := coord.HolderOf(f.ctx(), f.c, ServiceKey(f.svc, KeyLock))
+	require.NoError(t, err)
+	assert.Empty(t, holder, "the service lock is released")
+}
