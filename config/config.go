@@ -73,6 +73,19 @@ const (
 	AttrDeployTimeout        = "timeout"
 	AttrDeployHealthTimeout  = "health_timeout"
 	AttrDeployMinHealthyTime = "min_healthy_time"
+
+	// A reconfigure block's keys are reconfigure.<name>.<attribute>.
+	KeyReconfigure                   = "reconfigure"
+	AttrReconfigureService           = "service"
+	AttrReconfigureTemplate          = "template"
+	AttrReconfigureTemplateFile      = "template_file"
+	AttrReconfigureDestination       = "destination"
+	AttrReconfigureMode              = "mode"
+	AttrReconfigureReloadCommand     = "reload_command"
+	AttrReconfigureReloadTimeout     = "reload_timeout"
+	AttrReconfigureExpectReplacement = "expect_replacement"
+	AttrReconfigureProbation         = "probation"
+	AttrReconfigureStateFile         = "state_file"
 )
 
 // Jobs say what a program does with the file, so that Load requires the settings
@@ -87,6 +100,9 @@ const (
 	JobRoll Jobs = 1 << iota
 	// JobDeploy is the deploy handler's: at least one deploy block is required.
 	JobDeploy
+	// JobReconfigure is the reconfigure handler's: at least one reconfigure block
+	// is required.
+	JobReconfigure
 )
 
 // Provider types: the label of the file's one provider block.
@@ -118,7 +134,12 @@ const (
 	DefaultDeployHealthTimeout = 2 * time.Minute
 	// DefaultDeployMinHealthyTime is Nomad's min_healthy_time default, for the same
 	// reason: a check that passed before the deploy may not have run since.
-	DefaultDeployMinHealthyTime = 10 * time.Second
+	DefaultDeployMinHealthyTime         = 10 * time.Second
+	DefaultReconfigureReloadTimeout     = 30 * time.Second
+	DefaultReconfigureExpectReplacement = 10 * time.Minute
+	DefaultReconfigureProbation         = 5 * time.Minute
+	// DefaultReconfigureStateDir holds each block's state file, <name>.json.
+	DefaultReconfigureStateDir = "/var/lib/consul-rehydrate/reconfigure"
 )
 
 // Config is the whole configuration file, defaults filled in.
@@ -139,6 +160,57 @@ type Config struct {
 	Provider ProviderConfig
 	// Deploys are the deploy blocks, one per service, in file order.
 	Deploys []*DeployConfig
+	// Reconfigures are the reconfigure blocks, in file order.
+	Reconfigures []*ReconfigureConfig
+}
+
+// ReconfigureConfig is a reconfigure "<name>" block: a file rendered from a service's
+// healthy instances, and what to do when it changes.
+type ReconfigureConfig struct {
+	// Name is the block's label; the handler's -name flag picks a block by it.
+	Name string
+	// Service is the Consul service whose healthy instances are rendered; unset, it
+	// is Name.
+	Service string
+	// Template is the text/template source, from template or template_file.
+	Template string
+	// TemplateFile is template_file's absolute path; empty for an inline template.
+	TemplateFile string
+	// Destination is the absolute path of the rendered file.
+	Destination string
+	// Mode is the rendered file's mode; 0 keeps the existing file's mode, or 0644
+	// for a new file.
+	Mode os.FileMode
+	// ReloadCommand runs after the file changed; empty, nothing runs.
+	ReloadCommand []string
+	// ReloadTimeout bounds the reload command.
+	ReloadTimeout time.Duration
+	// ExpectReplacement is how long after the last healthy instance goes a new one
+	// is expected; after that the check is critical.
+	ExpectReplacement time.Duration
+	// Probation is how long a new instance is watched before it counts as settled;
+	// an instance that leaves within it has flapped, and the check warns.
+	Probation time.Duration
+	// StateFile is where the handler records what it saw, for the check to judge.
+	StateFile string
+}
+
+// TemplateName names the template in errors: its file, or its key in this file.
+func (r *ReconfigureConfig) TemplateName() string {
+	if r.TemplateFile != "" {
+		return r.TemplateFile
+	}
+	return KeyReconfigure + "." + r.Name + "." + AttrReconfigureTemplate
+}
+
+// Reconfigure returns the reconfigure block named name, or nil.
+func (c *Config) Reconfigure(name string) *ReconfigureConfig {
+	for _, r := range c.Reconfigures {
+		if r.Name == name {
+			return r
+		}
+	}
+	return nil
 }
 
 // DeployConfig is a deploy "<service>" block: how the deploy handler deploys a

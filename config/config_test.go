@@ -371,6 +371,26 @@ func TestExamples_LoadWithTheValuesTheyShow(t *testing.T) {
 			}}
 			return c
 		}},
+		{"example-reconfigure.hcl", JobReconfigure, func(dir string) *Config {
+			c := Default()
+			c.Reconfigures = []*ReconfigureConfig{{
+				Name:    "monitoring",
+				Service: "prometheus",
+				Template: `# rendered by consul-rehydrate from the healthy instances of {{ .Service }}
+{{- range .Instances }}
+target {{ .Node }} {{ .Address }}:{{ .Port }}{{ if .Tags }} tags={{ join .Tags "," }}{{ end }}
+{{- end }}
+`,
+				Destination:       "/etc/app/monitoring.conf",
+				Mode:              0o640,
+				ReloadCommand:     []string{"/bin/systemctl", "reload", "app"},
+				ReloadTimeout:     30 * time.Second,
+				ExpectReplacement: 10 * time.Minute,
+				Probation:         5 * time.Minute,
+				StateFile:         "/var/lib/consul-rehydrate/reconfigure/monitoring.json",
+			}}
+			return c
+		}},
 		{"example-aws.hcl", JobRoll, func(dir string) *Config {
 			c := Default()
 			c.Cluster, c.Servers, c.LogLevel = "prod-eu", 5, "warn"
@@ -454,7 +474,12 @@ func TestKeys_MatchTheFileSchema(t *testing.T) {
 		KeyProvider, KeyLocal, KeyLocalStateDir, KeyLocalConsulBinary, KeyLocalAddresses,
 		KeyAWS, KeyAWSRegion, KeyAWSAutoscalingGroup, KeyAWSLaunchTemplate, KeyAWSEndpointURL, KeyAWSMaxAttempts,
 		KeyAWSImage, KeyAWSImageOwners, KeyAWSImageNamePattern, KeyAWSImageTags,
-		KeyDeploy,
+		KeyDeploy, KeyReconfigure,
+	}
+	for _, attr := range []string{AttrReconfigureService, AttrReconfigureTemplate, AttrReconfigureTemplateFile,
+		AttrReconfigureDestination, AttrReconfigureMode, AttrReconfigureReloadCommand, AttrReconfigureReloadTimeout,
+		AttrReconfigureExpectReplacement, AttrReconfigureProbation, AttrReconfigureStateFile} {
+		keys = append(keys, KeyReconfigure+"."+attr)
 	}
 	for _, attr := range []string{AttrDeployCommand, AttrDeployRollback, AttrDeployTimeout,
 		AttrDeployHealthTimeout, AttrDeployMinHealthyTime} {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -92,6 +93,22 @@ type fileConfig struct {
 	Roll      *fileRoll      `hcl:"roll,block"`
 	Providers []fileProvider `hcl:"provider,block"`
 	Deploys   []fileDeploy   `hcl:"deploy,block"`
+	Reconfigs []fileReconfig `hcl:"reconfigure,block"`
+}
+
+type fileReconfig struct {
+	Name              string    `hcl:"name,label"`
+	Service           *string   `hcl:"service,optional"`
+	Template          *string   `hcl:"template,optional"`
+	TemplateFile      *string   `hcl:"template_file,optional"`
+	Destination       *string   `hcl:"destination,optional"`
+	Mode              *string   `hcl:"mode,optional"`
+	ReloadCommand     *[]string `hcl:"reload_command,optional"`
+	ReloadTimeout     *string   `hcl:"reload_timeout,optional"`
+	ExpectReplacement *string   `hcl:"expect_replacement,optional"`
+	Probation         *string   `hcl:"probation,optional"`
+	StateFile         *string   `hcl:"state_file,optional"`
+	DefRange          hcl.Range `hcl:",def_range"`
 }
 
 type fileDeploy struct {
@@ -227,7 +244,65 @@ func (d *decoder) config(body hcl.Body) *Config {
 	}
 	c.Provider = d.provider(f.Providers)
 	c.Deploys = d.deploys(f.Deploys)
+	c.Reconfigures = d.reconfigures(f.Reconfigs)
 	return c
+}
+
+func (d *decoder) reconfigures(blocks []fileReconfig) []*ReconfigureConfig {
+	var out []*ReconfigureConfig
+	first := map[string]hcl.Range{}
+	for _, b := range blocks {
+		if at, dup := first[b.Name]; dup {
+			d.diags = append(d.diags, &hcl.Diagnostic{
+				Severity: hcl.DiagError,
+				Summary:  fmt.Sprintf("duplicate reconfigure block %q: the first is at %s", b.Name, position(at)),
+				Subject:  b.DefRange.Ptr(),
+			})
+			continue
+		}
+		first[b.Name] = b.DefRange
+		key := KeyReconfigure + "." + b.Name + "."
+		rc := &ReconfigureConfig{
+			Name:              b.Name,
+			Service:           b.Name,
+			ReloadTimeout:     DefaultReconfigureReloadTimeout,
+			ExpectReplacement: DefaultReconfigureExpectReplacement,
+			Probation:         DefaultReconfigureProbation,
+			StateFile:         filepath.Join(DefaultReconfigureStateDir, b.Name+".json"),
+		}
+		set(&rc.Service, b.Service)
+		switch {
+		case b.Template != nil && b.TemplateFile != nil:
+			d.errorf(key+AttrReconfigureTemplateFile, "%s%s and %s are mutually exclusive", key, AttrReconfigureTemplate, AttrReconfigureTemplateFile)
+		case b.Template != nil:
+			rc.Template = *b.Template
+		case b.TemplateFile != nil:
+			d.path(&rc.TemplateFile, b.TemplateFile)
+			src, err := os.ReadFile(rc.TemplateFile)
+			if err != nil {
+				d.errorf(key+AttrReconfigureTemplateFile, "%s%s: %v", key, AttrReconfigureTemplateFile, err)
+			}
+			rc.Template = string(src)
+		default:
+			d.errorf(strings.TrimSuffix(key, "."), "%s%s or %s is required: what to render", key, AttrReconfigureTemplate, AttrReconfigureTemplateFile)
+		}
+		d.path(&rc.Destination, b.Destination)
+		if b.Mode != nil {
+			m, err := strconv.ParseUint(*b.Mode, 8, 32)
+			if err != nil || m > 0o777 {
+				d.errorf(key+AttrReconfigureMode, "invalid %s%s %q: want an octal permission such as \"0644\"", key, AttrReconfigureMode, *b.Mode)
+			} else {
+				rc.Mode = os.FileMode(m)
+			}
+		}
+		rc.ReloadCommand = d.command(b.ReloadCommand)
+		d.duration(&rc.ReloadTimeout, b.ReloadTimeout, key+AttrReconfigureReloadTimeout)
+		d.duration(&rc.ExpectReplacement, b.ExpectReplacement, key+AttrReconfigureExpectReplacement)
+		d.duration(&rc.Probation, b.Probation, key+AttrReconfigureProbation)
+		d.path(&rc.StateFile, b.StateFile)
+		out = append(out, rc)
+	}
+	return out
 }
 
 func (d *decoder) deploys(blocks []fileDeploy) []*DeployConfig {

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"text/template"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -165,7 +166,57 @@ func (c *Config) validate(jobs Jobs) []problem {
 	for _, d := range c.Deploys {
 		d.validate(add)
 	}
+	if jobs&JobReconfigure != 0 && len(c.Reconfigures) == 0 {
+		add(KeyReconfigure, "a reconfigure \"<name>\" block is required: it says what to render from which service")
+	}
+	for _, r := range c.Reconfigures {
+		r.validate(add)
+	}
 	return ps
+}
+
+func (r *ReconfigureConfig) validate(add func(key, format string, args ...any)) {
+	key := KeyReconfigure + "." + r.Name
+	if !serviceName.MatchString(r.Name) {
+		add(key, "reconfigure name %q must be 1 to 63 characters of a-z, A-Z, 0-9, - and _, starting with a letter or digit", r.Name)
+	}
+	if !serviceName.MatchString(r.Service) {
+		add(key+"."+AttrReconfigureService, "%s.%s %q must be a service name: 1 to 63 characters of a-z, A-Z, 0-9, - and _", key, AttrReconfigureService, r.Service)
+	}
+	if _, err := template.New(r.TemplateName()).Funcs(TemplateFuncs).Parse(r.Template); err != nil {
+		attr := AttrReconfigureTemplate
+		if r.TemplateFile != "" {
+			attr = AttrReconfigureTemplateFile
+		}
+		add(key+"."+attr, "%s.%s does not parse: %v", key, attr, err)
+	}
+	if r.Destination == "" {
+		add(key+"."+AttrReconfigureDestination, "%s.%s is required: the file to render", key, AttrReconfigureDestination)
+	}
+	if r.ReloadCommand != nil && (len(r.ReloadCommand) == 0 || r.ReloadCommand[0] == "") {
+		add(key+"."+AttrReconfigureReloadCommand, "%s.%s must name a program, or be left out", key, AttrReconfigureReloadCommand)
+	}
+	for _, d := range []struct {
+		attr string
+		d    time.Duration
+	}{
+		{AttrReconfigureReloadTimeout, r.ReloadTimeout},
+		{AttrReconfigureExpectReplacement, r.ExpectReplacement},
+		{AttrReconfigureProbation, r.Probation},
+	} {
+		if d.d <= 0 {
+			add(key+"."+d.attr, "%s.%s must be positive, got %s", key, d.attr, short(d.d))
+		}
+	}
+	if r.StateFile == "" {
+		add(key+"."+AttrReconfigureStateFile, "%s.%s must not be empty", key, AttrReconfigureStateFile)
+	}
+}
+
+// TemplateFuncs are the functions a reconfigure template may call besides
+// text/template's own.
+var TemplateFuncs = template.FuncMap{
+	"join": strings.Join,
 }
 
 func (d *DeployConfig) validate(add func(key, format string, args ...any)) {
