@@ -12,6 +12,7 @@ import (
 
 	"github.com/consul-rehydrate/consul-rehydrate/config"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/runcmd"
 )
 
 // Node deploys on this node what its desired key says: the deploy watch handler.
@@ -280,12 +281,15 @@ func (d *deployment) command(ctx context.Context, argv []string, version string,
 		return "", fmt.Errorf("%w: %w", ErrConsul, err)
 	}
 	artifact := d.want.Artifact
+	what := "deploy command"
 	if rollback {
 		artifact = "" // the artifact is the failed version's
+		what = "rollback command"
 	}
-	return run(ctx, runSpec{
-		argv: argv,
-		env: []string{
+	return runcmd.Run(ctx, runcmd.Spec{
+		What: what,
+		Argv: argv,
+		Env: []string{
 			EnvVersion + "=" + version,
 			EnvID + "=" + d.want.ID,
 			EnvArtifact + "=" + artifact,
@@ -293,8 +297,7 @@ func (d *deployment) command(ctx context.Context, argv []string, version string,
 			EnvRollback + "=" + strconv.FormatBool(rollback),
 			EnvService + "=" + d.dc.Service,
 		},
-		timeout:  d.dc.Timeout,
-		rollback: rollback,
+		Timeout: d.dc.Timeout,
 	})
 }
 

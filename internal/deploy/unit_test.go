@@ -80,12 +80,7 @@ func TestParseDesiredKey_SplitsOnlyTheLayoutsKeys(t *testing.T) {
 	}
 }
 
-func TestTail_KeepsTheEndOfTheOutput(t *testing.T) {
-	tl := &tail{n: 8}
-	_, _ = tl.Write([]byte("0123"))
-	assert.Equal(t, "0123", tl.String())
-	_, _ = tl.Write([]byte("456789ab"))
-	assert.Equal(t, "…456789ab", tl.String())
+func TestLastLines_KeepsTheEndOfTheOutput(t *testing.T) {
 	assert.Equal(t, "c\nd", lastLines("a\nb\nc\nd\n\n", 2))
 	assert.Equal(t, "a\nb", lastLines("a\nb", 5))
 }

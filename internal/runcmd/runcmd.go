@@ -1,0 +1,90 @@
+// Package runcmd runs the commands operators configure (deploy, rollback, reload): in
+// a process group of their own, killed whole at their timeout, keeping the tail of
+// their output.
+package runcmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// OutputTail is how much of a command's output Run keeps: the end, where the error
+// usually is.
+const OutputTail = 2048
+
+// waitDelay bounds the wait for a command's output once it has exited or been
+// killed: a server it started in the background may hold the pipe open.
+const waitDelay = 2 * time.Second
+
+// Spec is one run of a command.
+type Spec struct {
+	// What names the command in errors ("deploy command").
+	What    string
+	Argv    []string
+	Env     []string // added to this process's environment
+	Timeout time.Duration
+}
+
+// Tail keeps the last N bytes written to it.
+type Tail struct {
+	N   int
+	mu  sync.Mutex
+	buf []byte
+	cut bool
+}
+
+func (t *Tail) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if over := len(t.buf) - t.N; over > 0 {
+		t.buf, t.cut = append(t.buf[:0], t.buf[over:]...), true
+	}
+	return len(p), nil
+}
+
+// String returns what was kept, marked with … when the start was cut.
+func (t *Tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := strings.ToValidUTF8(string(t.buf), "")
+	if t.cut {
+		s = "…" + s
+	}
+	return s
+}
+
+// Run runs a command in its own process group, which is killed whole when the
+// timeout passes or parent ends. It returns the tail of stdout and stderr together.
+func Run(parent context.Context, s Spec) (string, error) {
+	ctx, cancel := context.WithTimeout(parent, s.Timeout)
+	defer cancel()
+	out := &Tail{N: OutputTail}
+	cmd := exec.CommandContext(ctx, s.Argv[0], s.Argv[1:]...)
+	cmd.Env = append(os.Environ(), s.Env...)
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = waitDelay
+	err := cmd.Run()
+	switch {
+	case err == nil:
+		return out.String(), nil
+	case errors.Is(ctx.Err(), context.DeadlineExceeded) && parent.Err() == nil && cmd.ProcessState != nil && !cmd.ProcessState.Success():
+		return out.String(), fmt.Errorf("%s %s: killed after its timeout of %s", s.What, s.Argv[0], s.Timeout)
+	case parent.Err() != nil:
+		return out.String(), fmt.Errorf("%s %s: killed, the handler is out of time: %w", s.What, s.Argv[0], context.Cause(parent))
+	case errors.Is(err, exec.ErrWaitDelay):
+		// It succeeded; something it left running kept its output open.
+		return out.String(), nil
+	default:
+		return out.String(), fmt.Errorf("%s %s: %w", s.What, s.Argv[0], err)
+	}
+}
