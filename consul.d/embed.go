@@ -31,3 +31,18 @@ const (
 	DeployConfigPath = "/etc/consul-rehydrate/deploy.hcl"
 	NodeName         = "NODE_NAME"
 )
+
+// ReconfigureServiceHCL is reconfigure-service.hcl: the watched "monitoring" service
+// with its HTTP check.
+//
+//go:embed reconfigure-service.hcl
+var ReconfigureServiceHCL string
+
+// ReconfigureWatchHCL is reconfigure-watch.hcl: the reconfigure handler's service
+// watch and its check.
+//
+//go:embed reconfigure-watch.hcl
+var ReconfigureWatchHCL string
+
+// ReconfigureConfigPath is the placeholder of the handler's file in ReconfigureWatchHCL.
+const ReconfigureConfigPath = "/etc/consul-rehydrate/reconfigure.hcl"

@@ -1,0 +1,185 @@
+package reconfigure
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/consul-rehydrate/consul-rehydrate/config"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/runcmd"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/watch"
+)
+
+// Env the reload command gets, besides the handler's own.
+const (
+	EnvDestination = "REHYDRATE_RECONFIGURE_FILE"
+	EnvInstances   = "REHYDRATE_RECONFIGURE_INSTANCES" // how many are healthy
+)
+
+// Main is the reconfigure handler: a service watch writes the service's entries on
+// stdin. With -check it is the check instead: it judges the recorded state and exits
+// as a Consul script check does (0 passing, 1 warning, 2 critical), its note on
+// stdout.
+func Main(args []string, env watch.Env) int {
+	return main(args, env, time.Now)
+}
+
+func main(args []string, env watch.Env, now func() time.Time) int {
+	fs := flag.NewFlagSet("reconfigure", flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	var configPath, httpAddr string
+	watch.RegisterFlags(fs, env, &configPath, &httpAddr)
+	name := fs.String("name", "", "the reconfigure block to act on (needed when the file has more than one)")
+	check := fs.Bool("check", false, "judge the recorded state as a Consul script check (0 passing, 1 warning, 2 critical)")
+	if err := fs.Parse(args); err != nil {
+		return watch.ExitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(env.Stderr, "reconfigure: unexpected argument %q\n", fs.Arg(0))
+		return watch.ExitUsage
+	}
+	l, code := watch.Load("reconfigure", configPath, config.JobReconfigure, env)
+	if code != watch.ExitOK {
+		if *check {
+			return ExitCode(Critical)
+		}
+		return code
+	}
+	defer l.Close()
+	rc, err := pick(l.Config, *name)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "reconfigure: %v\n", err)
+		if *check {
+			return ExitCode(Critical)
+		}
+		return watch.ExitUsage
+	}
+	if *check {
+		s, err := loadState(rc.StateFile)
+		if err != nil {
+			fmt.Fprintf(env.Stdout, "cannot judge %s: %v\n", rc.Service, err)
+			return ExitCode(Critical)
+		}
+		v := Judge(s, now(), rc.ExpectReplacement, rc.Probation)
+		fmt.Fprintln(env.Stdout, v.Note)
+		return ExitCode(v.Status)
+	}
+	h := &handler{rc: rc, log: l.Log.With("reconfigure", rc.Name, "service", rc.Service), now: now}
+	return h.handle(env)
+}
+
+func pick(c *config.Config, name string) (*config.ReconfigureConfig, error) {
+	if name != "" {
+		if rc := c.Reconfigure(name); rc != nil {
+			return rc, nil
+		}
+		return nil, fmt.Errorf("no reconfigure block %q in the configuration", name)
+	}
+	if len(c.Reconfigures) != 1 {
+		return nil, fmt.Errorf("the configuration has %d reconfigure blocks: pass -name to pick one", len(c.Reconfigures))
+	}
+	return c.Reconfigures[0], nil
+}
+
+type handler struct {
+	rc  *config.ReconfigureConfig
+	log hclog.Logger
+	now func() time.Time
+}
+
+func (h *handler) handle(env watch.Env) int {
+	// A bad payload is refused before anything is recorded or rendered.
+	entries, err := payload.Services(env.Stdin)
+	if err == nil {
+		for _, e := range entries {
+			if e.Service == nil || e.Service.Service != h.rc.Service {
+				name := ""
+				if e.Service != nil {
+					name = e.Service.Service
+				}
+				err = fmt.Errorf("entry for service %q, want %q", name, h.rc.Service)
+				break
+			}
+		}
+	}
+	if err != nil {
+		h.log.Error("refusing service payload", "error", err)
+		return watch.ExitBadPayload
+	}
+	healthy := Healthy(entries)
+
+	// Record what was seen first: the check judges it even if rendering fails.
+	prev, err := loadState(h.rc.StateFile)
+	if err != nil {
+		h.log.Warn("starting from an empty state", "error", err)
+	}
+	keys := make([]string, len(healthy))
+	for i, in := range healthy {
+		keys[i] = in.Key()
+	}
+	s := Observe(prev, h.rc.Service, keys, h.now(), h.rc.Probation)
+	if err := saveState(h.rc.StateFile, s); err != nil {
+		h.log.Error("record state", "error", err)
+		return watch.ExitError
+	}
+	if v := Judge(s, h.now(), h.rc.ExpectReplacement, h.rc.Probation); v.Status != Passing {
+		h.log.Warn(v.Note)
+	}
+
+	content, err := Render(h.rc, Data{Service: h.rc.Service, Instances: healthy})
+	if err != nil {
+		h.log.Error("keeping the previous file", "file", h.rc.Destination, "error", err)
+		return watch.ExitConfig
+	}
+	old, mode, existed, err := current(h.rc.Destination)
+	if err != nil {
+		h.log.Error("read the current file", "error", err)
+		return watch.ExitError
+	}
+	if existed && bytes.Equal(old, content) {
+		h.log.Debug("unchanged", "file", h.rc.Destination, "healthy", len(healthy))
+		return watch.ExitOK
+	}
+	switch {
+	case h.rc.Mode != 0:
+		mode = h.rc.Mode
+	case !existed:
+		mode = 0o644
+	}
+	if err := writeAtomic(h.rc.Destination, content, mode); err != nil {
+		h.log.Error("write the file", "error", err)
+		return watch.ExitError
+	}
+	h.log.Info("rendered", "file", h.rc.Destination, "healthy", len(healthy))
+	if len(h.rc.ReloadCommand) == 0 {
+		return watch.ExitOK
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), h.rc.ReloadTimeout+10*time.Second)
+	defer cancel()
+	out, err := runcmd.Run(ctx, runcmd.Spec{
+		What: "reload command", Argv: h.rc.ReloadCommand, Timeout: h.rc.ReloadTimeout,
+		Env: []string{EnvDestination + "=" + h.rc.Destination, fmt.Sprintf("%s=%d", EnvInstances, len(healthy))},
+	})
+	if err == nil {
+		h.log.Info("reloaded")
+		return watch.ExitOK
+	}
+	// Put the previous file back: what runs was loaded from it. The next change
+	// renders and reloads again.
+	if existed {
+		err = fmt.Errorf("%w; the previous file is back in place", err)
+		if rerr := writeAtomic(h.rc.Destination, old, mode); rerr != nil {
+			err = fmt.Errorf("%w; put the previous file back: %w", err, rerr)
+		}
+	} else if rerr := os.Remove(h.rc.Destination); rerr != nil {
+		err = fmt.Errorf("%w; remove the new file: %w", err, rerr)
+	}
+	h.log.Error("reload failed", "error", err, "output", out)
+	return watch.ExitFailed
+}
