@@ -1,0 +1,324 @@
+// Package reconfigure runs the reconfigure handler end to end: 3 Consul servers and 3
+// client agents. Two clients provide "monitoring" (the shipped
+// consul.d/reconfigure-service.hcl, served by test/demoapp); the third depends on it
+// and runs the real reconfigure handler in the service watch, and its check, from the
+// shipped consul.d/reconfigure-watch.hcl. The test only changes the world and
+// observes: the rendered file, the reload count, the health API, the agent's DNS
+// answers and the check.
+package reconfigure
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	consuld "github.com/consul-rehydrate/consul-rehydrate/consul.d"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/watch"
+	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
+)
+
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := testcluster.BuildHandlers("../..")
+	if err == nil {
+		var out []byte
+		out, err = exec.Command("go", "build", "-o", filepath.Join(dir, "demoapp"), "../demoapp").CombinedOutput()
+		if err != nil {
+			err = fmt.Errorf("build demoapp: %w\n%s", err, out)
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	// The agents run the handlers with the test's environment; the agent logs a
+	// handler's output only at debug level, so the handlers log here too.
+	os.Setenv(watch.EnvLogFile, filepath.Join(dir, "handlers.log"))
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const (
+	checkID   = "reconfigure-monitoring"
+	expect    = 6 * time.Second
+	probation = 8 * time.Second
+)
+
+type env struct {
+	t        *testing.T
+	c        *testcluster.Cluster
+	dir      string
+	dest     string
+	reloads  string
+	consumer *testcluster.Agent
+	apps     map[string]*exec.Cmd // by "ip:port"
+}
+
+func newEnv(t *testing.T) *env {
+	e := &env{t: t, dir: t.TempDir(), apps: map[string]*exec.Cmd{}}
+	e.dest = filepath.Join(e.dir, "etc", "monitoring.conf")
+	e.reloads = filepath.Join(e.dir, "reloads")
+	require.NoError(t, os.MkdirAll(filepath.Dir(e.dest), 0o755))
+	cfg := filepath.Join(e.dir, "reconfigure.hcl")
+	e.c = testcluster.Start(t, testcluster.Options{
+		Servers: 3, Clients: 3,
+		Files: func(a *testcluster.Agent) map[string]string {
+			switch a.Name {
+			case "client-1", "client-2":
+				return map[string]string{"monitoring.hcl": strings.ReplaceAll(consuld.ReconfigureServiceHCL, "127.0.0.1", a.IP)}
+			case "client-3":
+				write(t, cfg, fmt.Sprintf(`log_level = "debug"
+reconfigure "monitoring" {
+  template = <<-EOT
+    # monitoring targets
+    {{- range .Instances }}
+    target {{ .Node }} {{ .Address }}:{{ .Port }}
+    {{- end }}
+    EOT
+  destination        = %q
+  reload_command     = ["/bin/sh", "-c", "echo \"$REHYDRATE_RECONFIGURE_INSTANCES\" >> %s"]
+  expect_replacement = %q
+  probation          = %q
+  state_file         = %q
+}
+`, e.dest, e.reloads, expect, probation, filepath.Join(e.dir, "state.json")))
+				return map[string]string{"reconfigure.hcl": strings.NewReplacer(
+					consuld.BinDir, binDir,
+					consuld.ReconfigureConfigPath, cfg,
+					`interval = "10s"`, `interval = "1s"`,
+				).Replace(consuld.ReconfigureWatchHCL)}
+			}
+			return nil
+		},
+	})
+	e.consumer = e.c.Clients[2]
+	t.Cleanup(func() {
+		for addr := range e.apps {
+			e.stopApp(addr)
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(binDir, "handlers.log"))
+			t.Logf("handlers.log (tail):\n%s", tail(string(b), 40))
+			b, _ = os.ReadFile(e.dest)
+			t.Logf("%s:\n%s", e.dest, b)
+		}
+	})
+	return e
+}
+
+// startApp serves "monitoring" on addr until stopApp or the test's end.
+func (e *env) startApp(addr string) {
+	e.t.Helper()
+	cmd := exec.Command(filepath.Join(binDir, "demoapp"), "serve", "-addr", addr, "-version", "m1",
+		"-pidfile", filepath.Join(e.dir, strings.ReplaceAll(addr, ":", "_")+".pid"), "-watch-pid", fmt.Sprint(os.Getpid()))
+	require.NoError(e.t, cmd.Start())
+	e.apps[addr] = cmd
+}
+
+func (e *env) stopApp(addr string) {
+	if cmd := e.apps[addr]; cmd != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		delete(e.apps, addr)
+	}
+}
+
+// targets are the "target" lines of the rendered file.
+func (e *env) targets() []string {
+	b, err := os.ReadFile(e.dest)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "target ") {
+			out = append(out, strings.TrimPrefix(l, "target "))
+		}
+	}
+	return out
+}
+
+func (e *env) waitTargets(what string, want ...string) {
+	e.t.Helper()
+	testcluster.WaitFor(e.t, 30*time.Second, what, func() (bool, string) {
+		got := e.targets()
+		return slices.Equal(got, want), fmt.Sprintf("targets %q", got)
+	})
+}
+
+func (e *env) reloadCount() int {
+	b, err := os.ReadFile(e.reloads)
+	if err != nil {
+		return 0
+	}
+	return strings.Count(string(b), "\n")
+}
+
+// check returns the consumer's reconfigure check.
+func (e *env) check() *api.AgentCheck {
+	e.t.Helper()
+	checks, err := e.consumer.Client().Agent().Checks()
+	require.NoError(e.t, err)
+	return checks[checkID]
+}
+
+func (e *env) waitCheck(status, note string, timeout time.Duration) *api.AgentCheck {
+	e.t.Helper()
+	var last *api.AgentCheck
+	testcluster.WaitFor(e.t, timeout, "check "+status, func() (bool, string) {
+		last = e.check()
+		if last == nil {
+			return false, "no check"
+		}
+		return last.Status == status && strings.Contains(last.Output, note), last.Status + ": " + last.Output
+	})
+	return last
+}
+
+// passing returns the addresses the health API gives as passing instances.
+func (e *env) passing() []string {
+	e.t.Helper()
+	entries, _, err := e.consumer.Client().Health().Service("monitoring", "", true, nil)
+	require.NoError(e.t, err)
+	var out []string
+	for _, en := range entries {
+		out = append(out, fmt.Sprintf("%s:%d", en.Node.Address, en.Service.Port))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// dns asks the consumer's agent, on its DNS port, for monitoring's A and SRV records.
+func (e *env) dns() (hosts, srv []string) {
+	e.t.Helper()
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", e.consumer.DNSAddr())
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	hosts, _ = r.LookupHost(ctx, "monitoring.service.consul.")
+	slices.Sort(hosts)
+	_, recs, _ := r.LookupSRV(ctx, "", "", "monitoring.service.consul.")
+	for _, s := range recs {
+		srv = append(srv, fmt.Sprintf("%s:%d", strings.SplitN(s.Target, ".", 2)[0], s.Port))
+	}
+	slices.Sort(srv)
+	return hosts, srv
+}
+
+func (e *env) handlerLines(sub string) int {
+	b, _ := os.ReadFile(filepath.Join(binDir, "handlers.log"))
+	return strings.Count(string(b), sub)
+}
+
+func TestReconfigure_FollowsTheHealthyInstancesAndExpectsAReplacement(t *testing.T) {
+	e := newEnv(t)
+	c1, c2 := e.c.Clients[0], e.c.Clients[1]
+	a1, a2 := c1.IP+":9090", c2.IP+":9090"
+	e.startApp(a1)
+	e.startApp(a2)
+
+	// Both healthy: the file lists both, and so do the health API and DNS.
+	both := []string{"client-1 " + a1, "client-2 " + a2}
+	e.waitTargets("both instances rendered", both...)
+	assert.Equal(t, []string{a1, a2}, e.passing())
+	hosts, srv := e.dns()
+	assert.Equal(t, []string{c1.IP, c2.IP}, hosts)
+	assert.Equal(t, []string{"client-1:9090", "client-2:9090"}, srv)
+	e.waitCheck(api.HealthPassing, "2 healthy instance(s) of monitoring", 20*time.Second)
+	reloads := e.reloadCount()
+	require.Positive(t, reloads)
+
+	// One fails its check: it leaves the file, the health API and DNS.
+	e.stopApp(a1)
+	e.waitTargets("the failed instance removed", "client-2 "+a2)
+	assert.Equal(t, []string{a2}, e.passing())
+	testcluster.WaitFor(t, 10*time.Second, "DNS without the failed instance", func() (bool, string) {
+		hosts, srv := e.dns()
+		return slices.Equal(hosts, []string{c2.IP}) && slices.Equal(srv, []string{"client-2:9090"}), fmt.Sprintf("%q %q", hosts, srv)
+	})
+	assert.Equal(t, reloads+1, e.reloadCount(), "one change, one reload")
+	reloads++
+
+	// The handler run again on what it has already rendered (an agent reload hands
+	// every watch the current state) reloads nothing.
+	unchanged := e.handlerLines("unchanged")
+	out, err := exec.Command(e.c.Binary, "reload", "-http-addr", e.consumer.HTTPAddr()).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	testcluster.WaitFor(t, 20*time.Second, "the handler to run on the same instances", func() (bool, string) {
+		return e.handlerLines("unchanged") > unchanged, "no new \"unchanged\" line in handlers.log"
+	})
+	assert.Equal(t, reloads, e.reloadCount(), "the same content: no reload")
+
+	// The last one goes: an empty configuration, and a replacement is expected.
+	e.stopApp(a2)
+	e.waitTargets("no instance rendered")
+	assert.Empty(t, e.passing())
+	gone := time.Now()
+	hosts, srv = e.dns()
+	assert.Empty(t, hosts)
+	assert.Empty(t, srv)
+	assert.Equal(t, reloads+1, e.reloadCount())
+	reloads++
+	e.waitCheck(api.HealthWarning, "a replacement is expected by", 10*time.Second)
+	chk := e.waitCheck(api.HealthCritical, "none came", expect+15*time.Second)
+	t.Logf("critical %s after the last instance went: %s", time.Since(gone).Round(100*time.Millisecond), chk.Output)
+	assert.GreaterOrEqual(t, time.Since(gone), expect-2*time.Second, "not before the deadline")
+	assert.Contains(t, chk.Output, "no healthy instance of monitoring since")
+
+	// A new instance restores the file and clears the check.
+	a3 := c1.IP + ":9091"
+	e.startApp(a3)
+	require.NoError(t, c1.Client().Agent().ServiceRegister(&api.AgentServiceRegistration{
+		ID: "monitoring-new", Name: "monitoring", Port: 9091,
+		Check: &api.AgentServiceCheck{HTTP: "http://" + a3 + "/health", Interval: "1s", Timeout: "1s"},
+	}))
+	e.waitTargets("the new instance rendered", "client-1 "+a3)
+	e.waitCheck(api.HealthPassing, "1 healthy instance(s) of monitoring", 10*time.Second)
+	assert.Equal(t, reloads+1, e.reloadCount())
+	reloads++
+
+	// The old one comes back, and flaps during its probation: the check warns, while
+	// the file follows every change.
+	e.startApp(a2)
+	e.waitTargets("the returning instance rendered", "client-1 "+a3, "client-2 "+a2)
+	e.stopApp(a2)
+	e.waitTargets("the flapping instance removed", "client-1 "+a3)
+	chk = e.waitCheck(api.HealthWarning, "flapped during probation", 10*time.Second)
+	assert.Contains(t, chk.Output, "client-2/monitoring left")
+	assert.Equal(t, reloads+2, e.reloadCount())
+	reloads += 2
+
+	// Every reload followed a change of the file; every change was reloaded.
+	assert.Equal(t, e.handlerLines("rendered:"), reloads, "reloads = renders")
+	assert.Positive(t, e.handlerLines("unchanged"))
+}
+
+func write(t *testing.T, path, content string) {
+	t.Helper()
+	require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
+	require.NoError(t, os.WriteFile(path, []byte(content), 0o644))
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
