@@ -145,3 +145,34 @@ retry_join = ["provider=aws region=us-east-1 tag_key=consul-cluster tag_value=ma
 	require.Error(t, err, "consul validate must reject a bad check interval")
 	assert.Contains(t, out, "soon")
 }
+
+// A client node's configuration with both reconfigure examples, as shipped.
+func TestConsulValidate_PassesOnTheReconfigureExamples(t *testing.T) {
+	consul, err := testcluster.ConsulBinary()
+	require.NoError(t, err)
+	dir := t.TempDir()
+	node := `node_name = "app-1"
+data_dir = "` + filepath.Join(dir, "data") + `"
+bind_addr = "127.0.0.1"
+retry_join = ["provider=aws region=us-east-1 tag_key=consul-cluster tag_value=main"]
+`
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "node.hcl"), []byte(node), 0o644))
+	for _, f := range []string{"reconfigure-service.hcl", "reconfigure-watch.hcl"} {
+		b, err := os.ReadFile(filepath.Join("../../consul.d", f))
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, f), b, 0o644))
+	}
+	out, err := run(t, consul, "validate", dir)
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "Configuration is valid!")
+
+	// The same check catches a broken check definition.
+	b, err := os.ReadFile(filepath.Join(dir, "reconfigure-watch.hcl"))
+	require.NoError(t, err)
+	broken := strings.Replace(string(b), `interval = "10s"`, `interval = "sometimes"`, 1)
+	require.NotEqual(t, string(b), broken)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "reconfigure-watch.hcl"), []byte(broken), 0o644))
+	out, err = run(t, consul, "validate", dir)
+	require.Error(t, err, "consul validate must reject a bad check interval")
+	assert.Contains(t, out, "sometimes")
+}
