@@ -3,8 +3,8 @@
 // nothing: not Consul's KV, not the cloud's instances or images, not the raft
 // configuration.
 //
-// The deploy handler gets bad key payloads, bad desired values and broken deploy
-// blocks the same way.
+// The deploy and reconfigure handlers get bad payloads, bad desired values and
+// broken blocks the same way.
 //
 // One real 3-server cluster runs on the local provider (`rehydrate local up`, run as a
 // subprocess) on image A, with a newer image B registered, so that a valid request
@@ -577,6 +577,43 @@ deploy "api" {
 			code: command.ExitConfig, want: []string{"rehydrate deploy: " + brokenDeployCfg + ":1:1: deploy.web.command is required"}},
 	}...)
 
+	// The reconfigure handler: the service watch's payload, and broken blocks. It
+	// writes nothing but its file and state, both under e.dir/reconfigure, which must
+	// stay absent.
+	rdir := filepath.Join(e.dir, "reconfigure")
+	reconfCfg := filepath.Join(e.dir, "reconfigure.hcl")
+	require.NoError(t, os.WriteFile(reconfCfg, []byte(fmt.Sprintf(`reconfigure "lb" {
+  service     = "web"
+  template    = "{{ range .Instances }}{{ .Address }}\n{{ end }}"
+  destination = %q
+  state_file  = %q
+}
+`, filepath.Join(rdir, "lb.conf"), filepath.Join(rdir, "state.json"))), 0o644))
+	brokenReconfCfg := filepath.Join(e.dir, "reconfigure-broken.hcl")
+	require.NoError(t, os.WriteFile(brokenReconfCfg, []byte(`reconfigure "lb" {
+  destination = "/tmp/never-written.conf"
+  template    = "{{ range .Instances }}"
+}
+`), 0o644))
+	rcfg := []string{"-config", reconfCfg}
+	webEntry := `{"Node":{"Node":"n1","Address":"127.0.0.9"},"Service":{"ID":"web","Service":"web","Port":80},"Checks":[]}`
+	rows = append(rows, []row{
+		{name: "reconfigure: empty stdin", prog: "reconfigure", args: rcfg, stdin: nil, code: command.ExitBadPayload,
+			want: []string{"refusing service payload", "decode service watch payload: empty payload"}},
+		{name: "reconfigure: not JSON", prog: "reconfigure", args: rcfg, stdin: []byte("hello\n"), code: command.ExitBadPayload,
+			want: []string{"decode service watch payload: invalid JSON at offset 1"}},
+		{name: "reconfigure: an entry of another service", prog: "reconfigure", args: rcfg, stdin: []byte("[" + consulEntry + "]"), code: command.ExitBadPayload,
+			want: []string{`entry for service \"consul\", want \"web\"`}},
+		{name: "reconfigure: huge (10 MiB of valid entries)", prog: "reconfigure", args: rcfg, stdin: huge(webEntry, tenMiB), code: command.ExitBadPayload,
+			want: []string{fmt.Sprintf("decode service watch payload: payload exceeds %d bytes", limit)}, maxRead: limit + slack},
+		{name: "reconfigure: a template that does not parse", prog: "reconfigure", args: []string{"-config", brokenReconfCfg}, stdin: []byte("[" + webEntry + "]"),
+			code: command.ExitConfig, want: []string{"reconfigure: " + brokenReconfCfg + ":3:3: reconfigure.lb.template does not parse: template: reconfigure.lb.template:1: unexpected EOF"}},
+		{name: "reconfigure: no such block", prog: "reconfigure", args: append([]string{"-name", "db"}, rcfg...), stdin: []byte("[" + webEntry + "]"),
+			code: command.ExitUsage, want: []string{`no reconfigure block "db" in the configuration`}},
+		{name: "reconfigure: a configuration with no reconfigure block", prog: "reconfigure", args: cfg, stdin: []byte("[" + webEntry + "]"),
+			code: command.ExitConfig, want: []string{"reconfigure: " + e.cfgPath + `:1:1: a reconfigure "<name>" block is required`}},
+	}...)
+
 	// Broken configuration files, for both handlers and the CLI. The handlers get
 	// input they would otherwise act on.
 	missing := filepath.Join(e.dir, "no-such-dir", "rehydrate.hcl")
@@ -626,6 +663,8 @@ deploy "api" {
 		})
 	}
 	require.Equal(t, before, e.snapshot(), "the world changed during the table")
+	_, err = os.Stat(filepath.Join(e.dir, "reconfigure"))
+	require.ErrorIs(t, err, os.ErrNotExist, "the reconfigure handler wrote its file or state for a bad input")
 
 	// Control: a valid request the handler refuses (Z is no image the provider has)
 	// is recorded as handled under the cluster's KV prefix. The comparison above must
