@@ -146,13 +146,14 @@ func (h *handler) handle(env watch.Env) int {
 		h.log.Debug("unchanged", "file", h.rc.Destination, "healthy", len(healthy))
 		return watch.ExitOK
 	}
+	newMode := mode
 	switch {
 	case h.rc.Mode != 0:
-		mode = h.rc.Mode
+		newMode = h.rc.Mode
 	case !existed:
-		mode = 0o644
+		newMode = 0o644
 	}
-	if err := writeAtomic(h.rc.Destination, content, mode); err != nil {
+	if err := writeAtomic(h.rc.Destination, content, newMode); err != nil {
 		h.log.Error("write the file", "error", err)
 		return watch.ExitError
 	}

@@ -2,6 +2,7 @@ package reconfigure
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -56,7 +57,9 @@ func Healthy(entries []*api.ServiceEntry) []Instance {
 			Tags: e.Service.Tags, Meta: e.Service.Meta, NodeMeta: e.Node.Meta, Datacenter: e.Node.Datacenter,
 		})
 	}
-	slices.SortFunc(out, func(a, b Instance) int { return strings.Compare(a.Key(), b.Key()) })
+	slices.SortFunc(out, func(a, b Instance) int {
+		return cmp.Or(strings.Compare(a.Node, b.Node), strings.Compare(a.ID, b.ID))
+	})
 	return out
 }
 

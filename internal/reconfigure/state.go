@@ -50,12 +50,12 @@ func Observe(prev State, service string, healthy []string, now time.Time, probat
 		}
 		next.Healthy[inst] = since
 	}
-	for _, f := range prev.Flaps {
-		if now.Sub(f.Left) < probation {
-			next.Flaps = append(next.Flaps, f)
-		}
-	}
 	if prev.Service == service {
+		for _, f := range prev.Flaps {
+			if now.Sub(f.Left) < probation {
+				next.Flaps = append(next.Flaps, f)
+			}
+		}
 		for _, inst := range slices.Sorted(maps.Keys(prev.Healthy)) {
 			appeared := prev.Healthy[inst]
 			if _, still := next.Healthy[inst]; !still && now.Sub(appeared) < probation {
