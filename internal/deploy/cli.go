@@ -315,9 +315,9 @@ func Look(ctx context.Context, c *api.Client, service string) (*View, error) {
 	if ok {
 		v.Rollout = &rec
 	}
-	pairs, _, err := c.KV().List(NodesPrefix(service), (&api.QueryOptions{}).WithContext(ctx))
+	pairs, err := store.list(ctx, NodesPrefix(service))
 	if err != nil {
-		return nil, fmt.Errorf("%w: list %s: %w", ErrConsul, NodesPrefix(service), err)
+		return nil, err
 	}
 	hs, err := health(ctx, c, service)
 	if err != nil {

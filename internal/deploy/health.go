@@ -20,7 +20,11 @@ type nodeHealth struct {
 
 // health reads the health of service's instances, by node.
 func health(ctx context.Context, c *api.Client, service string) (map[string]nodeHealth, error) {
-	entries, _, err := c.Health().Service(service, "", false, (&api.QueryOptions{}).WithContext(ctx))
+	var entries []*api.ServiceEntry
+	err := retry(ctx, func() (err error) {
+		entries, _, err = c.Health().Service(service, "", false, (&api.QueryOptions{}).WithContext(ctx))
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: health of service %s: %w", ErrConsul, service, err)
 	}

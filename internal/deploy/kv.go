@@ -24,6 +24,8 @@ import (
 	"unicode"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
 )
 
 // Prefix is where deployments live in KV.
@@ -167,11 +169,54 @@ type Status struct {
 	Error string `json:"error,omitempty"`
 }
 
+// Bounds of retry.
+const (
+	retryFor   = 20 * time.Second
+	retryFirst = 250 * time.Millisecond
+	retryMax   = 4 * time.Second
+)
+
+// retry runs op until it succeeds, fails for a reason another try cannot fix, or
+// retryFor has passed: Consul answers 500 while its servers elect a leader, which
+// takes seconds, and a rollout or a deployment should ride that out, not halt.
+func retry(ctx context.Context, op func() error) error {
+	delay, deadline := retryFirst, time.Now().Add(retryFor)
+	for {
+		err := op()
+		if err == nil || !transient(ctx, err) || time.Now().Add(delay).After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, retryMax)
+	}
+}
+
+// transient says whether another try may succeed: a server error (5xx) or a failed
+// connection, not a refusal (403, 400) or the end of ctx.
+func transient(ctx context.Context, err error) bool {
+	if ctx.Err() != nil || errors.Is(err, coord.ErrLockHeld) || errors.Is(err, coord.ErrLockLost) {
+		return false
+	}
+	var se api.StatusError
+	if errors.As(err, &se) {
+		return se.Code >= 500
+	}
+	return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+}
+
 // kv reads and writes the deployment keys.
 type kv struct{ c *api.Client }
 
 func (s kv) get(ctx context.Context, key string, consistent bool) (*api.KVPair, error) {
-	p, _, err := s.c.KV().Get(key, (&api.QueryOptions{RequireConsistent: consistent}).WithContext(ctx))
+	var p *api.KVPair
+	err := retry(ctx, func() (err error) {
+		p, _, err = s.c.KV().Get(key, (&api.QueryOptions{RequireConsistent: consistent}).WithContext(ctx))
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: read %s: %w", ErrConsul, key, err)
 	}
@@ -191,7 +236,11 @@ func (s kv) getJSON(ctx context.Context, key string, v any) (bool, error) {
 }
 
 func (s kv) put(ctx context.Context, key string, value []byte) error {
-	if _, err := s.c.KV().Put(&api.KVPair{Key: key, Value: value}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+	err := retry(ctx, func() error {
+		_, err := s.c.KV().Put(&api.KVPair{Key: key, Value: value}, (&api.WriteOptions{}).WithContext(ctx))
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("%w: write %s: %w", ErrConsul, key, err)
 	}
 	return nil
@@ -213,6 +262,19 @@ func (s kv) status(ctx context.Context, service, node string) (*Status, error) {
 		return nil, err
 	}
 	return &st, nil
+}
+
+// list lists the keys under prefix.
+func (s kv) list(ctx context.Context, prefix string) (api.KVPairs, error) {
+	var pairs api.KVPairs
+	err := retry(ctx, func() (err error) {
+		pairs, _, err = s.c.KV().List(prefix, (&api.QueryOptions{}).WithContext(ctx))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: list %s: %w", ErrConsul, prefix, err)
+	}
+	return pairs, nil
 }
 
 // current reads the version a node runs; "" when it is not known.

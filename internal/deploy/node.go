@@ -65,7 +65,11 @@ func (n *Node) Handle(ctx context.Context, pair *api.KVPair) error {
 		return nil
 	}
 
-	held, err := coord.LockKey(ctx, n.Client, NodeKey(service, node, KeyLock), n.Lock)
+	var held *coord.Held
+	err = retry(ctx, func() (err error) {
+		held, err = coord.LockKey(ctx, n.Client, NodeKey(service, node, KeyLock), n.Lock)
+		return err
+	})
 	if errors.Is(err, coord.ErrLockHeld) {
 		log.Info("another handler on this node is deploying; it will see the newest desired value when it is done")
 		return nil

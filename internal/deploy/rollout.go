@@ -95,7 +95,11 @@ func (r *Rollout) Run(ctx context.Context) (*Record, error) {
 		return nil, err
 	}
 	r.Lock.Holder = fmt.Sprintf("rollout %s of %s %s", id, r.Service, r.Version)
-	held, err := coord.LockKey(ctx, r.Client, ServiceKey(r.Service, KeyLock), r.Lock)
+	var held *coord.Held
+	err = retry(ctx, func() (err error) {
+		held, err = coord.LockKey(ctx, r.Client, ServiceKey(r.Service, KeyLock), r.Lock)
+		return err
+	})
 	if errors.Is(err, coord.ErrLockHeld) {
 		holder, _ := coord.HolderOf(ctx, r.Client, ServiceKey(r.Service, KeyLock))
 		return nil, fmt.Errorf("%w: %s holds %s", ErrBusy, holder, ServiceKey(r.Service, KeyLock))
@@ -255,9 +259,9 @@ func (r *Rollout) await(ctx context.Context, batch []item, revert bool) (string,
 	pending := slices.Clone(batch)
 	failed := ""
 	for len(pending) > 0 {
-		pairs, _, err := r.Client.KV().List(NodesPrefix(r.Service), (&api.QueryOptions{}).WithContext(ctx))
+		pairs, err := r.store.list(ctx, NodesPrefix(r.Service))
 		if err != nil {
-			return "", fmt.Errorf("%w: list %s: %w", ErrConsul, NodesPrefix(r.Service), err)
+			return "", err
 		}
 		statuses := map[string]Status{}
 		for _, p := range pairs {
@@ -352,7 +356,11 @@ func statusKey(key string) (service, node string, ok bool) {
 
 // serviceNodes returns the names of the nodes the catalog has the service on.
 func serviceNodes(ctx context.Context, c *api.Client, service string) ([]string, error) {
-	svcs, _, err := c.Catalog().Service(service, "", (&api.QueryOptions{}).WithContext(ctx))
+	var svcs []*api.CatalogService
+	err := retry(ctx, func() (err error) {
+		svcs, _, err = c.Catalog().Service(service, "", (&api.QueryOptions{}).WithContext(ctx))
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: catalog of service %s: %w", ErrConsul, service, err)
 	}

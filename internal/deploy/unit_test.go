@@ -1,8 +1,15 @@
 package deploy
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -83,4 +90,31 @@ func TestParseDesiredKey_SplitsOnlyTheLayoutsKeys(t *testing.T) {
 func TestLastLines_KeepsTheEndOfTheOutput(t *testing.T) {
 	assert.Equal(t, "c\nd", lastLines("a\nb\nc\nd\n\n", 2))
 	assert.Equal(t, "a\nb", lastLines("a\nb", 5))
+}
+
+func TestRetry_RidesOutServerErrorsButNotRefusals(t *testing.T) {
+	ctx := context.Background()
+	assert.True(t, transient(ctx, api.StatusError{Code: 500, Body: "leadership lost while committing log"}))
+	assert.True(t, transient(ctx, fmt.Errorf("write x: %w", errors.New("connection refused"))))
+	assert.False(t, transient(ctx, fmt.Errorf("write x: %w", api.StatusError{Code: 403, Body: "Permission denied"})))
+	assert.False(t, transient(ctx, coord.ErrLockHeld))
+	assert.False(t, transient(ctx, context.DeadlineExceeded))
+	done, cancel := context.WithCancel(ctx)
+	cancel()
+	assert.False(t, transient(done, errors.New("connection refused")))
+
+	calls := 0
+	err := retry(ctx, func() error {
+		if calls++; calls < 3 {
+			return api.StatusError{Code: 500, Body: "No cluster leader"}
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	assert.Equal(t, 3, calls)
+
+	calls = 0
+	err = retry(ctx, func() error { calls++; return api.StatusError{Code: 403, Body: "Permission denied"} })
+	require.Error(t, err)
+	assert.Equal(t, 1, calls, "a refusal is not retried")
 }
