@@ -331,7 +331,10 @@ func Look(ctx context.Context, c *api.Client, service string) (*View, error) {
 		return byNode[node]
 	}
 	for node, h := range hs {
-		get(node).Health = map[bool]string{true: "passing", false: "not passing"}[h.passing]
+		get(node).Health = "not passing"
+		if h.passing {
+			get(node).Health = "passing"
+		}
 	}
 	for _, p := range pairs {
 		rest := strings.TrimPrefix(p.Key, NodesPrefix(service))

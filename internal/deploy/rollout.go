@@ -192,8 +192,12 @@ func (r *Rollout) walk(ctx context.Context, nodes []string, todo []item, revert 
 			if err := r.store.putJSON(ctx, NodeKey(r.Service, it.node, KeyDesired), it.want); err != nil {
 				return "", err
 			}
-			r.setNode(it.node, map[bool]string{false: NodeDeploying, true: NodeReverting}[revert], "")
-			r.printf("%s: %s %s", it.node, map[bool]string{false: "deploying", true: "rolling back to"}[revert], it.want.Version)
+			state, doing := NodeDeploying, "deploying"
+			if revert {
+				state, doing = NodeReverting, "rolling back to"
+			}
+			r.setNode(it.node, state, "")
+			r.printf("%s: %s %s", it.node, doing, it.want.Version)
 		}
 		if err := r.save(ctx); err != nil {
 			return "", err
@@ -281,7 +285,10 @@ func (r *Rollout) await(ctx context.Context, batch []item, revert bool) (string,
 			}
 			state := st.State
 			if revert {
-				state = map[bool]string{true: NodeReverted, false: NodeRevertFail}[st.State == StateSucceeded]
+				state = NodeRevertFail
+				if st.State == StateSucceeded {
+					state = NodeReverted
+				}
 			}
 			r.setNode(it.node, state, st.Error)
 			r.printf("%s: %s (%s)", it.node, state, st.Version)
