@@ -65,15 +65,9 @@ func Main(args []string, env watch.Env) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
-	name, err := c.Agent().NodeName()
-	if err != nil {
-		l.Log.Error("deploy failed", "error", fmt.Errorf("%w: this agent's node name: %w", ErrConsul, err), "exit_code", watch.ExitConsul)
-		return watch.ExitConsul
-	}
 	n := &Node{
-		Client: c, Name: name, Config: cfg, Log: l.Log.With("node", name), Poll: healthPoll, Now: time.Now,
-		Lock: coord.LockOptions{TTL: cfg.Lock.SessionTTL, Delay: cfg.Lock.LockDelay, Wait: cfg.Lock.Wait,
-			Holder: "deploy handler on " + name},
+		Client: c, Config: cfg, Log: l.Log, Poll: healthPoll, Now: time.Now,
+		Lock: coord.LockOptions{TTL: cfg.Lock.SessionTTL, Delay: cfg.Lock.LockDelay, Wait: cfg.Lock.Wait},
 	}
 	err = n.Handle(ctx, pair)
 	if err == nil {
@@ -147,7 +141,7 @@ func CLI(args []string, env watch.Env) int {
 		problems = append(problems, fmt.Sprintf("--service %q: want a service name (A-Z, a-z, 0-9, _ . -)", *service))
 	}
 	if cmd == "start" {
-		if _, err := ParseDesired(mustJSON(Desired{ID: "x", Version: *version, Artifact: *artifact})); err != nil {
+		if err := (Desired{ID: "x", Version: *version, Artifact: *artifact}).Check(); err != nil {
 			problems = append(problems, "--version/--artifact: "+strings.TrimPrefix(err.Error(), ErrBadDesired.Error()+": "))
 		}
 		if *batch < 1 {
@@ -217,11 +211,6 @@ func CLI(args []string, env watch.Env) int {
 }
 
 func serviceName(s string) bool { return segment.MatchString(s) }
-
-func mustJSON(v any) []byte {
-	b, _ := json.Marshal(v)
-	return b
-}
 
 // View is what `deploy status` shows.
 type View struct {
@@ -315,7 +304,7 @@ func Look(ctx context.Context, c *api.Client, service string) (*View, error) {
 	if ok {
 		v.Rollout = &rec
 	}
-	pairs, err := store.list(ctx, NodesPrefix(service))
+	keys, err := store.nodes(ctx, service)
 	if err != nil {
 		return nil, err
 	}
@@ -336,26 +325,14 @@ func Look(ctx context.Context, c *api.Client, service string) (*View, error) {
 			get(node).Health = "passing"
 		}
 	}
-	for _, p := range pairs {
-		rest := strings.TrimPrefix(p.Key, NodesPrefix(service))
-		node, name, ok := strings.Cut(rest, "/")
-		if !ok || strings.Contains(name, "/") {
-			continue
-		}
+	for node, k := range keys {
 		nv := get(node)
-		switch name {
-		case KeyCurrent:
-			nv.Current = string(p.Value)
-		case KeyDesired:
-			if d, err := ParseDesired(p.Value); err != nil {
+		nv.Current, nv.Status = k.current, k.status
+		if k.hasDesired {
+			if d, err := ParseDesired(k.desired); err != nil {
 				nv.DesiredError = strings.TrimPrefix(err.Error(), ErrBadDesired.Error()+": ")
 			} else {
 				nv.Desired = &d
-			}
-		case KeyStatus:
-			var st Status
-			if json.Unmarshal(p.Value, &st) == nil {
-				nv.Status = &st
 			}
 		}
 	}

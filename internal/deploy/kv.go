@@ -127,19 +127,27 @@ func ParseDesired(value []byte) (Desired, error) {
 	if dec.More() {
 		return Desired{}, fmt.Errorf("%w: more than one JSON value", ErrBadDesired)
 	}
-	switch {
-	case d.ID == "":
-		return Desired{}, fmt.Errorf("%w: missing id", ErrBadDesired)
-	case len(d.ID) > maxIDLen || !deploymentID.MatchString(d.ID):
-		return Desired{}, fmt.Errorf("%w: id %q must be up to %d characters of A-Z, a-z, 0-9, _ . : -", ErrBadDesired, d.ID, maxIDLen)
-	case d.Version == "":
-		return Desired{}, fmt.Errorf("%w: missing version", ErrBadDesired)
-	case len(d.Version) > maxVersionLen || !printable(d.Version) || strings.ContainsRune(d.Version, ' '):
-		return Desired{}, fmt.Errorf("%w: version %q must be up to %d printable characters without spaces", ErrBadDesired, d.Version, maxVersionLen)
-	case len(d.Artifact) > maxArtifactLen || !printable(d.Artifact):
-		return Desired{}, fmt.Errorf("%w: artifact must be up to %d printable characters", ErrBadDesired, maxArtifactLen)
+	if err := d.Check(); err != nil {
+		return Desired{}, err
 	}
 	return d, nil
+}
+
+// Check reports, as an ErrBadDesired, what is wrong with d's fields.
+func (d Desired) Check() error {
+	switch {
+	case d.ID == "":
+		return fmt.Errorf("%w: missing id", ErrBadDesired)
+	case len(d.ID) > maxIDLen || !deploymentID.MatchString(d.ID):
+		return fmt.Errorf("%w: id %q must be up to %d characters of A-Z, a-z, 0-9, _ . : -", ErrBadDesired, d.ID, maxIDLen)
+	case d.Version == "":
+		return fmt.Errorf("%w: missing version", ErrBadDesired)
+	case len(d.Version) > maxVersionLen || !printable(d.Version) || strings.ContainsRune(d.Version, ' '):
+		return fmt.Errorf("%w: version %q must be up to %d printable characters without spaces", ErrBadDesired, d.Version, maxVersionLen)
+	case len(d.Artifact) > maxArtifactLen || !printable(d.Artifact):
+		return fmt.Errorf("%w: artifact must be up to %d printable characters", ErrBadDesired, maxArtifactLen)
+	}
+	return nil
 }
 
 func printable(s string) bool {
@@ -264,6 +272,17 @@ func (s kv) status(ctx context.Context, service, node string) (*Status, error) {
 	return &st, nil
 }
 
+// lock takes the session lock at key (see coord.LockKey), riding out a leader
+// election like every other call.
+func (s kv) lock(ctx context.Context, key string, o coord.LockOptions) (*coord.Held, error) {
+	var held *coord.Held
+	err := retry(ctx, func() (err error) {
+		held, err = coord.LockKey(ctx, s.c, key, o)
+		return err
+	})
+	return held, err
+}
+
 // list lists the keys under prefix.
 func (s kv) list(ctx context.Context, prefix string) (api.KVPairs, error) {
 	var pairs api.KVPairs
@@ -275,6 +294,46 @@ func (s kv) list(ctx context.Context, prefix string) (api.KVPairs, error) {
 		return nil, fmt.Errorf("%w: list %s: %w", ErrConsul, prefix, err)
 	}
 	return pairs, nil
+}
+
+// nodeKeys is what KV holds for one node of a service.
+type nodeKeys struct {
+	current    string
+	desired    []byte // the raw value, when hasDesired
+	hasDesired bool
+	status     *Status // nil when there is none, or it does not decode
+}
+
+// nodes reads the keys of every node of service, in one request.
+func (s kv) nodes(ctx context.Context, service string) (map[string]*nodeKeys, error) {
+	pairs, err := s.list(ctx, NodesPrefix(service))
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]*nodeKeys{}
+	for _, p := range pairs {
+		node, name, ok := strings.Cut(strings.TrimPrefix(p.Key, NodesPrefix(service)), "/")
+		if !ok || strings.Contains(name, "/") {
+			continue
+		}
+		nk := out[node]
+		if nk == nil {
+			nk = &nodeKeys{}
+			out[node] = nk
+		}
+		switch name {
+		case KeyCurrent:
+			nk.current = string(p.Value)
+		case KeyDesired:
+			nk.desired, nk.hasDesired = p.Value, true
+		case KeyStatus:
+			var st Status
+			if json.Unmarshal(p.Value, &st) == nil {
+				nk.status = &st
+			}
+		}
+	}
+	return out, nil
 }
 
 // current reads the version a node runs; "" when it is not known.

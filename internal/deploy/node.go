@@ -15,16 +15,29 @@ import (
 	"github.com/consul-rehydrate/consul-rehydrate/internal/runcmd"
 )
 
+// Environment the deploy and rollback commands get, besides the handler's own.
+const (
+	EnvVersion         = "REHYDRATE_DEPLOY_VERSION"
+	EnvID              = "REHYDRATE_DEPLOY_ID"
+	EnvArtifact        = "REHYDRATE_DEPLOY_ARTIFACT"
+	EnvPreviousVersion = "REHYDRATE_DEPLOY_PREVIOUS_VERSION"
+	EnvRollback        = "REHYDRATE_DEPLOY_ROLLBACK"
+	EnvService         = "REHYDRATE_DEPLOY_SERVICE"
+)
+
 // Node deploys on this node what its desired key says: the deploy watch handler.
 type Node struct {
 	Client *api.Client
 	// Name is this agent's node name; a desired key for another node is refused.
+	// Empty, Handle asks the agent, once the payload has passed every check that
+	// needs no Consul.
 	Name string
 	// Config has the deploy blocks; a desired key for a service without one is refused.
 	Config *config.Config
 	Log    hclog.Logger
 	// Lock tunes the node's lock, which keeps two handlers on one node (say, after
-	// an agent reload re-fired the watch) from deploying at once.
+	// an agent reload re-fired the watch) from deploying at once. An empty Holder
+	// becomes "deploy handler on <node>".
 	Lock coord.LockOptions
 	// Poll is how often health is re-checked.
 	Poll time.Duration
@@ -33,7 +46,8 @@ type Node struct {
 
 // Handle acts on a key watch payload: pair is the desired key, nil when it does
 // not exist. A deployment whose ID the node's status already records as final is
-// a replay and does nothing.
+// a replay and does nothing. A bad payload is refused before anything talks to
+// Consul, except a key that names another node, which only the agent can tell.
 func (n *Node) Handle(ctx context.Context, pair *api.KVPair) error {
 	if pair == nil {
 		n.Log.Info("no desired key: nothing to deploy")
@@ -43,9 +57,6 @@ func (n *Node) Handle(ctx context.Context, pair *api.KVPair) error {
 	if err != nil {
 		return err
 	}
-	if node != n.Name {
-		return fmt.Errorf("%w: key %s is for node %q, and this agent is %q", ErrBadDesired, pair.Key, node, n.Name)
-	}
 	dc := n.Config.Deploy(service)
 	if dc == nil {
 		return fmt.Errorf("%w: key %s is for service %q, which has no deploy block in the configuration", ErrBadDesired, pair.Key, service)
@@ -54,7 +65,18 @@ func (n *Node) Handle(ctx context.Context, pair *api.KVPair) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", pair.Key, err)
 	}
-	log := n.Log.With("service", service, "deployment", want.ID, "version", want.Version)
+	if n.Name == "" {
+		if n.Name, err = n.Client.Agent().NodeName(); err != nil {
+			return fmt.Errorf("%w: this agent's node name: %w", ErrConsul, err)
+		}
+	}
+	if node != n.Name {
+		return fmt.Errorf("%w: key %s is for node %q, and this agent is %q", ErrBadDesired, pair.Key, node, n.Name)
+	}
+	if n.Lock.Holder == "" {
+		n.Lock.Holder = "deploy handler on " + node
+	}
+	log := n.Log.With("node", node, "service", service, "deployment", want.ID, "version", want.Version)
 	store := kv{n.Client}
 	st, err := store.status(ctx, service, node)
 	if err != nil {
@@ -65,11 +87,7 @@ func (n *Node) Handle(ctx context.Context, pair *api.KVPair) error {
 		return nil
 	}
 
-	var held *coord.Held
-	err = retry(ctx, func() (err error) {
-		held, err = coord.LockKey(ctx, n.Client, NodeKey(service, node, KeyLock), n.Lock)
-		return err
-	})
+	held, err := store.lock(ctx, NodeKey(service, node, KeyLock), n.Lock)
 	if errors.Is(err, coord.ErrLockHeld) {
 		log.Info("another handler on this node is deploying; it will see the newest desired value when it is done")
 		return nil
@@ -105,7 +123,7 @@ func (n *Node) Handle(ctx context.Context, pair *api.KVPair) error {
 		return nil
 	}
 	d := &deployment{n: n, dc: dc, node: node, want: want, held: held, store: store,
-		log: n.Log.With("service", service, "deployment", want.ID, "version", want.Version)}
+		log: n.Log.With("node", node, "service", service, "deployment", want.ID, "version", want.Version)}
 	return d.run(ctx, st)
 }
 

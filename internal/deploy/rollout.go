@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -95,11 +94,7 @@ func (r *Rollout) Run(ctx context.Context) (*Record, error) {
 		return nil, err
 	}
 	r.Lock.Holder = fmt.Sprintf("rollout %s of %s %s", id, r.Service, r.Version)
-	var held *coord.Held
-	err = retry(ctx, func() (err error) {
-		held, err = coord.LockKey(ctx, r.Client, ServiceKey(r.Service, KeyLock), r.Lock)
-		return err
-	})
+	held, err := r.store.lock(ctx, ServiceKey(r.Service, KeyLock), r.Lock)
 	if errors.Is(err, coord.ErrLockHeld) {
 		holder, _ := coord.HolderOf(ctx, r.Client, ServiceKey(r.Service, KeyLock))
 		return nil, fmt.Errorf("%w: %s holds %s", ErrBusy, holder, ServiceKey(r.Service, KeyLock))
@@ -117,15 +112,16 @@ func (r *Rollout) Run(ctx context.Context) (*Record, error) {
 	}
 	r.rec = Record{ID: id, Version: r.Version, Artifact: r.Artifact, State: RolloutRunning, Batch: r.Batch,
 		MaxUnavailable: r.MaxUnavailable, Started: r.Now().UTC()}
+	keys, err := r.store.nodes(ctx, r.Service)
+	if err != nil {
+		return nil, err
+	}
 	var todo []item
 	for _, n := range nodes {
-		cur, err := r.store.current(ctx, r.Service, n)
-		if err != nil {
-			return nil, err
-		}
-		st, err := r.store.status(ctx, r.Service, n)
-		if err != nil {
-			return nil, err
+		var cur string
+		var st *Status
+		if k := keys[n]; k != nil {
+			cur, st = k.current, k.status
 		}
 		nr := NodeRecord{Node: n, Previous: cur, State: NodePending}
 		if cur == r.Version && st != nil && st.State == StateSucceeded && st.Version == r.Version {
@@ -263,26 +259,18 @@ func (r *Rollout) await(ctx context.Context, batch []item, revert bool) (string,
 	pending := slices.Clone(batch)
 	failed := ""
 	for len(pending) > 0 {
-		pairs, err := r.store.list(ctx, NodesPrefix(r.Service))
+		keys, err := r.store.nodes(ctx, r.Service)
 		if err != nil {
 			return "", err
 		}
-		statuses := map[string]Status{}
-		for _, p := range pairs {
-			if svc, node, ok := statusKey(p.Key); ok && svc == r.Service {
-				var st Status
-				if json.Unmarshal(p.Value, &st) == nil {
-					statuses[node] = st
-				}
-			}
-		}
 		var still []item
 		for _, it := range pending {
-			st, ok := statuses[it.node]
-			if !ok || st.ID != it.want.ID || !Final(st.State) {
+			k := keys[it.node]
+			if k == nil || k.status == nil || k.status.ID != it.want.ID || !Final(k.status.State) {
 				still = append(still, it)
 				continue
 			}
+			st := k.status
 			state := st.State
 			if revert {
 				state = NodeRevertFail
@@ -350,15 +338,6 @@ func (r *Rollout) printf(format string, args ...any) {
 	if r.Out != nil {
 		fmt.Fprintf(r.Out, "%s %s\n", r.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 	}
-}
-
-// statusKey splits deploy/<service>/nodes/<node>/status.
-func statusKey(key string) (service, node string, ok bool) {
-	parts := strings.Split(key, "/")
-	if len(parts) != 5 || parts[0]+"/" != Prefix || parts[2] != "nodes" || parts[4] != KeyStatus {
-		return "", "", false
-	}
-	return parts[1], parts[3], true
 }
 
 // serviceNodes returns the names of the nodes the catalog has the service on.
