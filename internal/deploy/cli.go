@@ -29,18 +29,11 @@ const healthPoll = 500 * time.Millisecond
 // Main is the deploy watch handler: a key watch on
 // deploy/<service>/nodes/<node>/desired writes the key (or null) on stdin.
 func Main(args []string, env watch.Env) int {
-	fs := flag.NewFlagSet("deploy", flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
-	var configPath, httpAddr string
-	watch.RegisterFlags(fs, env, &configPath, &httpAddr)
-	if err := fs.Parse(args); err != nil {
-		return watch.ExitUsage
+	f := watch.NewFlags("deploy", env)
+	if code := f.Parse(args); code != watch.ExitOK {
+		return code
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(env.Stderr, "deploy: unexpected argument %q\n", fs.Arg(0))
-		return watch.ExitUsage
-	}
-	l, code := watch.Load("deploy", configPath, config.JobDeploy, env)
+	l, code := watch.Load("deploy", f.ConfigPath, config.JobDeploy, env)
 	if code != watch.ExitOK {
 		return code
 	}
@@ -51,7 +44,7 @@ func Main(args []string, env watch.Env) int {
 		l.Log.Error("refusing key payload", "error", err)
 		return watch.ExitBadPayload
 	}
-	c, err := l.Consul(httpAddr)
+	c, err := l.Consul(f.HTTPAddr)
 	if err != nil {
 		l.Log.Error("set up consul client", "error", err)
 		return watch.ExitConfig

@@ -3,7 +3,6 @@ package reconfigure
 import (
 	"bytes"
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"time"
@@ -31,20 +30,13 @@ func Main(args []string, env watch.Env) int {
 }
 
 func main(args []string, env watch.Env, now func() time.Time) int {
-	fs := flag.NewFlagSet("reconfigure", flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
-	var configPath, httpAddr string
-	watch.RegisterFlags(fs, env, &configPath, &httpAddr)
-	name := fs.String("name", "", "the reconfigure block to act on (needed when the file has more than one)")
-	check := fs.Bool("check", false, "judge the recorded state as a Consul script check (0 passing, 1 warning, 2 critical)")
-	if err := fs.Parse(args); err != nil {
-		return watch.ExitUsage
+	f := watch.NewFlags("reconfigure", env)
+	name := f.String("name", "", "the reconfigure block to act on (needed when the file has more than one)")
+	check := f.Bool("check", false, "judge the recorded state as a Consul script check (0 passing, 1 warning, 2 critical)")
+	if code := f.Parse(args); code != watch.ExitOK {
+		return code
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(env.Stderr, "reconfigure: unexpected argument %q\n", fs.Arg(0))
-		return watch.ExitUsage
-	}
-	l, code := watch.Load("reconfigure", configPath, config.JobReconfigure, env)
+	l, code := watch.Load("reconfigure", f.ConfigPath, config.JobReconfigure, env)
 	if code != watch.ExitOK {
 		if *check {
 			return ExitCode(Critical)

@@ -74,6 +74,35 @@ func RegisterFlags(fs *flag.FlagSet, env Env, configPath, httpAddr *string) {
 	fs.StringVar(httpAddr, "http-addr", "", "Consul HTTP address, overriding the configuration")
 }
 
+// Flags is a handler's flag set, with the flags every program takes.
+type Flags struct {
+	*flag.FlagSet
+	ConfigPath string
+	HTTPAddr   string
+	env        Env
+}
+
+// NewFlags returns the flag set of the handler name; add its own flags, then Parse.
+func NewFlags(name string, env Env) *Flags {
+	f := &Flags{FlagSet: flag.NewFlagSet(name, flag.ContinueOnError), env: env}
+	f.SetOutput(env.Stderr)
+	RegisterFlags(f.FlagSet, env, &f.ConfigPath, &f.HTTPAddr)
+	return f
+}
+
+// Parse parses args, which a handler takes no positional argument among. It returns
+// ExitUsage, having said why, or ExitOK.
+func (f *Flags) Parse(args []string) int {
+	if err := f.FlagSet.Parse(args); err != nil {
+		return ExitUsage
+	}
+	if f.NArg() > 0 {
+		fmt.Fprintf(f.env.Stderr, "%s: unexpected argument %q\n", f.Name(), f.Arg(0))
+		return ExitUsage
+	}
+	return ExitOK
+}
+
 // Loaded is a program's configuration and logger.
 type Loaded struct {
 	Config     *config.Config
@@ -164,14 +193,11 @@ func BinDir(env Env) (string, error) {
 // unless a roll is in progress it is done. Otherwise `rehydrate spindown` takes the
 // step, with the same payload on its stdin.
 func Spindown(args []string, env Env) int {
-	fs := flag.NewFlagSet("spindown", flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
-	var configPath, httpAddr string
-	RegisterFlags(fs, env, &configPath, &httpAddr)
-	if err := fs.Parse(args); err != nil {
-		return ExitUsage
+	f := NewFlags("spindown", env)
+	if code := f.Parse(args); code != ExitOK {
+		return code
 	}
-	l, code := Load("spindown", configPath, config.JobRoll, env)
+	l, code := Load("spindown", f.ConfigPath, config.JobRoll, env)
 	if code != ExitOK {
 		return code
 	}
@@ -193,7 +219,7 @@ func Spindown(args []string, env Env) int {
 		return ExitBadPayload
 	}
 
-	c, err := l.Consul(httpAddr)
+	c, err := l.Consul(f.HTTPAddr)
 	if err != nil {
 		l.Log.Error("set up consul client", "error", err)
 		return ExitConfig
@@ -216,8 +242,8 @@ func Spindown(args []string, env Env) int {
 		return ExitError
 	}
 	full := []string{"-config", l.ConfigPath}
-	if httpAddr != "" {
-		full = append(full, "-http-addr", httpAddr)
+	if f.HTTPAddr != "" {
+		full = append(full, "-http-addr", f.HTTPAddr)
 	}
 	cmd := exec.Command(filepath.Join(dir, "rehydrate"), append(full, "spindown")...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(in), env.Stdout, env.Stderr
