@@ -181,7 +181,7 @@ func newEnv(t *testing.T) *env {
 	t.Cleanup(func() {
 		if t.Failed() {
 			if b, err := os.ReadFile(filepath.Join(e.stateDir, "handlers.log")); err == nil {
-				t.Logf("handlers.log (tail):\n%s", tail(string(b), 60))
+				t.Logf("handlers.log (tail):\n%s", testcluster.Tail(string(b), 60))
 			}
 		}
 		res := run(t, 3*time.Minute, nil, nil, "rehydrate", "-config", e.cfgPath, "local", "down")
@@ -685,12 +685,4 @@ deploy "api" {
 		assert.Equal(t, before.Images, after.Images)
 		assert.Equal(t, before.Raft, after.Raft)
 	})
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

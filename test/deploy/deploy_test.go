@@ -31,14 +31,7 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
-	dir, err := testcluster.BuildHandlers("../..")
-	if err == nil {
-		var out []byte
-		out, err = exec.Command("go", "build", "-o", filepath.Join(dir, "demoapp"), "../demoapp").CombinedOutput()
-		if err != nil {
-			err = fmt.Errorf("build demoapp: %w\n%s", err, out)
-		}
-	}
+	dir, err := testcluster.BuildHandlers("../..", "test/demoapp")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -59,18 +52,18 @@ type env struct {
 	t      *testing.T
 	c      *testcluster.Cluster
 	appDir string
+	cfgDir string // each client's handler configuration, <node>.hcl
 	client *api.Client
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	e := &env{t: t, appDir: t.TempDir()}
+	e := &env{t: t, appDir: t.TempDir(), cfgDir: t.TempDir()}
 	// The demo's artifacts: v1 and v2 deploy; v3 stops the old server and then fails,
 	// like a deploy that breaks the node half way. v4 has no artifact at all.
 	for v, content := range map[string]string{"v1": "ok", "v2": "ok", "v3": "fail-after-stop"} {
-		write(t, filepath.Join(e.appDir, "artifacts", v), content)
+		testcluster.WriteFile(t, filepath.Join(e.appDir, "artifacts", v), content)
 	}
-	cfgDir := t.TempDir()
 	e.c = testcluster.Start(t, testcluster.Options{
 		Servers: 3, Clients: 3,
 		Files: func(a *testcluster.Agent) map[string]string {
@@ -78,8 +71,8 @@ func newEnv(t *testing.T) *env {
 				return nil
 			}
 			// Each node's handler talks to its own agent and deploys its own app.
-			cfg := filepath.Join(cfgDir, a.Name+".hcl")
-			write(t, cfg, fmt.Sprintf(`
+			cfg := e.configOf(a)
+			testcluster.WriteFile(t, cfg, fmt.Sprintf(`
 consul { address = %q }
 lock {
   session_ttl = "10s"
@@ -108,10 +101,10 @@ deploy "web" {
 		}
 		if t.Failed() {
 			b, _ := os.ReadFile(filepath.Join(binDir, "handlers.log"))
-			t.Logf("handlers.log (every test's, tail):\n%s", tailLines(string(b), 60))
+			t.Logf("handlers.log (every test's, tail):\n%s", testcluster.Tail(string(b), 60))
 			for _, a := range e.c.Clients {
 				b, _ := os.ReadFile(filepath.Join(e.appDir, a.Name+".log"))
-				t.Logf("%s app log:\n%s", a.Name, tailLines(string(b), 10))
+				t.Logf("%s app log:\n%s", a.Name, testcluster.Tail(string(b), 10))
 			}
 		}
 	})
@@ -128,27 +121,21 @@ deploy "web" {
 // rehydrate runs the real CLI against the first server's HTTP API.
 func (e *env) rehydrate(args ...string) (string, int) {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	full := append([]string{"-http-addr", e.c.Servers[0].HTTPAddr(), "deploy"}, args...)
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "rehydrate"), full...)
-	cmd.Env = cleanEnv()
-	out, err := cmd.CombinedOutput()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else {
-		require.NoError(e.t, err)
-	}
-	return string(out), code
+	return e.run("", "rehydrate", append([]string{"-http-addr", e.c.Servers[0].HTTPAddr(), "deploy"}, args...)...)
 }
 
 // handler runs the real deploy handler of node by hand with stdin, as its watch would.
 func (e *env) handler(a *testcluster.Agent, stdin string) (string, int) {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	return e.run(stdin, "deploy", "-config", e.configOf(a))
+}
+
+// run runs one of the built executables, bounded, and returns its output and exit code.
+func (e *env) run(stdin, prog string, args ...string) (string, int) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "deploy"), "-config", e.configOf(a))
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, prog), args...)
 	cmd.Env = cleanEnv()
 	cmd.Stdin = strings.NewReader(stdin)
 	out, err := cmd.CombinedOutput()
@@ -161,16 +148,8 @@ func (e *env) handler(a *testcluster.Agent, stdin string) (string, int) {
 	return string(out), code
 }
 
-// configOf finds the handler configuration the node's watch names.
-func (e *env) configOf(a *testcluster.Agent) string {
-	e.t.Helper()
-	b, err := os.ReadFile(filepath.Join(a.ConfigDir(), "deploy-web.hcl"))
-	require.NoError(e.t, err)
-	i := strings.Index(string(b), `"-config", "`)
-	require.GreaterOrEqual(e.t, i, 0)
-	rest := string(b)[i+len(`"-config", "`):]
-	return rest[:strings.IndexByte(rest, '"')]
-}
+// configOf is the handler configuration of node a, which its watch names.
+func (e *env) configOf(a *testcluster.Agent) string { return filepath.Join(e.cfgDir, a.Name+".hcl") }
 
 func cleanEnv() []string {
 	var env []string
@@ -473,18 +452,4 @@ func TestDeploy_ReplaysAndBadDesiredValuesChangeNothing(t *testing.T) {
 	out, code = e.rehydrate("status", "--service", "web")
 	require.Equal(t, watch.ExitOK, code, out)
 	assert.Contains(t, out, a.Name+": desired value refused: missing id")
-}
-
-func write(t *testing.T, path, content string) {
-	t.Helper()
-	require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
-	require.NoError(t, os.WriteFile(path, []byte(content), 0o644))
-}
-
-func tailLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -94,7 +94,7 @@ provider "aws" {
 	t.Cleanup(func() {
 		if t.Failed() {
 			if b, err := os.ReadFile(filepath.Join(e.state, "handlers.log")); err == nil {
-				t.Logf("handlers.log (tail):\n%s", tail(string(b), 60))
+				t.Logf("handlers.log (tail):\n%s", testcluster.Tail(string(b), 60))
 			}
 		}
 		fake.Close()

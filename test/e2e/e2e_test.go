@@ -109,7 +109,7 @@ provider "local" {
 	t.Cleanup(func() {
 		if t.Failed() {
 			if b, err := os.ReadFile(filepath.Join(e.state, "handlers.log")); err == nil {
-				t.Logf("handlers.log (tail):\n%s", tail(string(b), 80))
+				t.Logf("handlers.log (tail):\n%s", testcluster.Tail(string(b), 80))
 			}
 			// What the agents said of their watches and handlers.
 			if paths, err := filepath.Glob(filepath.Join(e.state, "instances", "*", "agent.log")); err == nil {
@@ -121,7 +121,7 @@ provider "local" {
 							lines = append(lines, l)
 						}
 					}
-					t.Logf("%s, watch lines (tail):\n%s", p, tail(strings.Join(lines, "\n"), 20))
+					t.Logf("%s, watch lines (tail):\n%s", p, testcluster.Tail(strings.Join(lines, "\n"), 20))
 				}
 			}
 		}
@@ -373,12 +373,4 @@ func TestRoll_FiringWhenUpToDateLaunchesNothing(t *testing.T) {
 	require.Equal(t, command.ExitOK, code, out)
 	assert.Contains(t, out, "roll: none yet")
 	assert.Contains(t, out, "next: nothing: up to date")
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -47,7 +47,7 @@ func (e *env) storm(n int) []int {
 			err := cmd.Run()
 			codes[i] = cmd.ProcessState.ExitCode()
 			if err != nil && codes[i] != 0 {
-				e.t.Logf("spindown %d exited %d: %s", i, codes[i], tail(out.String(), 5))
+				e.t.Logf("spindown %d exited %d: %s", i, codes[i], testcluster.Tail(out.String(), 5))
 			}
 		})
 	}
@@ -170,6 +170,6 @@ func TestRaces_EventStormsWatchStormsAndReplaysMakeExactlyOneRoll(t *testing.T) 
 	logs := e.handlersLog()[offset:]
 	assert.Zero(t, countLines(logs, "step taken"), "no step taken after the restarts:\n%s", logs)
 	if b, err := os.ReadFile(filepath.Join(e.state, "handlers.log")); err == nil {
-		t.Logf("handler lines after the restarts:\n%s", tail(strings.TrimSpace(string(b[offset:])), 30))
+		t.Logf("handler lines after the restarts:\n%s", testcluster.Tail(strings.TrimSpace(string(b[offset:])), 30))
 	}
 }

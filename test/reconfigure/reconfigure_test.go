@@ -31,14 +31,7 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
-	dir, err := testcluster.BuildHandlers("../..")
-	if err == nil {
-		var out []byte
-		out, err = exec.Command("go", "build", "-o", filepath.Join(dir, "demoapp"), "../demoapp").CombinedOutput()
-		if err != nil {
-			err = fmt.Errorf("build demoapp: %w\n%s", err, out)
-		}
-	}
+	dir, err := testcluster.BuildHandlers("../..", "test/demoapp")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -85,7 +78,7 @@ func newEnv(t *testing.T) *env {
 			case "client-1", "client-2":
 				return map[string]string{"monitoring.hcl": strings.ReplaceAll(consuld.ReconfigureServiceHCL, "127.0.0.1", a.IP)}
 			case "client-3":
-				write(t, cfg, fmt.Sprintf(`log_level = "debug"
+				testcluster.WriteFile(t, cfg, fmt.Sprintf(`log_level = "debug"
 reconfigure "monitoring" {
   template = <<-EOT
     # monitoring targets
@@ -116,7 +109,7 @@ reconfigure "monitoring" {
 		}
 		if t.Failed() {
 			b, _ := os.ReadFile(filepath.Join(binDir, "handlers.log"))
-			t.Logf("handlers.log (tail):\n%s", tail(string(b), 40))
+			t.Logf("handlers.log (tail):\n%s", testcluster.Tail(string(b), 40))
 			b, _ = os.ReadFile(e.dest)
 			t.Logf("%s:\n%s", e.dest, b)
 		}
@@ -329,18 +322,4 @@ func TestReconfigure_FollowsTheHealthyInstancesAndExpectsAReplacement(t *testing
 	// Every reload followed a change of the file; every change was reloaded.
 	assert.Equal(t, e.handlerLines("rendered:"), reloads, "reloads = renders")
 	assert.Positive(t, e.handlerLines("unchanged"))
-}
-
-func write(t *testing.T, path, content string) {
-	t.Helper()
-	require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
-	require.NoError(t, os.WriteFile(path, []byte(content), 0o644))
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -32,10 +32,10 @@ type Agent struct {
 func (c *Cluster) newAgent(name, ip string, server bool, joins []string) *Agent {
 	dir := filepath.Join(c.t.TempDir(), name)
 	a := &Agent{Name: name, IP: ip, Server: server, Dir: dir, cluster: c, joins: joins}
-	writeFile(c.t, a.ConfigPath(), a.config())
+	WriteFile(c.t, a.ConfigPath(), a.config())
 	if c.opts.Files != nil {
 		for name, content := range c.opts.Files(a) {
-			writeFile(c.t, filepath.Join(a.ConfigDir(), name), content)
+			WriteFile(c.t, filepath.Join(a.ConfigDir(), name), content)
 		}
 	}
 	return a

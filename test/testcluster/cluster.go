@@ -278,7 +278,8 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool
 	}
 }
 
-func writeFile(t testing.TB, path, content string) {
+// WriteFile writes content to path (mode 0644), creating its directory, or fails t.
+func WriteFile(t testing.TB, path, content string) {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		t.Fatalf("testcluster: %v", err)
@@ -286,4 +287,13 @@ func writeFile(t testing.TB, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatalf("testcluster: %v", err)
 	}
+}
+
+// Tail returns the last n lines of s, for a failing test's log.
+func Tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }

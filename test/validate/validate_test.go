@@ -116,63 +116,55 @@ func TestPacker_ValidatesTheTemplateOfflineAndCatchesABrokenOne(t *testing.T) {
 	assert.Contains(t, out, `"region"`)
 }
 
-// A client node's configuration with the deploy example, NODE_NAME rendered as
-// user-data would.
-func TestConsulValidate_PassesOnTheDeployExample(t *testing.T) {
+// validateClient writes a client node's configuration with files (name -> content)
+// into a new directory and runs consul validate there: it must pass. Then it
+// replaces old with broken in file, and consul validate must fail saying want, so
+// the check is seen to be able to fail.
+func validateClient(t *testing.T, files map[string]string, file, old, broken, want string) {
+	t.Helper()
 	consul, err := testcluster.ConsulBinary()
 	require.NoError(t, err)
-	b, err := os.ReadFile("../../consul.d/deploy-web.hcl")
-	require.NoError(t, err)
-	require.Contains(t, string(b), "NODE_NAME")
 	dir := t.TempDir()
-	node := `node_name = "web-1"
+	files["node.hcl"] = `node_name = "app-1"
 data_dir = "` + filepath.Join(dir, "data") + `"
 bind_addr = "127.0.0.1"
 retry_join = ["provider=aws region=us-east-1 tag_key=consul-cluster tag_value=main"]
 `
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "node.hcl"), []byte(node), 0o644))
-	rendered := strings.ReplaceAll(string(b), "NODE_NAME", "web-1")
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "deploy-web.hcl"), []byte(rendered), 0o644))
-	out, err := run(t, consul, "validate", dir)
-	require.NoError(t, err, out)
-	assert.Contains(t, out, "Configuration is valid!")
-
-	// The same check catches a broken service definition.
-	broken := strings.Replace(rendered, `interval = "1s"`, `interval = "soon"`, 1)
-	require.NotEqual(t, rendered, broken)
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "deploy-web.hcl"), []byte(broken), 0o644))
-	out, err = run(t, consul, "validate", dir)
-	require.Error(t, err, "consul validate must reject a bad check interval")
-	assert.Contains(t, out, "soon")
-}
-
-// A client node's configuration with both reconfigure examples, as shipped.
-func TestConsulValidate_PassesOnTheReconfigureExamples(t *testing.T) {
-	consul, err := testcluster.ConsulBinary()
-	require.NoError(t, err)
-	dir := t.TempDir()
-	node := `node_name = "app-1"
-data_dir = "` + filepath.Join(dir, "data") + `"
-bind_addr = "127.0.0.1"
-retry_join = ["provider=aws region=us-east-1 tag_key=consul-cluster tag_value=main"]
-`
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "node.hcl"), []byte(node), 0o644))
-	for _, f := range []string{"reconfigure-service.hcl", "reconfigure-watch.hcl"} {
-		b, err := os.ReadFile(filepath.Join("../../consul.d", f))
-		require.NoError(t, err)
-		require.NoError(t, os.WriteFile(filepath.Join(dir, f), b, 0o644))
+	for name, content := range files {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644))
 	}
 	out, err := run(t, consul, "validate", dir)
 	require.NoError(t, err, out)
 	assert.Contains(t, out, "Configuration is valid!")
 
-	// The same check catches a broken check definition.
-	b, err := os.ReadFile(filepath.Join(dir, "reconfigure-watch.hcl"))
-	require.NoError(t, err)
-	broken := strings.Replace(string(b), `interval = "10s"`, `interval = "sometimes"`, 1)
-	require.NotEqual(t, string(b), broken)
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "reconfigure-watch.hcl"), []byte(broken), 0o644))
+	bad := strings.Replace(files[file], old, broken, 1)
+	require.NotEqual(t, files[file], bad, "%s has no %q to break", file, old)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, file), []byte(bad), 0o644))
 	out, err = run(t, consul, "validate", dir)
-	require.Error(t, err, "consul validate must reject a bad check interval")
-	assert.Contains(t, out, "sometimes")
+	require.Error(t, err, "consul validate must reject %s with %s", file, broken)
+	assert.Contains(t, out, want)
+}
+
+func shipped(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("../../consul.d", name))
+	require.NoError(t, err)
+	return string(b)
+}
+
+// A client node's configuration with the deploy example, NODE_NAME rendered as
+// user-data would.
+func TestConsulValidate_PassesOnTheDeployExample(t *testing.T) {
+	web := shipped(t, "deploy-web.hcl")
+	require.Contains(t, web, "NODE_NAME")
+	validateClient(t, map[string]string{"deploy-web.hcl": strings.ReplaceAll(web, "NODE_NAME", "app-1")},
+		"deploy-web.hcl", `interval = "1s"`, `interval = "soon"`, "soon")
+}
+
+// A client node's configuration with both reconfigure examples, as shipped.
+func TestConsulValidate_PassesOnTheReconfigureExamples(t *testing.T) {
+	validateClient(t, map[string]string{
+		"reconfigure-service.hcl": shipped(t, "reconfigure-service.hcl"),
+		"reconfigure-watch.hcl":   shipped(t, "reconfigure-watch.hcl"),
+	}, "reconfigure-watch.hcl", `interval = "10s"`, `interval = "sometimes"`, "sometimes")
 }
