@@ -2,7 +2,7 @@ package deploy
 
 // Integration tests of the deploy handler (Node.Handle) and the rollout's edges
 // (Rollout.Run), against a real Consul: one server and one client agent, shared by
-// the package's tests. Each test registers its own service on the client agent,
+// the cases of TestNode. Each test registers its own service on the client agent,
 // with a TTL check whose health the test sets, so the tests stay independent and
 // run in parallel. The deploy and rollback commands are /bin/sh scripts that log
 // every run, with its environment, to a file in the test's temporary directory.
@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -32,108 +31,35 @@ import (
 )
 
 // ---------------------------------------------------------------------------
-// The package's shared cluster.
+// One cluster for the package: each case is a parallel subtest of TestNode.
 
-// pkgTB is the testing.TB the shared cluster lives on: it outlives every test, so
-// it cannot be a test's own. testcluster calls only the methods defined here; the
-// embedded nil TB makes any other call panic loudly rather than pass silently.
-type pkgTB struct {
-	testing.TB
-	mu       sync.Mutex
-	root     string
-	n        int
-	cleanups []func()
-	failed   bool
-}
+// shared is TestNode's cluster, which every case's fixture uses.
+var shared *testcluster.Cluster
 
-// fatal is what pkgTB.Fatalf panics with; startCluster turns it into a test failure.
-type fatal string
-
-func (p *pkgTB) Helper() {}
-
-func (p *pkgTB) Fatalf(format string, args ...any) { panic(fatal(fmt.Sprintf(format, args...))) }
-
-func (p *pkgTB) Logf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "shared cluster: "+format+"\n", args...)
-}
-
-func (p *pkgTB) Failed() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.failed
-}
-
-func (p *pkgTB) Cleanup(f func()) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cleanups = append(p.cleanups, f)
-}
-
-func (p *pkgTB) TempDir() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.root == "" {
-		dir, err := os.MkdirTemp("", "deploy-test-cluster-")
-		if err != nil {
-			panic(fatal(err.Error()))
-		}
-		p.root = dir
+// TestNode runs every case against one cluster of one server and one client agent.
+func TestNode(t *testing.T) {
+	shared = testcluster.Start(t, testcluster.Options{Servers: 1, Clients: 1})
+	for _, tc := range []struct {
+		name string
+		run  func(*testing.T)
+	}{
+		{"Handle_DeploysTheVersionInMaintenanceThenRecordsSuccessAndTheNewCurrent", testHandle_DeploysTheVersionInMaintenanceThenRecordsSuccessAndTheNewCurrent},
+		{"Handle_ReplayOfAFinishedDeploymentRunsNothingAndChangesNothing", testHandle_ReplayOfAFinishedDeploymentRunsNothingAndChangesNothing},
+		{"Handle_UnhealthyAfterTheDeployAndAfterTheRollbackEndsFailedAndInMaintenance", testHandle_UnhealthyAfterTheDeployAndAfterTheRollbackEndsFailedAndInMaintenance},
+		{"Handle_UnhealthyAfterTheDeployButHealthyAfterTheRollbackEndsRolledBack", testHandle_UnhealthyAfterTheDeployButHealthyAfterTheRollbackEndsRolledBack},
+		{"Handle_FailedDeployWithoutAPreviousVersionEndsFailedAndInMaintenance", testHandle_FailedDeployWithoutAPreviousVersionEndsFailedAndInMaintenance},
+		{"Handle_ResumesADeploymentWhoseHandlerDiedFromTheSamePreviousVersion", testHandle_ResumesADeploymentWhoseHandlerDiedFromTheSamePreviousVersion},
+		{"Handle_NodeLockHeldByAnotherHandlerReturnsWithinTheLockWaitDoingNothing", testHandle_NodeLockHeldByAnotherHandlerReturnsWithinTheLockWaitDoingNothing},
+		{"Handle_ActsOnTheDesiredValueReadUnderTheLockNotTheStalePayload", testHandle_ActsOnTheDesiredValueReadUnderTheLockNotTheStalePayload},
+		{"Handle_CommandPastItsTimeoutIsKilledWithItsWholeProcessGroup", testHandle_CommandPastItsTimeoutIsKilledWithItsWholeProcessGroup},
+		{"Rollout_ServiceLockHeldByAnotherRolloutIsBusyAndNamesTheHolder", testRollout_ServiceLockHeldByAnotherRolloutIsBusyAndNamesTheHolder},
+		{"Rollout_EveryNodeAlreadyOnTheVersionWritesNoDesiredValueAndEndsDone", testRollout_EveryNodeAlreadyOnTheVersionWritesNoDesiredValueAndEndsDone},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tc.run(t)
+		})
 	}
-	p.n++
-	dir := filepath.Join(p.root, strconv.Itoa(p.n))
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		panic(fatal(err.Error()))
-	}
-	return dir
-}
-
-// close runs the cleanups, last registered first, then removes the directories.
-func (p *pkgTB) close(failed bool) {
-	p.mu.Lock()
-	p.failed = failed
-	cleanups := p.cleanups
-	p.cleanups = nil
-	p.mu.Unlock()
-	for i := len(cleanups) - 1; i >= 0; i-- {
-		cleanups[i]()
-	}
-	if p.root != "" {
-		_ = os.RemoveAll(p.root)
-	}
-}
-
-var shared struct {
-	once sync.Once
-	tb   pkgTB
-	c    *testcluster.Cluster
-	err  string
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	shared.tb.close(code != 0)
-	os.Exit(code)
-}
-
-// cluster returns the shared cluster, starting it on first use.
-func cluster(t *testing.T) *testcluster.Cluster {
-	t.Helper()
-	shared.once.Do(func() {
-		defer func() {
-			if r := recover(); r != nil {
-				f, ok := r.(fatal)
-				if !ok {
-					panic(r)
-				}
-				shared.err = string(f)
-			}
-		}()
-		shared.c = testcluster.Start(&shared.tb, testcluster.Options{Servers: 1, Clients: 1})
-	})
-	if shared.err != "" {
-		t.Fatalf("start the shared Consul cluster: %s", shared.err)
-	}
-	return shared.c
 }
 
 // ---------------------------------------------------------------------------
@@ -160,18 +86,12 @@ type fixture struct {
 // scripts (see script).
 func newFixture(t *testing.T, svc, health, deploy, rollback string) *fixture {
 	t.Helper()
-	c := cluster(t)
-	a := c.Clients[0]
+	a := shared.Clients[0]
 	f := &fixture{t: t, agent: a, c: a.Client(), svc: svc, check: "ttl-" + svc, dir: t.TempDir()}
 	require.NoError(t, f.c.Agent().ServiceRegister(&api.AgentServiceRegistration{
 		ID: svc, Name: svc, Port: 8080,
 		Check: &api.AgentServiceCheck{CheckID: f.check, Name: svc + " ttl", TTL: "30s", Status: health},
 	}))
-	// Leave nothing behind for the next run of the test (-count) in this process.
-	t.Cleanup(func() {
-		_ = f.c.Agent().ServiceDeregister(svc)
-		_, _ = f.c.KV().DeleteTree(Prefix+svc+"/", nil)
-	})
 	f.dc = &config.DeployConfig{
 		Service:         svc,
 		Command:         f.script(deploy),
@@ -344,8 +264,7 @@ func (f *fixture) setHealth(status string) error {
 // ---------------------------------------------------------------------------
 // The deploy handler.
 
-func TestHandle_DeploysTheVersionInMaintenanceThenRecordsSuccessAndTheNewCurrent(t *testing.T) {
-	t.Parallel()
+func testHandle_DeploysTheVersionInMaintenanceThenRecordsSuccessAndTheNewCurrent(t *testing.T) {
 	f := newFixture(t, "success", api.HealthPassing,
 		`echo "deploying $REHYDRATE_DEPLOY_VERSION"; echo "a warning" >&2
 `+gate("deploy")+`echo "deployed $REHYDRATE_DEPLOY_VERSION"`,
@@ -395,8 +314,7 @@ func TestHandle_DeploysTheVersionInMaintenanceThenRecordsSuccessAndTheNewCurrent
 	assert.Nil(t, f.maintenance(), "maintenance is off after a successful deployment")
 }
 
-func TestHandle_ReplayOfAFinishedDeploymentRunsNothingAndChangesNothing(t *testing.T) {
-	t.Parallel()
+func testHandle_ReplayOfAFinishedDeploymentRunsNothingAndChangesNothing(t *testing.T) {
 	f := newFixture(t, "replay", api.HealthPassing, `echo ok`, `exit 0`)
 	f.put(KeyCurrent, []byte("v1"))
 	pair := f.desire(Desired{ID: "d-replay", Version: "v2"})
@@ -415,8 +333,7 @@ func TestHandle_ReplayOfAFinishedDeploymentRunsNothingAndChangesNothing(t *testi
 	assert.Equal(t, "v2", f.current())
 }
 
-func TestHandle_UnhealthyAfterTheDeployAndAfterTheRollbackEndsFailedAndInMaintenance(t *testing.T) {
-	t.Parallel()
+func testHandle_UnhealthyAfterTheDeployAndAfterTheRollbackEndsFailedAndInMaintenance(t *testing.T) {
 	// The TTL check stays critical throughout.
 	f := newFixture(t, "unhealthy", api.HealthCritical, `echo deployed`, `echo rolled back`)
 	f.put(KeyCurrent, []byte("v1"))
@@ -452,8 +369,7 @@ func TestHandle_UnhealthyAfterTheDeployAndAfterTheRollbackEndsFailedAndInMainten
 	assert.Contains(t, m.Notes, f.key(KeyStatus), "the maintenance reason points to the status")
 }
 
-func TestHandle_UnhealthyAfterTheDeployButHealthyAfterTheRollbackEndsRolledBack(t *testing.T) {
-	t.Parallel()
+func testHandle_UnhealthyAfterTheDeployButHealthyAfterTheRollbackEndsRolledBack(t *testing.T) {
 	f := newFixture(t, "rolledback", api.HealthCritical, `echo deployed`, gate("rollback")+`echo rolled back`)
 	f.put(KeyCurrent, []byte("v1"))
 	pair := f.desire(Desired{ID: "d-rolledback", Version: "v2"})
@@ -485,8 +401,7 @@ func TestHandle_UnhealthyAfterTheDeployButHealthyAfterTheRollbackEndsRolledBack(
 	assert.Nil(t, f.maintenance(), "a rolled back node is healthy and out of maintenance")
 }
 
-func TestHandle_FailedDeployWithoutAPreviousVersionEndsFailedAndInMaintenance(t *testing.T) {
-	t.Parallel()
+func testHandle_FailedDeployWithoutAPreviousVersionEndsFailedAndInMaintenance(t *testing.T) {
 	f := newFixture(t, "noprevious", api.HealthPassing, `echo "cannot install $REHYDRATE_DEPLOY_VERSION" >&2; exit 1`, `exit 0`)
 	pair := f.desire(Desired{ID: "d-noprevious", Version: "v2"})
 
@@ -516,8 +431,7 @@ func TestHandle_FailedDeployWithoutAPreviousVersionEndsFailedAndInMaintenance(t 
 	assert.Equal(t, want, m.Notes)
 }
 
-func TestHandle_ResumesADeploymentWhoseHandlerDiedFromTheSamePreviousVersion(t *testing.T) {
-	t.Parallel()
+func testHandle_ResumesADeploymentWhoseHandlerDiedFromTheSamePreviousVersion(t *testing.T) {
 	f := newFixture(t, "resume", api.HealthPassing, `echo ok`, `exit 0`)
 	started := time.Now().UTC().Add(-time.Minute).Truncate(time.Second)
 	// The dead handler had written current already: the previous version must come
@@ -542,8 +456,7 @@ func TestHandle_ResumesADeploymentWhoseHandlerDiedFromTheSamePreviousVersion(t *
 	assert.Equal(t, "v2", f.current())
 }
 
-func TestHandle_NodeLockHeldByAnotherHandlerReturnsWithinTheLockWaitDoingNothing(t *testing.T) {
-	t.Parallel()
+func testHandle_NodeLockHeldByAnotherHandlerReturnsWithinTheLockWaitDoingNothing(t *testing.T) {
 	f := newFixture(t, "locked", api.HealthPassing, `echo ok`, `exit 0`)
 	f.put(KeyCurrent, []byte("v1"))
 	held, err := coord.LockKey(f.ctx(), f.c, f.key(KeyLock),
@@ -563,8 +476,7 @@ func TestHandle_NodeLockHeldByAnotherHandlerReturnsWithinTheLockWaitDoingNothing
 	require.NoError(t, held.Verify(), "the other handler still holds its lock")
 }
 
-func TestHandle_ActsOnTheDesiredValueReadUnderTheLockNotTheStalePayload(t *testing.T) {
-	t.Parallel()
+func testHandle_ActsOnTheDesiredValueReadUnderTheLockNotTheStalePayload(t *testing.T) {
 	f := newFixture(t, "stale", api.HealthPassing, `echo ok`, `exit 0`)
 	f.put(KeyCurrent, []byte("v1"))
 	stale := f.desire(Desired{ID: "d-stale-a", Version: "v2"})
@@ -583,8 +495,7 @@ func TestHandle_ActsOnTheDesiredValueReadUnderTheLockNotTheStalePayload(t *testi
 	assert.Equal(t, "v3", f.current())
 }
 
-func TestHandle_CommandPastItsTimeoutIsKilledWithItsWholeProcessGroup(t *testing.T) {
-	t.Parallel()
+func testHandle_CommandPastItsTimeoutIsKilledWithItsWholeProcessGroup(t *testing.T) {
 	f := newFixture(t, "timeout", api.HealthPassing, `sleep 30 &
 echo $! > child.pid
 echo "started child"
@@ -645,8 +556,7 @@ func newRollout(c *api.Client, svc, version string) *Rollout {
 	}
 }
 
-func TestRollout_ServiceLockHeldByAnotherRolloutIsBusyAndNamesTheHolder(t *testing.T) {
-	t.Parallel()
+func testRollout_ServiceLockHeldByAnotherRolloutIsBusyAndNamesTheHolder(t *testing.T) {
 	f := newFixture(t, "busy", api.HealthPassing, `echo ok`, `exit 0`)
 	holder := "rollout 20260101T000000Z-abcdef of busy v9"
 	held, err := coord.LockKey(f.ctx(), f.c, ServiceKey(f.svc, KeyLock),
@@ -668,8 +578,7 @@ func TestRollout_ServiceLockHeldByAnotherRolloutIsBusyAndNamesTheHolder(t *testi
 	assert.Nil(t, f.get(KeyDesired), "a busy rollout writes no desired value")
 }
 
-func TestRollout_EveryNodeAlreadyOnTheVersionWritesNoDesiredValueAndEndsDone(t *testing.T) {
-	t.Parallel()
+func testRollout_EveryNodeAlreadyOnTheVersionWritesNoDesiredValueAndEndsDone(t *testing.T) {
 	f := newFixture(t, "uptodate", api.HealthPassing, `echo ok`, `exit 0`)
 	f.put(KeyCurrent, []byte("v2"))
 	fin := time.Now().UTC()
