@@ -346,7 +346,11 @@ func TestDeploy_SecondNodeFailingRollsTheFirstBack(t *testing.T) {
 	// The first node deploys v2; the artifact is gone by the time the second node's
 	// desired value says v2, so its deploy fails there.
 	second := e.c.Clients[1]
+	stop := make(chan struct{})
+	watched := make(chan struct{})
+	t.Cleanup(func() { close(stop); <-watched })
 	go func() {
+		defer close(watched)
 		deadline := time.Now().Add(2 * time.Minute)
 		for time.Now().Before(deadline) {
 			if p, _, err := e.client.KV().Get(deploy.NodeKey("web", second.Name, deploy.KeyDesired), nil); err == nil && p != nil {
@@ -355,7 +359,11 @@ func TestDeploy_SecondNodeFailingRollsTheFirstBack(t *testing.T) {
 					return
 				}
 			}
-			time.Sleep(20 * time.Millisecond)
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
 		}
 	}()
 
