@@ -253,11 +253,7 @@ func (d *decoder) reconfigures(blocks []fileReconfig) []*ReconfigureConfig {
 	first := map[string]hcl.Range{}
 	for _, b := range blocks {
 		if at, dup := first[b.Name]; dup {
-			d.diags = append(d.diags, &hcl.Diagnostic{
-				Severity: hcl.DiagError,
-				Summary:  fmt.Sprintf("duplicate reconfigure block %q: the first is at %s", b.Name, position(at)),
-				Subject:  b.DefRange.Ptr(),
-			})
+			d.duplicate(fmt.Sprintf("duplicate reconfigure block %q: the first is at %s", b.Name, position(at)), b.DefRange)
 			continue
 		}
 		first[b.Name] = b.DefRange
@@ -310,12 +306,7 @@ func (d *decoder) deploys(blocks []fileDeploy) []*DeployConfig {
 	first := map[string]hcl.Range{}
 	for _, b := range blocks {
 		if at, dup := first[b.Service]; dup {
-			d.diags = append(d.diags, &hcl.Diagnostic{
-				Severity: hcl.DiagError,
-				Summary: fmt.Sprintf("duplicate deploy block for service %q: the first is at %s",
-					b.Service, position(at)),
-				Subject: b.DefRange.Ptr(),
-			})
+			d.duplicate(fmt.Sprintf("duplicate deploy block for service %q: the first is at %s", b.Service, position(at)), b.DefRange)
 			continue
 		}
 		first[b.Service] = b.DefRange
@@ -363,12 +354,7 @@ func (d *decoder) provider(blocks []fileProvider) ProviderConfig {
 		return ProviderConfig{}
 	}
 	for _, b := range blocks[1:] {
-		d.diags = append(d.diags, &hcl.Diagnostic{
-			Severity: hcl.DiagError,
-			Summary: fmt.Sprintf("duplicate provider block: only one is allowed, the first is at %s",
-				position(blocks[0].DefRange)),
-			Subject: b.DefRange.Ptr(),
-		})
+		d.duplicate(fmt.Sprintf("duplicate provider block: only one is allowed, the first is at %s", position(blocks[0].DefRange)), b.DefRange)
 	}
 	b := blocks[0]
 	key := KeyProvider + "." + b.Type
@@ -510,6 +496,11 @@ func (d *decoder) reported(key string) bool {
 		}
 	}
 	return false
+}
+
+// duplicate reports the block at at, which repeats an earlier one.
+func (d *decoder) duplicate(summary string, at hcl.Range) {
+	d.diags = append(d.diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Subject: at.Ptr()})
 }
 
 func (d *decoder) errorf(key, format string, args ...any) {
