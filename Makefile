@@ -44,7 +44,8 @@ $(CONSUL_BIN):
 	@mkdir -p $(CONSUL_DIR)
 	cd scripts/tools/consul && go build -trimpath -ldflags='-s -w' -o $@.tmp github.com/hashicorp/consul
 	@mv $@.tmp $@
-	@$@ version | head -1
+	@# sed reads to the end: `| head -1` would exit early and SIGPIPE consul under pipefail.
+	@$@ version | sed -n 1p
 
 .PHONY: build
 build: ## build every handler into bin/
