@@ -261,6 +261,9 @@ type ConsulConfig struct {
 	InlineToken Secret
 	// TokenFile is an absolute path to a file holding the ACL token.
 	TokenFile string
+	// EnvToken is $CONSUL_HTTP_TOKEN as the program's environment had it when the
+	// configuration was loaded: the token when the file names none.
+	EnvToken Secret
 	// TLS configures HTTPS; all paths are absolute.
 	TLS TLSConfig
 }
@@ -415,7 +418,7 @@ func defaultAWS() *AWSProvider {
 }
 
 // Token returns the ACL token to use: consul.token, else the trimmed contents
-// of consul.token_file, else $CONSUL_HTTP_TOKEN, else "" (anonymous).
+// of consul.token_file, else EnvToken ($CONSUL_HTTP_TOKEN), else "" (anonymous).
 func (c ConsulConfig) Token() (string, error) {
 	if c.InlineToken != "" {
 		return string(c.InlineToken), nil
@@ -431,7 +434,7 @@ func (c ConsulConfig) Token() (string, error) {
 		}
 		return tok, nil
 	}
-	return os.Getenv(api.HTTPTokenEnvName), nil
+	return string(c.EnvToken), nil
 }
 
 // APIConfig returns a Consul API client configuration with the address,

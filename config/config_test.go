@@ -31,7 +31,6 @@ provider "local" {
 // $CONSUL_HTTP_ADDR unset so that the machine's environment cannot leak in.
 func parse(t *testing.T, src string) (*Config, error) {
 	t.Helper()
-	t.Setenv(api.HTTPAddrEnvName, "")
 	return Parse([]byte(src), "/etc/consul-rehydrate/config.hcl")
 }
 
@@ -185,7 +184,6 @@ func TestLoad_RejectsInvalidFilesWithPositionAndKey(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.fixture, func(t *testing.T) {
-			t.Setenv(api.HTTPAddrEnvName, "")
 			c, err := Load(filepath.Join("testdata", tt.fixture))
 			assert.Nil(t, c)
 			var cerr *Error
@@ -196,7 +194,6 @@ func TestLoad_RejectsInvalidFilesWithPositionAndKey(t *testing.T) {
 }
 
 func TestLoad_ReportsEveryErrorWithFileAndLine(t *testing.T) {
-	t.Setenv(api.HTTPAddrEnvName, "")
 	_, err := Load("testdata/many-errors.hcl")
 	assertLines(t, []string{
 		`testdata/many-errors.hcl:2:1: cluster "Main!" must be 1 to 63 characters of a-z, 0-9, - and _`,
@@ -300,8 +297,7 @@ func TestParse_ConsulAddressFromEnvironmentOnlyWhenTheFileOmitsIt(t *testing.T) 
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			t.Setenv(api.HTTPAddrEnvName, tt.env)
-			c, err := Parse([]byte(minimal+tt.block), "config.hcl")
+			c, err := ParseFor([]byte(minimal+tt.block), "config.hcl", JobRoll, env(api.HTTPAddrEnvName, tt.env))
 			require.NoError(t, err)
 			assert.Equal(t, tt.want, c.Consul.Address)
 		})
@@ -309,8 +305,7 @@ func TestParse_ConsulAddressFromEnvironmentOnlyWhenTheFileOmitsIt(t *testing.T) 
 }
 
 func TestParse_NamesTheEnvironmentVariableOfABadAddress(t *testing.T) {
-	t.Setenv(api.HTTPAddrEnvName, "not an address")
-	_, err := Parse([]byte(minimal), "config.hcl")
+	_, err := ParseFor([]byte(minimal), "config.hcl", JobRoll, env(api.HTTPAddrEnvName, "not an address"))
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), `config.hcl:1:1: invalid consul.address "not an address"`)
 	assert.Contains(t, err.Error(), "(set by $CONSUL_HTTP_ADDR)")
@@ -412,7 +407,6 @@ target {{ .Node }} {{ .Address }}:{{ .Port }}{{ if .Tags }} tags={{ join .Tags "
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
-			t.Setenv(api.HTTPAddrEnvName, "")
 			// Load each example from a directory holding the placeholder
 			// token file that example-aws.hcl names.
 			dir := t.TempDir()
@@ -421,7 +415,7 @@ target {{ .Node }} {{ .Address }}:{{ .Port }}{{ if .Tags }} tags={{ join .Tags "
 			write(t, filepath.Join(dir, tt.file), string(src))
 			write(t, filepath.Join(dir, "consul.token"), "placeholder\n")
 
-			c, err := LoadFor(filepath.Join(dir, tt.file), tt.jobs)
+			c, err := LoadFor(filepath.Join(dir, tt.file), tt.jobs, NoEnv)
 			require.NoError(t, err)
 			assert.Equal(t, tt.want(dir), c)
 		})
@@ -429,7 +423,6 @@ target {{ .Node }} {{ .Address }}:{{ .Port }}{{ if .Tags }} tags={{ join .Tags "
 }
 
 func TestParse_AcceptsHCLJSONSyntax(t *testing.T) {
-	t.Setenv(api.HTTPAddrEnvName, "")
 	c, err := Load("testdata/example.hcl.json")
 	require.NoError(t, err)
 	assert.Equal(t, "json", c.Cluster)
@@ -517,4 +510,47 @@ func TestParse_GivesEveryProblemOfAFileAPosition(t *testing.T) {
 	for _, d := range cerr.Diagnostics {
 		assert.NotNil(t, d.Subject, "every problem of a parsed file has a position: %s", d.Summary)
 	}
+}
+
+// env is an environment of one variable.
+func env(name, value string) Getenv {
+	return func(k string) string {
+		if k == name {
+			return value
+		}
+		return ""
+	}
+}
+
+func TestParseFor_ReadsTheEnvironmentOnlyThroughGetenv(t *testing.T) {
+	// The process environment says one thing, the program's another: only the
+	// program's counts.
+	t.Setenv(api.HTTPAddrEnvName, "10.9.9.9:8500")
+	t.Setenv(api.HTTPTokenEnvName, "process-token")
+	c, err := ParseFor([]byte(minimal), "config.hcl", JobRoll, func(k string) string {
+		return map[string]string{api.HTTPAddrEnvName: "127.0.0.7:8500", api.HTTPTokenEnvName: "program-token"}[k]
+	})
+	require.NoError(t, err)
+	assert.Equal(t, "127.0.0.7:8500", c.Consul.Address)
+	tok, err := c.Consul.Token()
+	require.NoError(t, err)
+	assert.Equal(t, "program-token", tok)
+	assert.NotContains(t, fmt.Sprintf("%v %+v %#v", c, c, c), "program-token", "the token never prints")
+
+	c, err = ParseFor([]byte(minimal), "config.hcl", JobRoll, nil)
+	require.NoError(t, err)
+	assert.Equal(t, DefaultConsulAddress, c.Consul.Address)
+	tok, err = c.Consul.Token()
+	require.NoError(t, err)
+	assert.Empty(t, tok)
+}
+
+func TestFromEnv_IsTheDefaultsWithTheConsulCLIsVariables(t *testing.T) {
+	c, err := FromEnv(env(api.HTTPAddrEnvName, "127.0.0.9:8500"))
+	require.NoError(t, err)
+	assert.Equal(t, "127.0.0.9:8500", c.Consul.Address)
+	assert.Equal(t, DefaultLockSessionTTL, c.Lock.SessionTTL)
+
+	_, err = FromEnv(env(api.HTTPAddrEnvName, "not an address"))
+	require.ErrorContains(t, err, "(set by $CONSUL_HTTP_ADDR)")
 }

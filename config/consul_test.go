@@ -35,7 +35,7 @@ func TestConsulConfig_TokenPrefersInlineThenFileThenEnvironment(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			t.Setenv(api.HTTPTokenEnvName, tt.env)
+			tt.c.EnvToken = Secret(tt.env)
 			got, err := tt.c.Token()
 			if tt.wantErr != "" {
 				require.Error(t, err)

@@ -5,15 +5,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
 func parseFor(t *testing.T, jobs Jobs, src string) (*Config, error) {
 	t.Helper()
-	t.Setenv(api.HTTPAddrEnvName, "")
-	return ParseFor([]byte(src), "/etc/consul-rehydrate/deploy.hcl", jobs)
+	return ParseFor([]byte(src), "/etc/consul-rehydrate/deploy.hcl", jobs, nil)
 }
 
 func TestParseFor_DeployNeedsNoClusterServersOrProvider(t *testing.T) {
@@ -106,8 +104,7 @@ func TestParseFor_RejectsBadDeployBlocksWithPositionAndKey(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			t.Setenv(api.HTTPAddrEnvName, "")
-			_, err := ParseFor([]byte(tt.src), "deploy.hcl", JobDeploy)
+			_, err := ParseFor([]byte(tt.src), "deploy.hcl", JobDeploy, nil)
 			assertLines(t, tt.want, err)
 		})
 	}

@@ -18,29 +18,51 @@ import (
 	"github.com/hashicorp/hcl/v2/json"
 )
 
-// Load reads and parses the configuration file at path for the roll; see Parse.
-func Load(path string) (*Config, error) { return LoadFor(path, JobRoll) }
+// Getenv reads an environment variable; a program passes its own, so that loading a
+// configuration never reads the process environment behind the caller's back.
+type Getenv func(string) string
+
+// NoEnv is an empty environment.
+func NoEnv(string) string { return "" }
+
+// Load reads and parses the configuration file at path for the roll, in an empty
+// environment; see ParseFor.
+func Load(path string) (*Config, error) { return LoadFor(path, JobRoll, NoEnv) }
 
 // LoadFor reads and parses the configuration file at path for jobs; see ParseFor.
-func LoadFor(path string, jobs Jobs) (*Config, error) {
+func LoadFor(path string, jobs Jobs, getenv Getenv) (*Config, error) {
 	src, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	return ParseFor(src, path, jobs)
+	return ParseFor(src, path, jobs, getenv)
 }
 
-// Parse parses a file for the roll: ParseFor(src, filename, JobRoll).
-func Parse(src []byte, filename string) (*Config, error) { return ParseFor(src, filename, JobRoll) }
+// FromEnv is the configuration of a program that runs without a file (e.g.
+// `rehydrate deploy status`): the defaults, with $CONSUL_HTTP_ADDR and
+// $CONSUL_HTTP_TOKEN read through getenv, as the consul CLI reads them.
+func FromEnv(getenv Getenv) (*Config, error) {
+	return ParseFor(nil, "(environment)", 0, getenv)
+}
+
+// Parse parses a file for the roll in an empty environment: ParseFor(src,
+// filename, JobRoll, NoEnv).
+func Parse(src []byte, filename string) (*Config, error) {
+	return ParseFor(src, filename, JobRoll, NoEnv)
+}
 
 // ParseFor parses src, the contents of the configuration file filename, for the
-// jobs a program does: HCL native syntax, or HCL's JSON syntax when filename ends
+// jobs a program does, reading the environment only through getenv (nil: an empty
+// one; it supplies $CONSUL_HTTP_ADDR and $CONSUL_HTTP_TOKEN): HCL native syntax, or HCL's JSON syntax when filename ends
 // in ".json". It starts from Default, overlays what the file sets and validates
 // the result: every block the file has, and the settings jobs require.
 // Relative paths in the file resolve against filename's directory. A file
 // that does not parse, decode or validate gives an *Error listing every
 // problem with its position.
-func ParseFor(src []byte, filename string, jobs Jobs) (*Config, error) {
+func ParseFor(src []byte, filename string, jobs Jobs, getenv Getenv) (*Config, error) {
+	if getenv == nil {
+		getenv = NoEnv
+	}
 	var file *hcl.File
 	var diags hcl.Diagnostics
 	if strings.HasSuffix(filename, ".json") {
@@ -58,6 +80,7 @@ func ParseFor(src []byte, filename string, jobs Jobs) (*Config, error) {
 	}
 	d := &decoder{
 		jobs:    jobs,
+		getenv:  getenv,
 		dir:     dir,
 		missing: file.Body.MissingItemRange(),
 		pos:     map[string]hcl.Range{},
@@ -185,6 +208,7 @@ type fileImage struct {
 // decoder turns a parsed file into a Config, collecting every problem.
 type decoder struct {
 	jobs    Jobs                 // what the program does with the file
+	getenv  Getenv               // the program's environment
 	dir     string               // the config file's directory, absolute
 	missing hcl.Range            // where to report a problem with no better place
 	pos     map[string]hcl.Range // where each attribute and block is, by key
@@ -219,11 +243,12 @@ func (d *decoder) config(body hcl.Body) *Config {
 		}
 	}
 	if _, inFile := d.pos[KeyConsulAddress]; !inFile {
-		if addr := os.Getenv(api.HTTPAddrEnvName); addr != "" {
+		if addr := d.getenv(api.HTTPAddrEnvName); addr != "" {
 			c.Consul.Address = addr
 			d.fromEnv[KeyConsulAddress] = api.HTTPAddrEnvName
 		}
 	}
+	c.Consul.EnvToken = Secret(d.getenv(api.HTTPTokenEnvName))
 	if f.Lock != nil {
 		d.duration(&c.Lock.SessionTTL, f.Lock.SessionTTL, KeyLockSessionTTL)
 		d.duration(&c.Lock.LockDelay, f.Lock.LockDelay, KeyLockLockDelay)

@@ -5,13 +5,11 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
 func TestParseFor_ReconfigureDefaultsAndTemplateFile(t *testing.T) {
-	t.Setenv(api.HTTPAddrEnvName, "")
 	dir := t.TempDir()
 	write(t, filepath.Join(dir, "tmpl", "lb.tmpl"), "{{ range .Instances }}{{ .Address }}\n{{ end }}")
 	write(t, filepath.Join(dir, "c.hcl"), `reconfigure "lb" {
@@ -19,7 +17,7 @@ func TestParseFor_ReconfigureDefaultsAndTemplateFile(t *testing.T) {
   destination   = "out/lb.conf"
 }
 `)
-	c, err := LoadFor(filepath.Join(dir, "c.hcl"), JobReconfigure)
+	c, err := LoadFor(filepath.Join(dir, "c.hcl"), JobReconfigure, nil)
 	require.NoError(t, err)
 	r := c.Reconfigure("lb")
 	require.NotNil(t, r)
@@ -104,8 +102,7 @@ EOT
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			t.Setenv(api.HTTPAddrEnvName, "")
-			_, err := ParseFor([]byte(tt.src), "r.hcl", JobReconfigure)
+			_, err := ParseFor([]byte(tt.src), "r.hcl", JobReconfigure, nil)
 			assertLines(t, tt.want, err)
 		})
 	}

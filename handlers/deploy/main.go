@@ -4,8 +4,8 @@ package main
 import (
 	"os"
 
+	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/deploy"
-	"github.com/consul-rehydrate/consul-rehydrate/internal/watch"
 )
 
-func main() { os.Exit(deploy.Main(os.Args[1:], watch.OSEnv())) }
+func main() { os.Exit(deploy.Main(os.Args[1:], app.OSEnv())) }

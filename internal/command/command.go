@@ -5,120 +5,53 @@ package command
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"net/http"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/hashicorp/go-cleanhttp"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/consul-rehydrate/consul-rehydrate/config"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
 	awsprovider "github.com/consul-rehydrate/consul-rehydrate/internal/cloud/aws"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/roll"
-	"github.com/consul-rehydrate/consul-rehydrate/internal/watch"
 )
 
-// Exit codes, environment and what every executable shares live in package watch,
-// which the lean spindown is built from; they are repeated here for callers.
-const (
-	ExitOK         = watch.ExitOK
-	ExitError      = watch.ExitError
-	ExitUsage      = watch.ExitUsage
-	ExitConfig     = watch.ExitConfig
-	ExitBadPayload = watch.ExitBadPayload
-	ExitConsul     = watch.ExitConsul
-	ExitCloud      = watch.ExitCloud
-	ExitLockLost   = watch.ExitLockLost
-	ExitRefused    = watch.ExitRefused
-)
-
-// Env is what a program reads and writes besides its arguments.
-type Env = watch.Env
-
-// OSEnv is the process's own environment.
-func OSEnv() Env { return watch.OSEnv() }
-
-// Environment variables the programs read.
-const (
-	EnvConfig  = watch.EnvConfig
-	EnvLogFile = watch.EnvLogFile
-	EnvBinDir  = watch.EnvBinDir
-)
-
-// app is what every command sets up from its flags.
-type app struct {
+// prog is a command set up by package app, with what the roll's commands add: the
+// provider and the roller.
+type prog struct {
+	*app.Program
 	name       string
-	env        Env
-	configPath string
-	httpAddr   string
+	env        app.Env
 	cfg        *config.Config
 	log        hclog.Logger
-	loaded     *watch.Loaded
-	// transport is shared by every client the command makes and closed with it, so
-	// in-process callers (tests, the demo) do not pile up idle connections against
-	// Consul's per-client connection limit.
-	transport *http.Transport
+	configPath string
 }
 
-func newApp(name string, env Env, fs *flag.FlagSet) *app {
-	a := &app{name: name, env: env}
-	watch.RegisterFlags(fs, env, &a.configPath, &a.httpAddr)
-	return a
+// load sets up the command whose flags are f for the roll's jobs. It returns an
+// exit code != 0 on failure, having said why.
+func load(f *app.Flags) (*prog, int) {
+	p, code := app.Load(f, config.JobRoll, app.FileRequired)
+	if code != app.ExitOK {
+		return nil, code
+	}
+	return &prog{Program: p, name: p.Name, env: p.Env, cfg: p.Config, log: p.Log, configPath: p.ConfigPath}, app.ExitOK
 }
 
-// load reads the configuration and sets up logging. It returns an exit code != 0
-// on failure, having said why.
-func (a *app) load() int {
-	l, code := watch.Load(a.name, a.configPath, config.JobRoll, a.env)
-	if code != ExitOK {
-		return code
-	}
-	a.loaded, a.cfg, a.log, a.configPath = l, l.Config, l.Log, l.ConfigPath
-	return ExitOK
-}
-
-func (a *app) close() {
-	if a.transport != nil {
-		a.transport.CloseIdleConnections()
-	}
-	if a.loaded != nil {
-		a.loaded.Close()
-	}
-}
-
-// consul returns a client for the configured agent.
-func (a *app) consul() (*api.Client, error) {
-	ac, err := a.cfg.Consul.APIConfig()
-	if err != nil {
-		return nil, err
-	}
-	if a.httpAddr != "" {
-		ac.Address = a.httpAddr
-	}
-	if a.transport == nil {
-		a.transport = cleanhttp.DefaultPooledTransport()
-	}
-	ac.Transport = a.transport
-	c, err := api.NewClient(ac)
-	if err != nil {
-		return nil, fmt.Errorf("consul client: %w", err)
-	}
-	return c, nil
-}
+// consul returns the program's Consul client.
+func (a *prog) consul() (*api.Client, error) { return a.Consul() }
 
 // localProvider builds the local provider from the configuration.
-func (a *app) localProvider() (*local.Provider, error) {
+func (a *prog) localProvider() (*local.Provider, error) {
 	lp := a.cfg.Provider.Local
 	if lp == nil {
 		return nil, fmt.Errorf("provider %q: this command needs provider \"local\"", a.cfg.Provider.Type)
 	}
-	binDir, err := watch.BinDir(a.env)
+	binDir, err := a.BinDir()
 	if err != nil {
 		return nil, err
 	}
@@ -129,7 +62,7 @@ func (a *app) localProvider() (*local.Provider, error) {
 }
 
 // provider builds the configured provider.
-func (a *app) provider() (roll.Provider, error) {
+func (a *prog) provider() (roll.Provider, error) {
 	switch {
 	case a.cfg.Provider.Local != nil:
 		return a.localProvider()
@@ -201,45 +134,48 @@ func (l *lazyProvider) Terminate(ctx context.Context, instanceID, actionID strin
 }
 
 // roller builds a Roller against the configured Consul and provider.
-func (a *app) roller() (*roll.Roller, int) {
+func (a *prog) roller() (*roll.Roller, int) {
 	c, err := a.consul()
 	if err != nil {
 		a.log.Error("set up consul client", "error", err)
-		return nil, ExitConfig
+		return nil, app.ExitConfig
 	}
 	p, err := a.provider()
 	if err != nil {
 		a.log.Error("set up provider", "error", err)
-		return nil, ExitConfig
+		return nil, app.ExitConfig
 	}
 	r := roll.New(a.cfg, c, p, a.log)
 	r.Holder = a.name + " " + r.Holder
-	return r, ExitOK
+	return r, app.ExitOK
 }
 
 // handlerTimeout bounds one handler invocation: the lock wait and the longest wait a
 // step may take, plus slack, so that no handler outlives its usefulness.
-func (a *app) handlerTimeout() time.Duration {
+func (a *prog) handlerTimeout() time.Duration {
 	return a.cfg.Lock.Wait + a.cfg.Roll.LaunchTimeout + a.cfg.Roll.LeaveTimeout + time.Minute
 }
 
 // exitCode maps an error from a roll to an exit code and logs it.
-func (a *app) exitCode(err error) int {
+func (a *prog) exitCode(err error) int {
 	if err == nil {
-		return ExitOK
+		return app.ExitOK
 	}
-	code := ExitError
+	code := app.ExitError
 	switch {
 	case errors.Is(err, roll.ErrRefused):
-		code = ExitRefused
+		code = app.ExitRefused
+	// A lost lock and a deadline are told apart before what failed under them.
 	case errors.Is(err, roll.ErrLockLost):
-		code = ExitLockLost
+		code = app.ExitLockLost
+	case errors.Is(err, context.DeadlineExceeded):
+		code = app.ExitTimedOut
 	case errors.Is(err, roll.ErrCloud):
-		code = ExitCloud
+		code = app.ExitCloud
 	case errors.Is(err, roll.ErrConsul):
-		code = ExitConsul
+		code = app.ExitConsul
 	case errors.Is(err, payload.ErrBadPayload):
-		code = ExitBadPayload
+		code = app.ExitBadPayload
 	}
 	a.log.Error("step failed", "error", err, "exit_code", code)
 	return code

@@ -9,6 +9,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
 )
 
 // A config whose Consul address nothing listens on: any request would fail, so a
@@ -28,9 +30,9 @@ func writeConfig(t *testing.T, src string) string {
 	return p
 }
 
-func run(prog func([]string, Env) int, args []string, stdin string) (int, string) {
+func run(prog func([]string, app.Env) int, args []string, stdin string) (int, string) {
 	var out bytes.Buffer
-	code := prog(args, Env{Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &out, Getenv: func(string) string { return "" }})
+	code := prog(args, app.Env{Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &out, Getenv: func(string) string { return "" }})
 	return code, out.String()
 }
 
@@ -39,36 +41,36 @@ func TestHandlers_RefuseBadInputBeforeTalkingToConsul(t *testing.T) {
 	broken := writeConfig(t, "cluster = \"t\"\nservers = \"three\"\nbogus = 1\n")
 	tests := []struct {
 		name    string
-		prog    func([]string, Env) int
+		prog    func([]string, app.Env) int
 		args    []string
 		stdin   string
 		code    int
 		message string
 	}{
-		{"spinup: not JSON", Spinup, []string{"-config", cfg}, "hello", ExitBadPayload, "refusing event payload"},
-		{"spinup: empty stdin", Spinup, []string{"-config", cfg}, "", ExitBadPayload, "empty payload"},
-		{"spinup: null", Spinup, []string{"-config", cfg}, "null", ExitBadPayload, "expected array"},
-		{"spinup: object", Spinup, []string{"-config", cfg}, `{"ID":"x"}`, ExitBadPayload, "expected array"},
-		{"spinup: invalid base64", Spinup, []string{"-config", cfg}, `[{"ID":"e1","Name":"consul-rehydrate","Payload":"!!"}]`, ExitBadPayload, "refusing event payload"},
-		{"spinup: wrong event name", Spinup, []string{"-config", cfg}, `[{"ID":"e1","Name":"deploy"}]`, ExitBadPayload, `event name \"deploy\", want \"consul-rehydrate\"`},
-		{"spinup: unknown field in our payload", Spinup, []string{"-config", cfg}, `[{"ID":"e1","Name":"consul-rehydrate","Payload":"eyJpbWFnZSI6ImEifQ=="}]`, ExitBadPayload, "image"},
+		{"spinup: not JSON", Spinup, []string{"-config", cfg}, "hello", app.ExitBadPayload, "refusing event payload"},
+		{"spinup: empty stdin", Spinup, []string{"-config", cfg}, "", app.ExitBadPayload, "empty payload"},
+		{"spinup: null", Spinup, []string{"-config", cfg}, "null", app.ExitBadPayload, "expected array"},
+		{"spinup: object", Spinup, []string{"-config", cfg}, `{"ID":"x"}`, app.ExitBadPayload, "expected array"},
+		{"spinup: invalid base64", Spinup, []string{"-config", cfg}, `[{"ID":"e1","Name":"consul-rehydrate","Payload":"!!"}]`, app.ExitBadPayload, "refusing event payload"},
+		{"spinup: wrong event name", Spinup, []string{"-config", cfg}, `[{"ID":"e1","Name":"deploy"}]`, app.ExitBadPayload, `event name \"deploy\", want \"consul-rehydrate\"`},
+		{"spinup: unknown field in our payload", Spinup, []string{"-config", cfg}, `[{"ID":"e1","Name":"consul-rehydrate","Payload":"eyJpbWFnZSI6ImEifQ=="}]`, app.ExitBadPayload, "image"},
 		{"spinup: a malformed event does not hide an earlier good one", Spinup, []string{"-config", cfg},
-			`[{"ID":"e1","Name":"consul-rehydrate"},{"ID":"e2","Name":"consul-rehydrate","Payload":"bm90IGpzb24="}]`, ExitConsul, "refusing event: event_id=e2"},
+			`[{"ID":"e1","Name":"consul-rehydrate"},{"ID":"e2","Name":"consul-rehydrate","Payload":"bm90IGpzb24="}]`, app.ExitConsul, "refusing event: event_id=e2"},
 		{"spinup: a malformed event before a good one is refused too", Spinup, []string{"-config", cfg},
-			`[{"ID":"e2","Name":"consul-rehydrate","Payload":"bm90IGpzb24="},{"ID":"e1","Name":"consul-rehydrate"}]`, ExitConsul, "refusing event: event_id=e2"},
-		{"spinup: no events does nothing", Spinup, []string{"-config", cfg}, `[]`, ExitOK, ""},
-		{"spindown: not JSON", Spindown, []string{"-config", cfg}, "[{", ExitBadPayload, "refusing service payload"},
-		{"spindown: another service", Spindown, []string{"-config", cfg}, `[{"Service":{"Service":"web"}}]`, ExitBadPayload, `entry for service \"web\", want \"consul\"`},
-		{"spinup: no config", Spinup, nil, "[]", ExitConfig, "no configuration"},
-		{"spindown: broken config names file and line", Spindown, []string{"-config", broken}, "[]", ExitConfig, "rehydrate.hcl:2:"},
-		{"spindown: missing config file", Spindown, []string{"-config", "/nonexistent/x.hcl"}, "[]", ExitConfig, "/nonexistent/x.hcl"},
-		{"spinup: unknown flag", Spinup, []string{"-bogus"}, "[]", ExitUsage, "flag provided but not defined"},
-		{"rehydrate: no command", Rehydrate, nil, "", ExitUsage, "usage: rehydrate"},
-		{"rehydrate: unknown command", Rehydrate, []string{"-config", cfg, "explode"}, "", ExitUsage, `unknown command "explode"`},
-		{"rehydrate: fire with an invalid image id", Rehydrate, []string{"-config", cfg, "fire", "--image", "has space"}, "", ExitUsage, "invalid image"},
-		{"rehydrate: a stray argument", Rehydrate, []string{"-config", cfg, "status", "now"}, "", ExitUsage, `rehydrate status: unexpected argument "now"`},
-		{"rehydrate: register with two names", Rehydrate, []string{"-config", cfg, "local", "image", "register", "B", "--extra-hcl", "x.hcl", "C"}, "", ExitUsage, "want exactly one NAME"},
-		{"rehydrate: local up without image", Rehydrate, []string{"-config", cfg, "local", "up"}, "", ExitUsage, "--image is required"},
+			`[{"ID":"e2","Name":"consul-rehydrate","Payload":"bm90IGpzb24="},{"ID":"e1","Name":"consul-rehydrate"}]`, app.ExitConsul, "refusing event: event_id=e2"},
+		{"spinup: no events does nothing", Spinup, []string{"-config", cfg}, `[]`, app.ExitOK, ""},
+		{"spindown: not JSON", Spindown, []string{"-config", cfg}, "[{", app.ExitBadPayload, "refusing service payload"},
+		{"spindown: another service", Spindown, []string{"-config", cfg}, `[{"Service":{"Service":"web"}}]`, app.ExitBadPayload, `entry for service \"web\", want \"consul\"`},
+		{"spinup: no config", Spinup, nil, "[]", app.ExitConfig, "no configuration"},
+		{"spindown: broken config names file and line", Spindown, []string{"-config", broken}, "[]", app.ExitConfig, "rehydrate.hcl:2:"},
+		{"spindown: missing config file", Spindown, []string{"-config", "/nonexistent/x.hcl"}, "[]", app.ExitConfig, "/nonexistent/x.hcl"},
+		{"spinup: unknown flag", Spinup, []string{"-bogus"}, "[]", app.ExitUsage, "flag provided but not defined"},
+		{"rehydrate: no command", Rehydrate, nil, "", app.ExitUsage, "usage: rehydrate"},
+		{"rehydrate: unknown command", Rehydrate, []string{"-config", cfg, "explode"}, "", app.ExitUsage, `unknown command "explode"`},
+		{"rehydrate: fire with an invalid image id", Rehydrate, []string{"-config", cfg, "fire", "--image", "has space"}, "", app.ExitUsage, "invalid image"},
+		{"rehydrate: a stray argument", Rehydrate, []string{"-config", cfg, "status", "now"}, "", app.ExitUsage, `rehydrate status: unexpected argument "now"`},
+		{"rehydrate: register with two names", Rehydrate, []string{"-config", cfg, "local", "image", "register", "B", "--extra-hcl", "x.hcl", "C"}, "", app.ExitUsage, `rehydrate local image register: unexpected argument "C"`},
+		{"rehydrate: local up without image", Rehydrate, []string{"-config", cfg, "local", "up"}, "", app.ExitUsage, "--image is required"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -80,7 +82,7 @@ func TestHandlers_RefuseBadInputBeforeTalkingToConsul(t *testing.T) {
 }
 
 func TestExitCodes_AreDistinct(t *testing.T) {
-	codes := []int{ExitOK, ExitError, ExitUsage, ExitConfig, ExitBadPayload, ExitConsul, ExitCloud, ExitLockLost, ExitRefused}
+	codes := []int{app.ExitOK, app.ExitError, app.ExitUsage, app.ExitConfig, app.ExitBadPayload, app.ExitConsul, app.ExitCloud, app.ExitLockLost, app.ExitRefused}
 	seen := map[int]bool{}
 	for _, c := range codes {
 		assert.False(t, seen[c], "exit code %d used twice", c)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
@@ -63,12 +64,12 @@ provider "local" {
 
 // demo brings up a local cluster on image A, writes to it steadily, rolls it to
 // image B through the real watches, and reports what the roll cost.
-func (a *app) demo(servers int) int {
+func (a *prog) demo(servers int) int {
 	out := a.env.Stdout
 	p, err := a.localProvider()
 	if err != nil {
 		a.log.Error("local provider", "error", err)
-		return ExitConfig
+		return app.ExitConfig
 	}
 	ctx, cancel := withTimeout(15 * time.Minute)
 	defer cancel()
@@ -87,16 +88,16 @@ func (a *app) demo(servers int) int {
 	fmt.Fprintf(out, "starting %d servers on image A\n", servers)
 	if err := ensureImage(ctx, p, "A"); err != nil {
 		a.log.Error("register image A", "error", err)
-		return ExitCloud
+		return app.ExitCloud
 	}
 	if _, err := p.Up(ctx, servers, "A"); err != nil {
 		a.log.Error("local up", "error", err)
-		return ExitCloud
+		return app.ExitCloud
 	}
 	c, err := a.cliConsul()
 	if err != nil {
 		a.log.Error("consul client", "error", err)
-		return ExitConsul
+		return app.ExitConsul
 	}
 
 	writer := workload.StartWriter(c, "demo/writes/", 20, 3, 5*time.Second)
@@ -105,13 +106,13 @@ func (a *app) demo(servers int) int {
 
 	if _, err := p.RegisterImage(ctx, "B", local.ImageOptions{}); err != nil {
 		a.log.Error("register image B", "error", err)
-		return ExitCloud
+		return app.ExitCloud
 	}
 	body, _ := payload.NewRequestPayload("B")
 	start := time.Now()
 	if _, _, err := c.Event().Fire(&api.UserEvent{Name: a.cfg.Roll.EventName, Payload: body}, nil); err != nil {
 		a.log.Error("fire event", "error", err)
-		return ExitConsul
+		return app.ExitConsul
 	}
 	fmt.Fprintf(out, "registered image B and fired %s; the servers' watches take it from here\n", a.cfg.Roll.EventName)
 
@@ -135,14 +136,14 @@ func (a *app) demo(servers int) int {
 	line, _ := json.Marshal(summary)
 	fmt.Fprintln(out, string(line))
 	if !done || err != nil || werr != nil {
-		return ExitError
+		return app.ExitError
 	}
-	return ExitOK
+	return app.ExitOK
 }
 
 // follow prints each roll step as it happens and returns when every server runs
 // image and the roll is recorded done (true), or on timeout (false).
-func (a *app) follow(ctx context.Context, p *local.Provider, c *api.Client, image string, servers int, start time.Time) (bool, error) {
+func (a *prog) follow(ctx context.Context, p *local.Provider, c *api.Client, image string, servers int, start time.Time) (bool, error) {
 	store := coord.New(c, a.cfg.Cluster)
 	seen := 0
 	for {

@@ -3,7 +3,6 @@ package command
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -13,186 +12,54 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/consul-rehydrate/consul-rehydrate/config"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
-	"github.com/consul-rehydrate/consul-rehydrate/internal/deploy"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/plan"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/roll"
 )
 
-const rehydrateUsage = `usage: rehydrate [-config FILE] COMMAND [flags]
-
-commands:
-  fire [--image ID]                 ask the cluster to roll (to ID, or the newest allowed image)
-  status [--json]                   servers, images, the roll's phase and history
-  plan [--json]                     the next step and why; changes nothing
-  local up --servers N --image NAME start a local cluster (local provider)
-  local image register NAME         register a local image
-  local down                        stop the local cluster and remove its state
-  local demo [--servers N]          a whole roll of a local cluster under write load
-  deploy start|status --service S   node-by-node deployments (rehydrate deploy -h)
-`
-
-// Rehydrate is the operator CLI.
-func Rehydrate(args []string, env Env) int {
-	// -config and -http-addr may stand before the command as well as after it.
-	global := flag.NewFlagSet("rehydrate", flag.ContinueOnError)
-	global.SetOutput(env.Stderr)
-	g := newApp("rehydrate", env, global)
-	if err := global.Parse(args); err != nil {
-		return ExitUsage
-	}
-	args = global.Args()
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(env.Stderr, rehydrateUsage)
-		return ExitUsage
-	}
-	cmd, rest := args[0], args[1:]
-	if cmd == "spindown" {
-		// Not for operators: the lean spindown executable hands a step here.
-		var pre []string
-		if g.configPath != "" {
-			pre = append(pre, "-config", g.configPath)
-		}
-		if g.httpAddr != "" {
-			pre = append(pre, "-http-addr", g.httpAddr)
-		}
-		return Spindown(append(pre, rest...), env)
-	}
-	if cmd == "deploy" {
-		// Its own flags and configuration: a node that deploys has no roll to set up.
-		if len(rest) == 0 {
-			fmt.Fprint(env.Stderr, deploy.Usage)
-			return ExitUsage
-		}
-		pre := []string{rest[0]}
-		if g.configPath != "" {
-			pre = append(pre, "-config", g.configPath)
-		}
-		if g.httpAddr != "" {
-			pre = append(pre, "-http-addr", g.httpAddr)
-		}
-		return deploy.CLI(append(pre, rest[1:]...), env)
-	}
-	if cmd == "local" {
-		if len(rest) == 0 {
-			fmt.Fprint(env.Stderr, rehydrateUsage)
-			return ExitUsage
-		}
-		cmd, rest = "local "+rest[0], rest[1:]
-		if cmd == "local image" {
-			if len(rest) == 0 || rest[0] != "register" {
-				fmt.Fprint(env.Stderr, rehydrateUsage)
-				return ExitUsage
-			}
-			cmd, rest = "local image register", rest[1:]
-		}
-	}
-	fs := flag.NewFlagSet("rehydrate "+cmd, flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
-	a := newApp("rehydrate", env, fs)
-	a.configPath, a.httpAddr = g.configPath, g.httpAddr
-	asJSON := fs.Bool("json", false, "print JSON")
-	image := fs.String("image", "", "image ID")
-	servers := fs.Int("servers", 3, "number of servers (local up, local demo)")
-	consulBinary := fs.String("consul-binary", "", "consul binary of the image (local image register); default the provider's")
-	extraHCL := fs.String("extra-hcl", "", "file of extra agent config for the image's servers (local image register)")
-	// Flags may come before or after positional arguments (`register B --extra-hcl F`).
-	var positional []string
-	for {
-		if err := fs.Parse(rest); err != nil {
-			return ExitUsage
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		positional, rest = append(positional, fs.Arg(0)), fs.Args()[1:]
-	}
-	if cmd == "local demo" && a.configPath == "" {
-		// The demo needs no set-up: it writes its own configuration.
-		dir, err := os.MkdirTemp("", "rehydrate-demo-")
-		if err != nil {
-			fmt.Fprintf(env.Stderr, "rehydrate: %v\n", err)
-			return ExitError
-		}
-		defer os.RemoveAll(dir)
-		if a.configPath, err = DemoConfig(dir, *servers); err != nil {
-			fmt.Fprintf(env.Stderr, "rehydrate: %v\n", err)
-			return ExitError
-		}
-	}
-	if code := a.load(); code != ExitOK {
-		return code
-	}
-	defer a.close()
-
-	if len(positional) > 0 && cmd != "local image register" {
-		fmt.Fprintf(env.Stderr, "rehydrate %s: unexpected argument %q\n", cmd, positional[0])
-		return ExitUsage
-	}
-	switch cmd {
-	case "fire":
-		return a.fire(*image)
-	case "status":
-		return a.status(*asJSON)
-	case "plan":
-		return a.plan(*asJSON)
-	case "local up":
-		return a.localUp(*servers, *image)
-	case "local image register":
-		if len(positional) != 1 {
-			fmt.Fprintln(env.Stderr, "rehydrate local image register: want exactly one NAME")
-			return ExitUsage
-		}
-		return a.localRegister(positional[0], *consulBinary, *extraHCL)
-	case "local down":
-		return a.localDown()
-	case "local demo":
-		return a.demo(*servers)
-	}
-	fmt.Fprintf(env.Stderr, "rehydrate: unknown command %q\n%s", cmd, rehydrateUsage)
-	return ExitUsage
-}
-
 // cliConsul returns a client for operator commands. With the local provider and no
 // address set anywhere, it talks to the local cluster's client agent.
-func (a *app) cliConsul() (*api.Client, error) {
-	if a.httpAddr == "" && a.cfg.Provider.Local != nil && a.cfg.Consul.Address == config.DefaultConsulAddress && a.env.Getenv(api.HTTPAddrEnvName) == "" {
+func (a *prog) cliConsul() (*api.Client, error) {
+	if a.HTTPAddr() == "" && a.cfg.Provider.Local != nil && a.cfg.Consul.Address == config.DefaultConsulAddress && a.env.Getenv(api.HTTPAddrEnvName) == "" {
 		p, err := a.localProvider()
 		if err != nil {
 			return nil, err
 		}
-		if a.httpAddr, err = p.ClientAddr(); err != nil {
+		addr, err := p.ClientAddr()
+		if err != nil {
 			return nil, fmt.Errorf("local cluster: %w", err)
 		}
+		a.SetHTTPAddr(addr)
 	}
 	return a.consul()
 }
 
 // cliRoller is a Roller for operator commands.
-func (a *app) cliRoller() (*roll.Roller, int) {
+func (a *prog) cliRoller() (*roll.Roller, int) {
 	c, err := a.cliConsul()
 	if err != nil {
 		a.log.Error("set up consul client", "error", err)
-		return nil, ExitConsul
+		return nil, app.ExitConsul
 	}
 	p, err := a.provider()
 	if err != nil {
 		a.log.Error("set up provider", "error", err)
-		return nil, ExitConfig
+		return nil, app.ExitConfig
 	}
-	return roll.New(a.cfg, c, p, a.log), ExitOK
+	return roll.New(a.cfg, c, p, a.log), app.ExitOK
 }
 
-func (a *app) fire(image string) int {
+func (a *prog) fire(image string) int {
 	body, err := payload.NewRequestPayload(image)
 	if err != nil {
 		a.log.Error("invalid image", "error", err)
-		return ExitUsage
+		return app.ExitUsage
 	}
 	r, code := a.cliRoller()
-	if code != ExitOK {
+	if code != app.ExitOK {
 		return code
 	}
 	ctx, cancel := withTimeout(time.Minute)
@@ -214,7 +81,7 @@ func (a *app) fire(image string) int {
 		return a.exitCode(fmt.Errorf("%w: fire %s: %w", roll.ErrConsul, a.cfg.Roll.EventName, err))
 	}
 	fmt.Fprintf(a.env.Stdout, "fired %s (event %s)%s\n", a.cfg.Roll.EventName, id, map[bool]string{true: " for image " + image}[image != ""])
-	return ExitOK
+	return app.ExitOK
 }
 
 // Status is what `status --json` prints.
@@ -279,29 +146,29 @@ func collectStatus(ctx context.Context, r *roll.Roller) (*Status, error) {
 }
 
 // status and plan show the same observation: the whole of it, or its next step.
-func (a *app) status(asJSON bool) int {
+func (a *prog) status(asJSON bool) int {
 	return a.withStatus(func(st *Status) int {
 		if asJSON {
 			return a.printJSON(st)
 		}
 		printStatus(a.env.Stdout, st, time.Now())
-		return ExitOK
+		return app.ExitOK
 	})
 }
 
-func (a *app) plan(asJSON bool) int {
+func (a *prog) plan(asJSON bool) int {
 	return a.withStatus(func(st *Status) int {
 		if asJSON {
 			return a.printJSON(st.Next)
 		}
 		fmt.Fprintf(a.env.Stdout, "%s: %s\n", st.Next.Kind, st.Next.Reason)
-		return ExitOK
+		return app.ExitOK
 	})
 }
 
-func (a *app) withStatus(show func(*Status) int) int {
+func (a *prog) withStatus(show func(*Status) int) int {
 	r, code := a.cliRoller()
-	if code != ExitOK {
+	if code != app.ExitOK {
 		return code
 	}
 	ctx, cancel := withTimeout(time.Minute)
@@ -346,25 +213,25 @@ func printStatus(out io.Writer, st *Status, now time.Time) {
 	fmt.Fprintf(out, "next: %s: %s\n", st.Next.Kind, st.Next.Reason)
 }
 
-func (a *app) printJSON(v any) int {
+func (a *prog) printJSON(v any) int {
 	enc := json.NewEncoder(a.env.Stdout)
 	enc.SetIndent("", "  ")
 	if err := enc.Encode(v); err != nil {
 		a.log.Error("write output", "error", err)
-		return ExitError
+		return app.ExitError
 	}
-	return ExitOK
+	return app.ExitOK
 }
 
-func (a *app) localUp(servers int, image string) int {
+func (a *prog) localUp(servers int, image string) int {
 	if image == "" {
 		fmt.Fprintln(a.env.Stderr, "rehydrate local up: --image is required")
-		return ExitUsage
+		return app.ExitUsage
 	}
 	p, err := a.localProvider()
 	if err != nil {
 		a.log.Error("local provider", "error", err)
-		return ExitConfig
+		return app.ExitConfig
 	}
 	ctx, cancel := withTimeout(3 * time.Minute)
 	defer cancel()
@@ -380,7 +247,7 @@ func (a *app) localUp(servers int, image string) int {
 		fmt.Fprintf(a.env.Stdout, "server %s on %s (%s)\n", i.ID, i.Address, i.ImageID)
 	}
 	fmt.Fprintf(a.env.Stdout, "client agent on %s\n", addr)
-	return ExitOK
+	return app.ExitOK
 }
 
 // ensureImage registers image with the provider's defaults unless it exists.
@@ -398,18 +265,18 @@ func ensureImage(ctx context.Context, p *local.Provider, image string) error {
 	return err
 }
 
-func (a *app) localRegister(name, binary, extraFile string) int {
+func (a *prog) localRegister(name, binary, extraFile string) int {
 	p, err := a.localProvider()
 	if err != nil {
 		a.log.Error("local provider", "error", err)
-		return ExitConfig
+		return app.ExitConfig
 	}
 	opts := local.ImageOptions{ConsulBinary: binary}
 	if extraFile != "" {
 		b, err := os.ReadFile(extraFile)
 		if err != nil {
 			fmt.Fprintf(a.env.Stderr, "rehydrate: read --extra-hcl: %v\n", err)
-			return ExitUsage
+			return app.ExitUsage
 		}
 		opts.ExtraHCL = string(b)
 	}
@@ -418,14 +285,14 @@ func (a *app) localRegister(name, binary, extraFile string) int {
 		return a.exitCode(fmt.Errorf("%w: %w", roll.ErrCloud, err))
 	}
 	fmt.Fprintf(a.env.Stdout, "registered image %s\n", img.ID)
-	return ExitOK
+	return app.ExitOK
 }
 
-func (a *app) localDown() int {
+func (a *prog) localDown() int {
 	p, err := a.localProvider()
 	if err != nil {
 		a.log.Error("local provider", "error", err)
-		return ExitConfig
+		return app.ExitConfig
 	}
 	ctx, cancel := withTimeout(2 * time.Minute)
 	defer cancel()
@@ -433,5 +300,5 @@ func (a *app) localDown() int {
 		return a.exitCode(fmt.Errorf("%w: %w", roll.ErrCloud, err))
 	}
 	fmt.Fprintln(a.env.Stdout, "local cluster stopped")
-	return ExitOK
+	return app.ExitOK
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -18,9 +17,9 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/consul-rehydrate/consul-rehydrate/config"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
-	"github.com/consul-rehydrate/consul-rehydrate/internal/watch"
 )
 
 // healthPoll is how often the handler re-checks the service's health.
@@ -28,28 +27,28 @@ const healthPoll = 500 * time.Millisecond
 
 // Main is the deploy watch handler: a key watch on
 // deploy/<service>/nodes/<node>/desired writes the key (or null) on stdin.
-func Main(args []string, env watch.Env) int {
-	f := watch.NewFlags("deploy", env)
-	if code := f.Parse(args); code != watch.ExitOK {
+func Main(args []string, env app.Env) int {
+	f := app.NewFlags("deploy", env)
+	if _, code := f.Parse(args); code != app.ExitOK {
 		return code
 	}
-	l, code := watch.Load("deploy", f.ConfigPath, config.JobDeploy, env)
-	if code != watch.ExitOK {
+	p, code := app.Load(f, config.JobDeploy, app.FileRequired)
+	if code != app.ExitOK {
 		return code
 	}
-	defer l.Close()
+	defer p.Close()
 	// A bad payload is refused before anything talks to Consul.
 	pair, err := payload.Key(env.Stdin)
 	if err != nil {
-		l.Log.Error("refusing key payload", "error", err)
-		return watch.ExitBadPayload
+		p.Log.Error("refusing key payload", "error", err)
+		return app.ExitBadPayload
 	}
-	c, err := l.Consul(f.HTTPAddr)
+	c, err := p.Consul()
 	if err != nil {
-		l.Log.Error("set up consul client", "error", err)
-		return watch.ExitConfig
+		p.Log.Error("set up consul client", "error", err)
+		return app.ExitConfig
 	}
-	cfg := l.Config
+	cfg := p.Config
 	// The handler may wait for the node lock, then run a deploy and a rollback,
 	// each followed by a health wait.
 	limit := cfg.Lock.Wait + time.Minute
@@ -59,81 +58,54 @@ func Main(args []string, env watch.Env) int {
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	n := &Node{
-		Client: c, Config: cfg, Log: l.Log, Poll: healthPoll, Now: time.Now,
+		Client: c, Config: cfg, Log: p.Log, Poll: healthPoll, Now: time.Now,
 		Lock: coord.LockOptions{TTL: cfg.Lock.SessionTTL, Delay: cfg.Lock.LockDelay, Wait: cfg.Lock.Wait},
 	}
 	err = n.Handle(ctx, pair)
 	if err == nil {
-		return watch.ExitOK
+		return app.ExitOK
 	}
 	code = exitCode(err)
-	l.Log.Error("deploy failed", "error", err, "exit_code", code)
+	p.Log.Error("deploy failed", "error", err, "exit_code", code)
 	return code
 }
 
 func exitCode(err error) int {
 	switch {
 	case err == nil:
-		return watch.ExitOK
+		return app.ExitOK
 	case errors.Is(err, ErrBadDesired):
-		return watch.ExitBadPayload
+		return app.ExitBadPayload
+	// A lost lock and a deadline are told apart before what failed under them.
 	case errors.Is(err, ErrLockLost):
-		return watch.ExitLockLost
+		return app.ExitLockLost
+	case errors.Is(err, context.DeadlineExceeded):
+		return app.ExitTimedOut
 	case errors.Is(err, ErrConsul):
-		return watch.ExitConsul
+		return app.ExitConsul
 	case errors.Is(err, ErrBusy):
-		return watch.ExitBusy
+		return app.ExitBusy
 	case errors.Is(err, ErrFailed):
-		return watch.ExitFailed
+		return app.ExitFailed
+	case errors.Is(err, app.ErrClient):
+		return app.ExitConfig
 	}
-	return watch.ExitError
+	return app.ExitError
 }
 
-// Usage is the usage of `rehydrate deploy`.
-const Usage = `usage: rehydrate [-config FILE] [-http-addr ADDR] deploy COMMAND [flags]
-
-commands:
-  start  --service S --version V   deploy V to every node of S, a batch at a time;
-         [--artifact A] [--batch K] [--max-unavailable M] [--node-timeout D]
-                                   halts at the first failure and rolls back the
-                                   nodes it updated
-  status --service S [--json]      each node's version and state, and the last rollout
-
-Without -config, Consul is reached as the consul CLI does ($CONSUL_HTTP_ADDR,
-$CONSUL_HTTP_TOKEN, $CONSUL_HTTP_TOKEN_FILE, ...).
-`
-
-// CLI is `rehydrate deploy`: args are what follows "deploy", after the global
-// -config and -http-addr (which may also follow the command).
-func CLI(args []string, env watch.Env) int {
-	if len(args) == 0 || (args[0] != "start" && args[0] != "status") {
-		fmt.Fprint(env.Stderr, Usage)
-		return watch.ExitUsage
-	}
-	cmd := args[0]
-	fs := flag.NewFlagSet("rehydrate deploy "+cmd, flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
-	var configPath, httpAddr string
-	fs.StringVar(&configPath, "config", "", "configuration file (HCL): its consul block says how to reach Consul")
-	fs.StringVar(&httpAddr, "http-addr", "", "Consul HTTP address")
-	service := fs.String("service", "", "the Consul service to deploy")
-	version := fs.String("version", "", "the version to deploy (start)")
-	artifact := fs.String("artifact", "", "where the version comes from, handed to the deploy command (start)")
-	batch := fs.Int("batch", 1, "nodes deployed at once (start)")
-	maxUnavailable := fs.Int("max-unavailable", 1, "most of the service's nodes out of passing at once (start)")
-	nodeTimeout := fs.Duration("node-timeout", 15*time.Minute, "how long a batch may take (start)")
-	asJSON := fs.Bool("json", false, "print JSON (status)")
-	if err := fs.Parse(args[1:]); err != nil {
-		return watch.ExitUsage
-	}
-	var problems []string
-	if fs.NArg() > 0 {
-		problems = append(problems, fmt.Sprintf("unexpected argument %q", fs.Arg(0)))
-	}
-	if !serviceName(*service) {
-		problems = append(problems, fmt.Sprintf("--service %q: want a service name (A-Z, a-z, 0-9, _ . -)", *service))
-	}
-	if cmd == "start" {
+// StartFlags adds the flags of `rehydrate deploy start` to f and returns its run.
+// Without -config, Consul is reached as the consul CLI does ($CONSUL_HTTP_ADDR,
+// $CONSUL_HTTP_TOKEN).
+func StartFlags(f *app.Flags) func(*app.Flags, []string) int {
+	service := f.String("service", "", "the Consul service to deploy")
+	version := f.String("version", "", "the version to deploy")
+	artifact := f.String("artifact", "", "where the version comes from, handed to the deploy command")
+	batch := f.Int("batch", 1, "nodes deployed at once")
+	maxUnavailable := f.Int("max-unavailable", 1, "most of the service's nodes out of passing at once")
+	nodeTimeout := f.Duration("node-timeout", 15*time.Minute, "how long a batch may take")
+	return func(f *app.Flags, _ []string) int {
+		var problems []string
+		problems = checkService(problems, *service)
 		if err := (Desired{ID: "x", Version: *version, Artifact: *artifact}).Check(); err != nil {
 			problems = append(problems, "--version/--artifact: "+strings.TrimPrefix(err.Error(), ErrBadDesired.Error()+": "))
 		}
@@ -146,61 +118,67 @@ func CLI(args []string, env watch.Env) int {
 		if *nodeTimeout <= 0 {
 			problems = append(problems, fmt.Sprintf("--node-timeout must be positive, got %s", *nodeTimeout))
 		}
+		return withClient(f, problems, func(p *app.Program, c *api.Client) error {
+			r := &Rollout{
+				Client: c, Service: *service, Version: *version, Artifact: *artifact, Batch: *batch,
+				MaxUnavailable: *maxUnavailable, NodeTimeout: *nodeTimeout, Poll: healthPoll,
+				Lock: coord.LockOptions{TTL: p.Config.Lock.SessionTTL, Delay: p.Config.Lock.LockDelay, Wait: time.Second},
+				Out:  p.Env.Stdout, Now: time.Now,
+			}
+			// Run bounds every wait by NodeTimeout, and makes at most two per node each
+			// way. An interrupt stops it between steps, releasing the lock; nodes finish
+			// what they started.
+			ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer cancel()
+			_, err := r.Run(ctx)
+			return err
+		})
 	}
-	if len(problems) > 0 {
-		fmt.Fprintf(env.Stderr, "rehydrate deploy %s: %s\n", cmd, strings.Join(problems, "; "))
-		return watch.ExitUsage
-	}
+}
 
-	ac := api.DefaultConfig()
-	lock := coord.LockOptions{TTL: config.DefaultLockSessionTTL, Delay: config.DefaultLockDelay, Wait: time.Second}
-	if configPath == "" {
-		configPath = env.Getenv(watch.EnvConfig)
+// StatusFlags adds the flags of `rehydrate deploy status` to f and returns its run.
+func StatusFlags(f *app.Flags) func(*app.Flags, []string) int {
+	service := f.String("service", "", "the Consul service to show")
+	asJSON := f.Bool("json", false, "print JSON")
+	return func(f *app.Flags, _ []string) int {
+		return withClient(f, checkService(nil, *service), func(p *app.Program, c *api.Client) error {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			return Show(ctx, c, *service, p.Env.Stdout, *asJSON)
+		})
 	}
-	if configPath != "" {
-		cfg, err := config.LoadFor(configPath, 0)
-		if err != nil {
-			fmt.Fprintf(env.Stderr, "rehydrate deploy: %v\n", err)
-			return watch.ExitConfig
-		}
-		if ac, err = cfg.Consul.APIConfig(); err != nil {
-			fmt.Fprintf(env.Stderr, "rehydrate deploy: %v\n", err)
-			return watch.ExitConfig
-		}
-		lock.TTL, lock.Delay = cfg.Lock.SessionTTL, cfg.Lock.LockDelay
+}
+
+func checkService(problems []string, service string) []string {
+	if !serviceName(service) {
+		problems = append(problems, fmt.Sprintf("--service %q: want a service name (A-Z, a-z, 0-9, _ . -)", service))
 	}
-	if httpAddr != "" {
-		ac.Address = httpAddr
+	return problems
+}
+
+// withClient refuses the command's problems, if any, as a usage error; otherwise it
+// sets the command up (a configuration file is optional: a rollout has no roll to
+// set up) and runs it with a Consul client.
+func withClient(f *app.Flags, problems []string, run func(*app.Program, *api.Client) error) int {
+	if len(problems) > 0 {
+		fmt.Fprintf(f.Output(), "%s: %s\n", f.Name(), strings.Join(problems, "; "))
+		return app.ExitUsage
 	}
-	c, err := api.NewClient(ac)
+	p, code := app.Load(f, 0, app.FileOptional)
+	if code != app.ExitOK {
+		return code
+	}
+	defer p.Close()
+	c, err := p.Consul()
+	if err == nil {
+		err = run(p, c)
+	}
 	if err != nil {
-		fmt.Fprintf(env.Stderr, "rehydrate deploy: consul client: %v\n", err)
-		return watch.ExitConfig
+		code := exitCode(err)
+		p.Log.Error(f.Name()+" failed", "error", err, "exit_code", code)
+		return code
 	}
-	if cmd == "status" {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := Show(ctx, c, *service, env.Stdout, *asJSON); err != nil {
-			fmt.Fprintf(env.Stderr, "rehydrate deploy status: %v\n", err)
-			return exitCode(err)
-		}
-		return watch.ExitOK
-	}
-	r := &Rollout{
-		Client: c, Service: *service, Version: *version, Artifact: *artifact, Batch: *batch,
-		MaxUnavailable: *maxUnavailable, NodeTimeout: *nodeTimeout, Poll: healthPoll, Lock: lock,
-		Out: env.Stdout, Now: time.Now,
-	}
-	// Run bounds every wait by NodeTimeout, and makes at most two per node each way.
-	// An interrupt stops it between steps, releasing the lock; nodes finish what
-	// they started.
-	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer cancel()
-	if _, err := r.Run(ctx); err != nil {
-		fmt.Fprintf(env.Stderr, "rehydrate deploy start: %v\n", err)
-		return exitCode(err)
-	}
-	return watch.ExitOK
+	return app.ExitOK
 }
 
 func serviceName(s string) bool { return segment.MatchString(s) }

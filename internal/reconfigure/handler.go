@@ -10,9 +10,9 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/consul-rehydrate/consul-rehydrate/config"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/runcmd"
-	"github.com/consul-rehydrate/consul-rehydrate/internal/watch"
 )
 
 // Env the reload command gets, besides the handler's own.
@@ -25,19 +25,19 @@ const (
 // stdin. With -check it is the check instead: it judges the recorded state and exits
 // as a Consul script check does (0 passing, 1 warning, 2 critical), its note on
 // stdout.
-func Main(args []string, env watch.Env) int {
+func Main(args []string, env app.Env) int {
 	return main(args, env, time.Now)
 }
 
-func main(args []string, env watch.Env, now func() time.Time) int {
-	f := watch.NewFlags("reconfigure", env)
+func main(args []string, env app.Env, now func() time.Time) int {
+	f := app.NewFlags("reconfigure", env)
 	name := f.String("name", "", "the reconfigure block to act on (needed when the file has more than one)")
 	check := f.Bool("check", false, "judge the recorded state as a Consul script check (0 passing, 1 warning, 2 critical)")
-	if code := f.Parse(args); code != watch.ExitOK {
+	if _, code := f.Parse(args); code != app.ExitOK {
 		return code
 	}
-	l, code := watch.Load("reconfigure", f.ConfigPath, config.JobReconfigure, env)
-	if code != watch.ExitOK {
+	l, code := app.Load(f, config.JobReconfigure, app.FileRequired)
+	if code != app.ExitOK {
 		if *check {
 			return ExitCode(Critical)
 		}
@@ -50,7 +50,7 @@ func main(args []string, env watch.Env, now func() time.Time) int {
 		if *check {
 			return ExitCode(Critical)
 		}
-		return watch.ExitUsage
+		return app.ExitUsage
 	}
 	if *check {
 		s, err := loadState(rc.StateFile)
@@ -85,7 +85,7 @@ type handler struct {
 	now func() time.Time
 }
 
-func (h *handler) handle(env watch.Env) int {
+func (h *handler) handle(env app.Env) int {
 	// A bad payload is refused before anything is recorded or rendered.
 	entries, err := payload.Services(env.Stdin)
 	if err == nil {
@@ -102,7 +102,7 @@ func (h *handler) handle(env watch.Env) int {
 	}
 	if err != nil {
 		h.log.Error("refusing service payload", "error", err)
-		return watch.ExitBadPayload
+		return app.ExitBadPayload
 	}
 	healthy := Healthy(entries)
 
@@ -118,7 +118,7 @@ func (h *handler) handle(env watch.Env) int {
 	s := Observe(prev, h.rc.Service, keys, h.now(), h.rc.Probation)
 	if err := saveState(h.rc.StateFile, s); err != nil {
 		h.log.Error("record state", "error", err)
-		return watch.ExitError
+		return app.ExitError
 	}
 	if v := Judge(s, h.now(), h.rc.ExpectReplacement, h.rc.Probation); v.Status != Passing {
 		h.log.Warn(v.Note)
@@ -127,16 +127,16 @@ func (h *handler) handle(env watch.Env) int {
 	content, err := Render(h.rc, Data{Service: h.rc.Service, Instances: healthy})
 	if err != nil {
 		h.log.Error("keeping the previous file", "file", h.rc.Destination, "error", err)
-		return watch.ExitConfig
+		return app.ExitConfig
 	}
 	old, mode, existed, err := current(h.rc.Destination)
 	if err != nil {
 		h.log.Error("read the current file", "error", err)
-		return watch.ExitError
+		return app.ExitError
 	}
 	if existed && bytes.Equal(old, content) {
 		h.log.Debug("unchanged", "file", h.rc.Destination, "healthy", len(healthy))
-		return watch.ExitOK
+		return app.ExitOK
 	}
 	newMode := mode
 	switch {
@@ -147,11 +147,11 @@ func (h *handler) handle(env watch.Env) int {
 	}
 	if err := writeAtomic(h.rc.Destination, content, newMode); err != nil {
 		h.log.Error("write the file", "error", err)
-		return watch.ExitError
+		return app.ExitError
 	}
 	h.log.Info("rendered", "file", h.rc.Destination, "healthy", len(healthy))
 	if len(h.rc.ReloadCommand) == 0 {
-		return watch.ExitOK
+		return app.ExitOK
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), h.rc.ReloadTimeout+10*time.Second)
 	defer cancel()
@@ -161,7 +161,7 @@ func (h *handler) handle(env watch.Env) int {
 	})
 	if err == nil {
 		h.log.Info("reloaded")
-		return watch.ExitOK
+		return app.ExitOK
 	}
 	// Put the previous file back: what runs was loaded from it. The next change
 	// renders and reloads again.
@@ -174,5 +174,5 @@ func (h *handler) handle(env watch.Env) int {
 		err = fmt.Errorf("%w; remove the new file: %w", err, rerr)
 	}
 	h.log.Error("reload failed", "error", err, "output", out)
-	return watch.ExitFailed
+	return app.ExitFailed
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/consul-rehydrate/consul-rehydrate/internal/watch"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
 )
 
 // fixture is a reconfigure block in a temporary directory: the rendered file in
@@ -62,7 +62,7 @@ func (f *fixture) writeConfig(t *testing.T, src string) {
 func (f *fixture) run(t *testing.T, now time.Time, stdin []byte, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	var out, errb bytes.Buffer
-	env := watch.Env{
+	env := app.Env{
 		Stdin: bytes.NewReader(stdin), Stdout: &out, Stderr: &errb,
 		Getenv: func(string) string { return "" },
 	}
@@ -175,7 +175,7 @@ const threeRendered = "server n1 10.0.0.1:8080\nserver n3 10.0.1.3:9090\n"
 
 func TestHandler_RendersTheHealthyInstancesAndReloadsOnce(t *testing.T) {
 	f := newFixture(t, lbTemplate, "")
-	f.handle(t, t0, threeInstances(t), watch.ExitOK)
+	f.handle(t, t0, threeInstances(t), app.ExitOK)
 
 	assert.Equal(t, threeRendered, f.content(t), "the healthy instances, sorted; n2's check is critical")
 	assert.Equal(t, os.FileMode(0o644), f.mode(t), "a new file's mode")
@@ -199,7 +199,7 @@ func TestHandler_TheReloadCommandIsToldTheFileAndTheCount(t *testing.T) {
   reload_command = ["/bin/sh", "-c", "echo \"$REHYDRATE_RECONFIGURE_FILE $REHYDRATE_RECONFIGURE_INSTANCES\" > %s"]
 }
 `, lbTemplate, f.dest, f.state, got))
-	f.handle(t, t0, threeInstances(t), watch.ExitOK)
+	f.handle(t, t0, threeInstances(t), app.ExitOK)
 	b, err := os.ReadFile(got)
 	require.NoError(t, err)
 	assert.Equal(t, f.dest+" 2\n", string(b))
@@ -213,7 +213,7 @@ func TestHandler_WithoutAReloadCommandOnlyRenders(t *testing.T) {
   state_file  = %q
 }
 `, lbTemplate, f.dest, f.state))
-	f.handle(t, t0, threeInstances(t), watch.ExitOK)
+	f.handle(t, t0, threeInstances(t), app.ExitOK)
 	assert.Equal(t, threeRendered, f.content(t))
 	assert.Nil(t, f.reloadCounts(t))
 }
@@ -221,13 +221,13 @@ func TestHandler_WithoutAReloadCommandOnlyRenders(t *testing.T) {
 func TestHandler_TheSameInstancesAgainChangeNothingAndDoNotReload(t *testing.T) {
 	f := newFixture(t, lbTemplate, "")
 	in := threeInstances(t)
-	f.handle(t, t0, in, watch.ExitOK)
+	f.handle(t, t0, in, app.ExitOK)
 	require.Equal(t, []string{"2"}, f.reloadCounts(t))
 	// Back-date the file, so that a rewrite would show in its mtime.
 	old := t0.Add(-24 * time.Hour)
 	require.NoError(t, os.Chtimes(f.dest, old, old))
 
-	f.handle(t, t0.Add(time.Minute), in, watch.ExitOK)
+	f.handle(t, t0.Add(time.Minute), in, app.ExitOK)
 	assert.Equal(t, threeRendered, f.content(t))
 	assert.Equal(t, []string{"2"}, f.reloadCounts(t), "no reload when nothing changed")
 	fi, err := os.Stat(f.dest)
@@ -241,7 +241,7 @@ func TestHandler_TheSameInstancesAgainChangeNothingAndDoNotReload(t *testing.T) 
 	f.handle(t, t0.Add(2*time.Minute), payloadOf(t,
 		entry("n1", "10.0.0.1", "web-1", 8080, api.HealthPassing),
 		entry("n2", "10.0.0.2", "web-2", 8080, api.HealthPassing),
-	), watch.ExitOK)
+	), app.ExitOK)
 	assert.Equal(t, "server n1 10.0.0.1:8080\nserver n2 10.0.0.2:8080\n", f.content(t))
 	assert.Equal(t, []string{"2", "2"}, f.reloadCounts(t))
 	s = f.loadState(t)
@@ -254,7 +254,7 @@ func TestHandler_KeepsAnExistingFilesModeUnlessModeIsSet(t *testing.T) {
 		f := newFixture(t, lbTemplate, "")
 		require.NoError(t, os.WriteFile(f.dest, []byte("old\n"), 0o600))
 		require.NoError(t, os.Chmod(f.dest, 0o600))
-		f.handle(t, t0, threeInstances(t), watch.ExitOK)
+		f.handle(t, t0, threeInstances(t), app.ExitOK)
 		assert.Equal(t, threeRendered, f.content(t))
 		assert.Equal(t, os.FileMode(0o600), f.mode(t))
 	})
@@ -262,13 +262,13 @@ func TestHandler_KeepsAnExistingFilesModeUnlessModeIsSet(t *testing.T) {
 		f := newFixture(t, lbTemplate, `  mode = "0640"`)
 		require.NoError(t, os.WriteFile(f.dest, []byte("old\n"), 0o600))
 		require.NoError(t, os.Chmod(f.dest, 0o600))
-		f.handle(t, t0, threeInstances(t), watch.ExitOK)
+		f.handle(t, t0, threeInstances(t), app.ExitOK)
 		assert.Equal(t, threeRendered, f.content(t))
 		assert.Equal(t, os.FileMode(0o640), f.mode(t))
 	})
 	t.Run("mode set: applied to a new file", func(t *testing.T) {
 		f := newFixture(t, lbTemplate, `  mode = "0640"`)
-		f.handle(t, t0, threeInstances(t), watch.ExitOK)
+		f.handle(t, t0, threeInstances(t), app.ExitOK)
 		assert.Equal(t, os.FileMode(0o640), f.mode(t))
 	})
 }
@@ -281,9 +281,9 @@ func TestHandler_WritesAtomicallyLeavingNoTemporaryFiles(t *testing.T) {
 	require.NoError(t, err)
 	defer r.Close()
 
-	f.handle(t, t0, threeInstances(t), watch.ExitOK)
-	f.handle(t, t0.Add(time.Minute), threeInstances(t), watch.ExitOK)
-	f.handle(t, t0.Add(2*time.Minute), payloadOf(t), watch.ExitOK)
+	f.handle(t, t0, threeInstances(t), app.ExitOK)
+	f.handle(t, t0.Add(time.Minute), threeInstances(t), app.ExitOK)
+	f.handle(t, t0.Add(2*time.Minute), payloadOf(t), app.ExitOK)
 	assert.Equal(t, "", f.content(t))
 	assert.Equal(t, []string{"2", "0"}, f.reloadCounts(t))
 
@@ -313,7 +313,7 @@ func TestHandler_AFailedReloadPutsThePreviousFileBack(t *testing.T) {
 	require.NoError(t, os.WriteFile(f.dest, []byte("old\n"), 0o644))
 	require.NoError(t, os.Chmod(f.dest, 0o640))
 
-	stderr := f.handle(t, t0, threeInstances(t), watch.ExitFailed)
+	stderr := f.handle(t, t0, threeInstances(t), app.ExitFailed)
 	assert.Contains(t, stderr, "reload failed")
 	assert.Contains(t, stderr, "reload command /bin/sh: exit status 1")
 	assert.Contains(t, stderr, "the previous file is back in place")
@@ -324,13 +324,13 @@ func TestHandler_AFailedReloadPutsThePreviousFileBack(t *testing.T) {
 	f.noLeftovers(t)
 
 	// The next run with the same payload tries again.
-	f.handle(t, t0.Add(time.Minute), threeInstances(t), watch.ExitFailed)
+	f.handle(t, t0.Add(time.Minute), threeInstances(t), app.ExitFailed)
 	assert.Equal(t, "old\n", f.content(t))
 	assert.Equal(t, []string{"2", "2"}, f.reloadCounts(t))
 
 	// Once the reload works, the new file stays.
 	f.writeConfig(t, strings.Replace(mustRead(t, f.cfg), "; echo config test failed >&2; exit 1", "", 1))
-	f.handle(t, t0.Add(2*time.Minute), threeInstances(t), watch.ExitOK)
+	f.handle(t, t0.Add(2*time.Minute), threeInstances(t), app.ExitOK)
 	assert.Equal(t, threeRendered, f.content(t))
 	assert.Equal(t, os.FileMode(0o640), f.mode(t))
 	assert.Equal(t, []string{"2", "2", "2"}, f.reloadCounts(t))
@@ -341,12 +341,12 @@ func TestHandler_AFailedReloadOfANewFileLeavesNoFile(t *testing.T) {
 	f := newFixture(t, lbTemplate, "")
 	failingReload(t, f, "")
 
-	stderr := f.handle(t, t0, threeInstances(t), watch.ExitFailed)
+	stderr := f.handle(t, t0, threeInstances(t), app.ExitFailed)
 	assert.Contains(t, stderr, "reload failed")
 	assert.NoFileExists(t, f.dest)
 	assert.Equal(t, []string{"2"}, f.reloadCounts(t))
 
-	f.handle(t, t0.Add(time.Minute), threeInstances(t), watch.ExitFailed)
+	f.handle(t, t0.Add(time.Minute), threeInstances(t), app.ExitFailed)
 	assert.NoFileExists(t, f.dest)
 	assert.Equal(t, []string{"2", "2"}, f.reloadCounts(t), "the next run tries again")
 	f.noLeftovers(t)
@@ -360,7 +360,7 @@ func TestHandler_AFailedReloadPutsThePreviousFileBackWithItsMode(t *testing.T) {
 	require.NoError(t, os.WriteFile(f.dest, []byte("old\n"), 0o600))
 	require.NoError(t, os.Chmod(f.dest, 0o600))
 
-	f.handle(t, t0, threeInstances(t), watch.ExitFailed)
+	f.handle(t, t0, threeInstances(t), app.ExitFailed)
 	assert.Equal(t, "old\n", f.content(t))
 	assert.Equal(t, os.FileMode(0o600), f.mode(t),
 		"the previous content comes back with its own mode, not the configured one")
@@ -375,12 +375,12 @@ func mustRead(t *testing.T, path string) string {
 
 func TestHandler_ATemplateThatFailsKeepsThePreviousFile(t *testing.T) {
 	f := newFixture(t, "{{ (index .Instances 0).Address }}\n", "")
-	f.handle(t, t0, payloadOf(t, entry("n1", "10.0.0.1", "web-1", 8080, api.HealthPassing)), watch.ExitOK)
+	f.handle(t, t0, payloadOf(t, entry("n1", "10.0.0.1", "web-1", 8080, api.HealthPassing)), app.ExitOK)
 	require.Equal(t, "10.0.0.1\n", f.content(t))
 	require.Equal(t, []string{"1"}, f.reloadCounts(t))
 
 	// n1 goes: the template indexes an empty list.
-	stderr := f.handle(t, t0.Add(time.Hour), payloadOf(t, entry("n1", "10.0.0.1", "web-1", 8080, api.HealthCritical)), watch.ExitConfig)
+	stderr := f.handle(t, t0.Add(time.Hour), payloadOf(t, entry("n1", "10.0.0.1", "web-1", 8080, api.HealthCritical)), app.ExitConfig)
 	assert.Contains(t, stderr, "keeping the previous file")
 	assert.Contains(t, stderr, "index out of range")
 	assert.Equal(t, "10.0.0.1\n", f.content(t), "the previous file is unchanged")
@@ -414,7 +414,7 @@ func TestHandler_RefusesBadPayloadsWritingNothing(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, lbTemplate, "")
-			stderr := f.handle(t, t0, []byte(tc.stdin), watch.ExitBadPayload)
+			stderr := f.handle(t, t0, []byte(tc.stdin), app.ExitBadPayload)
 			assert.Contains(t, stderr, "refusing service payload")
 			assert.NoFileExists(t, f.dest)
 			assert.NoFileExists(t, f.state)
@@ -424,9 +424,9 @@ func TestHandler_RefusesBadPayloadsWritingNothing(t *testing.T) {
 
 	t.Run("after a good one, nothing changes", func(t *testing.T) {
 		f := newFixture(t, lbTemplate, "")
-		f.handle(t, t0, threeInstances(t), watch.ExitOK)
+		f.handle(t, t0, threeInstances(t), app.ExitOK)
 		before := mustRead(t, f.state)
-		f.handle(t, t0.Add(time.Minute), []byte("null"), watch.ExitBadPayload)
+		f.handle(t, t0.Add(time.Minute), []byte("null"), app.ExitBadPayload)
 		assert.Equal(t, threeRendered, f.content(t))
 		assert.Equal(t, before, mustRead(t, f.state))
 		assert.Equal(t, []string{"2"}, f.reloadCounts(t))
@@ -442,7 +442,7 @@ func TestHandler_AnUnreadableStateStartsOver(t *testing.T) {
 	assert.Equal(t, 2, code, "the check cannot judge")
 	assert.Contains(t, note, "cannot judge web")
 
-	stderr := f.handle(t, t0, threeInstances(t), watch.ExitOK)
+	stderr := f.handle(t, t0, threeInstances(t), app.ExitOK)
 	assert.Contains(t, stderr, "starting from an empty state")
 	assert.Equal(t, threeRendered, f.content(t))
 	assert.Equal(t, map[string]time.Time{"n1/web-1": t0, "n3/web-3": t0}, f.loadState(t).Healthy)
@@ -459,7 +459,7 @@ func TestHandler_CheckJudgesTheRecordedStateByTheClock(t *testing.T) {
 	assert.NoFileExists(t, f.state, "the check writes nothing")
 
 	// None healthy at t0: the file is rendered with none, and a replacement is expected.
-	stderr := f.handle(t, t0, payloadOf(t), watch.ExitOK)
+	stderr := f.handle(t, t0, payloadOf(t), app.ExitOK)
 	assert.Contains(t, stderr, "a replacement is expected by 2026-11-23T10:10:00Z", "the handler logs the warning")
 	assert.Equal(t, "", f.content(t))
 	assert.Equal(t, []string{"0"}, f.reloadCounts(t))
@@ -474,7 +474,7 @@ func TestHandler_CheckJudgesTheRecordedStateByTheClock(t *testing.T) {
 		"(expect_replacement 10m0s) and none came\n", note)
 
 	// A replacement comes: passing, in probation.
-	f.handle(t, t0.Add(11*time.Minute), payloadOf(t, entry("n4", "10.0.0.4", "web-4", 8080, api.HealthPassing)), watch.ExitOK)
+	f.handle(t, t0.Add(11*time.Minute), payloadOf(t, entry("n4", "10.0.0.4", "web-4", 8080, api.HealthPassing)), app.ExitOK)
 	code, note = f.check(t, t0.Add(11*time.Minute))
 	assert.Equal(t, 0, code, note)
 	assert.Equal(t, "1 healthy instance(s) of web: n4/web-4; in probation: n4/web-4 until 2026-11-23T10:16:00Z\n", note)
@@ -482,10 +482,10 @@ func TestHandler_CheckJudgesTheRecordedStateByTheClock(t *testing.T) {
 	// A second comes and fails within its probation: warning until a probation later.
 	f.handle(t, t0.Add(20*time.Minute), payloadOf(t,
 		entry("n4", "10.0.0.4", "web-4", 8080, api.HealthPassing),
-		entry("n5", "10.0.0.5", "web-5", 8080, api.HealthPassing)), watch.ExitOK)
+		entry("n5", "10.0.0.5", "web-5", 8080, api.HealthPassing)), app.ExitOK)
 	f.handle(t, t0.Add(21*time.Minute), payloadOf(t,
 		entry("n4", "10.0.0.4", "web-4", 8080, api.HealthPassing),
-		entry("n5", "10.0.0.5", "web-5", 8080, api.HealthCritical)), watch.ExitOK)
+		entry("n5", "10.0.0.5", "web-5", 8080, api.HealthCritical)), app.ExitOK)
 	code, note = f.check(t, t0.Add(22*time.Minute))
 	assert.Equal(t, 1, code, note)
 	assert.Contains(t, note, "web flapped during probation (n5/web-5 left 1m0s after it appeared")
@@ -524,13 +524,13 @@ func TestHandler_NamePicksTheBlock(t *testing.T) {
 	prom.Service.Service = "prometheus"
 
 	code, _, stderr := f.run(t, t0, threeInstances(t))
-	assert.Equal(t, watch.ExitUsage, code, "two blocks and no -name")
+	assert.Equal(t, app.ExitUsage, code, "two blocks and no -name")
 	assert.Contains(t, stderr, "the configuration has 2 reconfigure blocks: pass -name to pick one")
 	code, _ = f.check(t, t0)
 	assert.Equal(t, 2, code, "the check without -name is critical")
 
 	code, _, stderr = f.run(t, t0, threeInstances(t), "-name", "nope")
-	assert.Equal(t, watch.ExitUsage, code)
+	assert.Equal(t, app.ExitUsage, code)
 	assert.Contains(t, stderr, `no reconfigure block "nope" in the configuration`)
 	code, _ = f.check(t, t0, "-name", "nope")
 	assert.Equal(t, 2, code)
@@ -538,7 +538,7 @@ func TestHandler_NamePicksTheBlock(t *testing.T) {
 	assert.NoFileExists(t, mon)
 
 	code, _, stderr = f.run(t, t0, payloadOf(t, prom), "-name", "mon")
-	require.Equal(t, watch.ExitOK, code, stderr)
+	require.Equal(t, app.ExitOK, code, stderr)
 	assert.Equal(t, "target 10.0.0.1:9090\n", mustRead(t, mon))
 	assert.NoFileExists(t, f.dest, "only the picked block")
 	code, note := f.check(t, t0, "-name", "mon")
@@ -550,18 +550,18 @@ func TestHandler_NamePicksTheBlock(t *testing.T) {
 
 	// The web payload is refused by the prometheus block.
 	code, _, _ = f.run(t, t0, threeInstances(t), "-name", "mon")
-	assert.Equal(t, watch.ExitBadPayload, code)
+	assert.Equal(t, app.ExitBadPayload, code)
 
 	code, _, stderr = f.run(t, t0, threeInstances(t), "-name", "lb")
-	require.Equal(t, watch.ExitOK, code, stderr)
+	require.Equal(t, app.ExitOK, code, stderr)
 	assert.Equal(t, threeRendered, f.content(t))
 
 	// With one block, -name may name it.
 	g := newFixture(t, lbTemplate, "")
 	code, _, stderr = g.run(t, t0, threeInstances(t), "-name", "lb")
-	require.Equal(t, watch.ExitOK, code, stderr)
+	require.Equal(t, app.ExitOK, code, stderr)
 	code, _, _ = g.run(t, t0, threeInstances(t), "-name", "mon")
-	assert.Equal(t, watch.ExitUsage, code)
+	assert.Equal(t, app.ExitUsage, code)
 }
 
 func TestHandler_ConfigAndUsageErrors(t *testing.T) {
@@ -574,7 +574,7 @@ func TestHandler_ConfigAndUsageErrors(t *testing.T) {
 }
 `, lbTemplate, f.state))
 		code, _, stderr := f.run(t, t0, threeInstances(t))
-		assert.Equal(t, watch.ExitConfig, code)
+		assert.Equal(t, app.ExitConfig, code)
 		assert.Contains(t, stderr, "reconfigure.lb.destination is required")
 		assert.NoFileExists(t, f.state)
 		code, _ = f.check(t, t0)
@@ -584,7 +584,7 @@ func TestHandler_ConfigAndUsageErrors(t *testing.T) {
 		f := newFixture(t, lbTemplate, "")
 		f.writeConfig(t, `log_level = "info"`+"\n")
 		code, _, stderr := f.run(t, t0, threeInstances(t))
-		assert.Equal(t, watch.ExitConfig, code)
+		assert.Equal(t, app.ExitConfig, code)
 		assert.Contains(t, stderr, `a reconfigure "<name>" block is required`)
 		code, _ = f.check(t, t0)
 		assert.Equal(t, 2, code)
@@ -593,39 +593,39 @@ func TestHandler_ConfigAndUsageErrors(t *testing.T) {
 		f := newFixture(t, lbTemplate, "")
 		require.NoError(t, os.Remove(f.cfg))
 		code, _, _ := f.run(t, t0, threeInstances(t))
-		assert.Equal(t, watch.ExitConfig, code)
+		assert.Equal(t, app.ExitConfig, code)
 		code, _ = f.check(t, t0)
 		assert.Equal(t, 2, code)
 	})
 	t.Run("no -config and no $REHYDRATE_CONFIG", func(t *testing.T) {
 		var out, errb bytes.Buffer
-		code := main(nil, watch.Env{Stdin: bytes.NewReader(nil), Stdout: &out, Stderr: &errb,
+		code := main(nil, app.Env{Stdin: bytes.NewReader(nil), Stdout: &out, Stderr: &errb,
 			Getenv: func(string) string { return "" }}, func() time.Time { return t0 })
-		assert.Equal(t, watch.ExitConfig, code)
+		assert.Equal(t, app.ExitConfig, code)
 		assert.Contains(t, errb.String(), "no configuration")
 	})
 	t.Run("REHYDRATE_CONFIG names the file", func(t *testing.T) {
 		f := newFixture(t, lbTemplate, "")
 		var out, errb bytes.Buffer
-		code := main(nil, watch.Env{Stdin: bytes.NewReader(threeInstances(t)), Stdout: &out, Stderr: &errb,
+		code := main(nil, app.Env{Stdin: bytes.NewReader(threeInstances(t)), Stdout: &out, Stderr: &errb,
 			Getenv: func(k string) string {
-				if k == watch.EnvConfig {
+				if k == app.EnvConfig {
 					return f.cfg
 				}
 				return ""
 			}}, func() time.Time { return t0 })
-		require.Equal(t, watch.ExitOK, code, errb.String())
+		require.Equal(t, app.ExitOK, code, errb.String())
 		assert.Equal(t, threeRendered, f.content(t))
 	})
 	t.Run("unknown flag", func(t *testing.T) {
 		f := newFixture(t, lbTemplate, "")
 		code, _, _ := f.run(t, t0, threeInstances(t), "-nope")
-		assert.Equal(t, watch.ExitUsage, code)
+		assert.Equal(t, app.ExitUsage, code)
 	})
 	t.Run("unexpected argument", func(t *testing.T) {
 		f := newFixture(t, lbTemplate, "")
 		code, _, stderr := f.run(t, t0, threeInstances(t), "extra")
-		assert.Equal(t, watch.ExitUsage, code)
+		assert.Equal(t, app.ExitUsage, code)
 		assert.Contains(t, stderr, `unexpected argument "extra"`)
 		assert.NoFileExists(t, f.dest)
 	})
@@ -633,7 +633,7 @@ func TestHandler_ConfigAndUsageErrors(t *testing.T) {
 		f := newFixture(t, lbTemplate, "")
 		require.NoError(t, os.Remove(filepath.Dir(f.dest)))
 		code, _, stderr := f.run(t, t0, threeInstances(t))
-		assert.Equal(t, watch.ExitError, code)
+		assert.Equal(t, app.ExitError, code)
 		assert.Contains(t, stderr, "write the file")
 		assert.Nil(t, f.reloadCounts(t))
 	})

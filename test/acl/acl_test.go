@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/command"
 	"github.com/consul-rehydrate/consul-rehydrate/test/awsfake"
 	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
@@ -133,7 +134,7 @@ provider "aws" {
 }
 `, c.Servers[0].HTTPAddr(), tokenFile, fake.URL)), 0o644))
 		var out strings.Builder
-		code := command.Spinup([]string{"-config", cfg}, command.Env{
+		code := command.Spinup([]string{"-config", cfg}, app.Env{
 			Stdin:  strings.NewReader(`[{"ID":"00000000-0000-0000-0000-0000000ac1e1","Name":"consul-rehydrate","Version":1,"LTime":1}]`),
 			Stdout: &out, Stderr: &out, Getenv: func(k string) string {
 				if strings.HasPrefix(k, "CONSUL_HTTP_") {
@@ -148,7 +149,7 @@ provider "aws" {
 
 	// Without the policy: refused by Consul, and nothing changed anywhere.
 	code, out := spinup(bare.SecretID)
-	assert.Equal(t, command.ExitConsul, code, out)
+	assert.Equal(t, app.ExitConsul, code, out)
 	assert.Contains(t, out, "Permission denied")
 	keys, _, err := admin.KV().Keys("rehydrate/", "", nil)
 	require.NoError(t, err)
@@ -158,7 +159,7 @@ provider "aws" {
 	// With it: the step is taken — lock, roll record, receipt, event records, the
 	// launch through the group, and the event fired again.
 	code, out = spinup(good.SecretID)
-	require.Equal(t, command.ExitOK, code, out)
+	require.Equal(t, app.ExitOK, code, out)
 	assert.Contains(t, out, "step taken: step=launch")
 	assert.Equal(t, 4, fake.Group("consul-servers").Desired, "surged to N+1")
 	roll, _, err := admin.KV().Get("rehydrate/acl/roll", nil)

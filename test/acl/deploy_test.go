@@ -13,8 +13,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/command"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/deploy"
-	"github.com/consul-rehydrate/consul-rehydrate/internal/watch"
 	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
 )
 
@@ -78,9 +79,9 @@ deploy "web" {
 	bare := config("bare", token(""))
 	handlerCfg := config("handler", token("deploy-handler.hcl"))
 	rolloutCfg := config("rollout", token("deploy-rollout.hcl"))
-	envOf := func(stdin string, out *strings.Builder) watch.Env {
-		return watch.Env{Stdin: strings.NewReader(stdin), Stdout: out, Stderr: out, Getenv: func(k string) string {
-			if strings.HasPrefix(k, "CONSUL_HTTP_") || k == watch.EnvConfig {
+	envOf := func(stdin string, out *strings.Builder) app.Env {
+		return app.Env{Stdin: strings.NewReader(stdin), Stdout: out, Stderr: out, Getenv: func(k string) string {
+			if strings.HasPrefix(k, "CONSUL_HTTP_") || k == app.EnvConfig {
 				return ""
 			}
 			return os.Getenv(k)
@@ -88,7 +89,7 @@ deploy "web" {
 	}
 	rollout := func(cfg string) (int, string) {
 		var out strings.Builder
-		code := deploy.CLI([]string{"start", "-config", cfg, "--service", "web", "--version", "v2", "--node-timeout", "30s"}, envOf("", &out))
+		code := command.Rehydrate([]string{"deploy", "start", "-config", cfg, "--service", "web", "--version", "v2", "--node-timeout", "30s"}, envOf("", &out))
 		return code, out.String()
 	}
 	handle := func(cfg string, pair *api.KVPair) (int, string) {
@@ -102,14 +103,14 @@ deploy "web" {
 
 	// Without the policies: refused by Consul, nothing written.
 	code, out := rollout(bare)
-	assert.Equal(t, watch.ExitConsul, code, out)
+	assert.Equal(t, app.ExitConsul, code, out)
 	assert.Contains(t, out, "Permission denied")
 	_, err = admin.KV().Put(&api.KVPair{Key: desiredKey, Value: []byte(`{"id":"by-hand","version":"v1"}`)}, nil)
 	require.NoError(t, err)
 	pair, _, err := admin.KV().Get(desiredKey, nil)
 	require.NoError(t, err)
 	code, out = handle(bare, pair)
-	assert.Equal(t, watch.ExitConsul, code, out)
+	assert.Equal(t, app.ExitConsul, code, out)
 	assert.Contains(t, out, "Permission denied")
 	keys, _, err := admin.KV().Keys("deploy/", "", nil)
 	require.NoError(t, err)
@@ -129,13 +130,13 @@ deploy "web" {
 		return err == nil && pair != nil && strings.Contains(string(pair.Value), `"v2"`), fmt.Sprint(err)
 	})
 	code, out = handle(handlerCfg, pair)
-	require.Equal(t, watch.ExitOK, code, out)
+	require.Equal(t, app.ExitOK, code, out)
 	select {
 	case <-done:
 	case <-time.After(60 * time.Second):
 		t.Fatal("the rollout did not end within 60s")
 	}
-	require.Equal(t, watch.ExitOK, rcode, rout)
+	require.Equal(t, app.ExitOK, rcode, rout)
 	cur, _, err := admin.KV().Get(deploy.NodeKey("web", node.Name, deploy.KeyCurrent), nil)
 	require.NoError(t, err)
 	require.NotNil(t, cur)

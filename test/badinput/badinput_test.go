@@ -34,6 +34,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/command"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
@@ -119,7 +120,7 @@ func childEnv(extra ...string) []string {
 		}
 		out = append(out, kv)
 	}
-	return append(append(out, command.EnvBinDir+"="+binDir), extra...)
+	return append(append(out, app.EnvBinDir+"="+binDir), extra...)
 }
 
 // countingReader counts the bytes read from r.
@@ -185,15 +186,15 @@ func newEnv(t *testing.T) *env {
 			}
 		}
 		res := run(t, 3*time.Minute, nil, nil, "rehydrate", "-config", e.cfgPath, "local", "down")
-		if res.code != command.ExitOK {
+		if res.code != app.ExitOK {
 			t.Errorf("local down: exit %d\n%s%s", res.code, res.stdout, res.stderr)
 		}
 	})
 
 	res := run(t, 4*time.Minute, nil, nil, "rehydrate", "-config", e.cfgPath, "local", "up", "--servers", "3", "--image", "A")
-	require.Equal(t, command.ExitOK, res.code, "local up:\n%s%s", res.stdout, res.stderr)
+	require.Equal(t, app.ExitOK, res.code, "local up:\n%s%s", res.stdout, res.stderr)
 	res = run(t, time.Minute, nil, nil, "rehydrate", "-config", e.cfgPath, "local", "image", "register", "B")
-	require.Equal(t, command.ExitOK, res.code, "local image register B:\n%s%s", res.stdout, res.stderr)
+	require.Equal(t, app.ExitOK, res.code, "local image register B:\n%s%s", res.stdout, res.stderr)
 
 	var err error
 	e.p, err = local.New(local.Config{StateDir: e.stateDir, Addresses: block.Prefix()})
@@ -383,7 +384,7 @@ func TestBadInput_IsRefusedWithItsExitCodeAndMessageAndChangesNothing(t *testing
 	var next command.NextStep
 	testcluster.WaitFor(t, time.Minute, "the plan to launch a server on B", func() (bool, string) {
 		res := run(t, execTimeout, nil, e.handlerEnv(), "rehydrate", "-config", e.cfgPath, "plan", "--json")
-		if res.code != command.ExitOK {
+		if res.code != app.ExitOK {
 			return false, fmt.Sprintf("exit %d: %s", res.code, res.stderr)
 		}
 		if err := json.Unmarshal([]byte(res.stdout), &next); err != nil {
@@ -420,105 +421,105 @@ func TestBadInput_IsRefusedWithItsExitCodeAndMessageAndChangesNothing(t *testing
 
 	rows := []row{
 		// spinup: the event watch's payload.
-		{name: "spinup: empty stdin", prog: "spinup", args: cfg, stdin: nil, code: command.ExitBadPayload,
+		{name: "spinup: empty stdin", prog: "spinup", args: cfg, stdin: nil, code: app.ExitBadPayload,
 			want: []string{"refusing event payload", "decode event watch payload: empty payload"}},
-		{name: "spinup: whitespace only", prog: "spinup", args: cfg, stdin: []byte(" \n\t\n"), code: command.ExitBadPayload,
+		{name: "spinup: whitespace only", prog: "spinup", args: cfg, stdin: []byte(" \n\t\n"), code: app.ExitBadPayload,
 			want: []string{"decode event watch payload: empty payload"}},
-		{name: "spinup: null", prog: "spinup", args: cfg, stdin: []byte("null\n"), code: command.ExitBadPayload,
+		{name: "spinup: null", prog: "spinup", args: cfg, stdin: []byte("null\n"), code: app.ExitBadPayload,
 			want: []string{"decode event watch payload: expected array, got null"}},
-		{name: "spinup: not JSON", prog: "spinup", args: cfg, stdin: []byte("hello\n"), code: command.ExitBadPayload,
+		{name: "spinup: not JSON", prog: "spinup", args: cfg, stdin: []byte("hello\n"), code: app.ExitBadPayload,
 			want: []string{"decode event watch payload: invalid JSON at offset 1"}},
-		{name: "spinup: truncated JSON", prog: "spinup", args: cfg, stdin: wouldRoll[:len(wouldRoll)/2], code: command.ExitBadPayload,
+		{name: "spinup: truncated JSON", prog: "spinup", args: cfg, stdin: wouldRoll[:len(wouldRoll)/2], code: app.ExitBadPayload,
 			want: []string{"decode event watch payload: truncated JSON: unexpected EOF"}},
-		{name: "spinup: trailing data", prog: "spinup", args: cfg, stdin: append(slices.Clone(wouldRoll), []byte(" []")...), code: command.ExitBadPayload,
+		{name: "spinup: trailing data", prog: "spinup", args: cfg, stdin: append(slices.Clone(wouldRoll), []byte(" []")...), code: app.ExitBadPayload,
 			want: []string{"decode event watch payload: trailing data after JSON value at offset"}},
-		{name: "spinup: wrong shape, an object", prog: "spinup", args: cfg, stdin: wouldRoll[1 : len(wouldRoll)-1], code: command.ExitBadPayload,
+		{name: "spinup: wrong shape, an object", prog: "spinup", args: cfg, stdin: wouldRoll[1 : len(wouldRoll)-1], code: app.ExitBadPayload,
 			want: []string{"decode event watch payload: expected array, got object"}},
-		{name: "spinup: wrong shape, an array of numbers", prog: "spinup", args: cfg, stdin: []byte("[1,2,3]"), code: command.ExitBadPayload,
+		{name: "spinup: wrong shape, an array of numbers", prog: "spinup", args: cfg, stdin: []byte("[1,2,3]"), code: app.ExitBadPayload,
 			want: []string{"decode event watch payload: element 0 (offset 1): expected object, got number"}},
-		{name: "spinup: wrong shape, a null event", prog: "spinup", args: cfg, stdin: []byte("[null]"), code: command.ExitBadPayload,
+		{name: "spinup: wrong shape, a null event", prog: "spinup", args: cfg, stdin: []byte("[null]"), code: app.ExitBadPayload,
 			want: []string{"decode event watch payload: element 0 (offset 1): expected object, got null"}},
-		{name: "spinup: wrong type of field", prog: "spinup", args: cfg, stdin: []byte(`[{"ID":"e1","Name":"consul-rehydrate","LTime":"seven"}]`), code: command.ExitBadPayload,
+		{name: "spinup: wrong type of field", prog: "spinup", args: cfg, stdin: []byte(`[{"ID":"e1","Name":"consul-rehydrate","LTime":"seven"}]`), code: app.ExitBadPayload,
 			want: []string{"decode event watch payload: element 0", "cannot unmarshal string into Go struct field UserEvent.LTime of type uint64"}},
 		{name: "spinup: huge (10 MiB of valid events)", prog: "spinup", args: cfg,
-			stdin: huge(string(wouldRoll[1:len(wouldRoll)-1]), tenMiB), code: command.ExitBadPayload,
+			stdin: huge(string(wouldRoll[1:len(wouldRoll)-1]), tenMiB), code: app.ExitBadPayload,
 			want:    []string{fmt.Sprintf("decode event watch payload: payload exceeds %d bytes", limit)},
 			maxRead: limit + slack},
 		{name: "spinup: invalid base64 in Payload", prog: "spinup", args: cfg,
-			stdin: []byte(`[{"ID":"e1","Name":"consul-rehydrate","Payload":"!!not base64!!"}]`), code: command.ExitBadPayload,
+			stdin: []byte(`[{"ID":"e1","Name":"consul-rehydrate","Payload":"!!not base64!!"}]`), code: app.ExitBadPayload,
 			want: []string{"decode event watch payload: element 0", "illegal base64 data at input byte 0"}},
 		{name: "spinup: wrong event name", prog: "spinup", args: cfg,
-			stdin: events(event("e2", "deploy", nil)), code: command.ExitBadPayload,
+			stdin: events(event("e2", "deploy", nil)), code: app.ExitBadPayload,
 			want: []string{"refusing event", `event_id=e2`, `event name \"deploy\", want \"consul-rehydrate\"`}},
 		// A malformed event does not hide an earlier well-formed one (so a buffer with
 		// one is a valid request); only a buffer of malformed events is refused.
 		{name: "spinup: every event malformed", prog: "spinup", args: cfg,
-			stdin: events(event("e3a", eventName, []byte(`{"image":"B"}`)), event("e3b", "deploy", nil)), code: command.ExitBadPayload,
+			stdin: events(event("e3a", eventName, []byte(`{"image":"B"}`)), event("e3b", "deploy", nil)), code: app.ExitBadPayload,
 			want: []string{`event_id=e3a`, `unknown field \"image\"`, `event_id=e3b`, `event name \"deploy\", want \"consul-rehydrate\"`}},
-		{name: "spinup: request payload not JSON", prog: "spinup", args: cfg, stdin: request("e4", "B"), code: command.ExitBadPayload,
+		{name: "spinup: request payload not JSON", prog: "spinup", args: cfg, stdin: request("e4", "B"), code: app.ExitBadPayload,
 			want: []string{`parse rehydrate request in event \"e4\": invalid JSON at offset`}},
-		{name: "spinup: request payload not an object", prog: "spinup", args: cfg, stdin: request("e5", `["B"]`), code: command.ExitBadPayload,
+		{name: "spinup: request payload not an object", prog: "spinup", args: cfg, stdin: request("e5", `["B"]`), code: app.ExitBadPayload,
 			want: []string{`parse rehydrate request in event \"e5\": expected JSON object, got array`}},
-		{name: "spinup: request payload truncated", prog: "spinup", args: cfg, stdin: request("e6", `{"image_id":"B"`), code: command.ExitBadPayload,
+		{name: "spinup: request payload truncated", prog: "spinup", args: cfg, stdin: request("e6", `{"image_id":"B"`), code: app.ExitBadPayload,
 			want: []string{`parse rehydrate request in event \"e6\": truncated JSON: unexpected EOF`}},
-		{name: "spinup: request with an unknown field", prog: "spinup", args: cfg, stdin: request("e7", `{"image":"B"}`), code: command.ExitBadPayload,
+		{name: "spinup: request with an unknown field", prog: "spinup", args: cfg, stdin: request("e7", `{"image":"B"}`), code: app.ExitBadPayload,
 			want: []string{`parse rehydrate request in event \"e7\": unknown field \"image\" at offset 8`}},
-		{name: "spinup: request with a field in the wrong case", prog: "spinup", args: cfg, stdin: request("e8", `{"Image_ID":"B"}`), code: command.ExitBadPayload,
+		{name: "spinup: request with a field in the wrong case", prog: "spinup", args: cfg, stdin: request("e8", `{"Image_ID":"B"}`), code: app.ExitBadPayload,
 			want: []string{`unknown field \"Image_ID\"`}},
-		{name: "spinup: request with image_id twice", prog: "spinup", args: cfg, stdin: request("e9", `{"image_id":"A","image_id":"B"}`), code: command.ExitBadPayload,
+		{name: "spinup: request with image_id twice", prog: "spinup", args: cfg, stdin: request("e9", `{"image_id":"A","image_id":"B"}`), code: app.ExitBadPayload,
 			want: []string{`duplicate field \"image_id\"`}},
-		{name: "spinup: request with image_id not a string", prog: "spinup", args: cfg, stdin: request("e10", `{"image_id":42}`), code: command.ExitBadPayload,
+		{name: "spinup: request with image_id not a string", prog: "spinup", args: cfg, stdin: request("e10", `{"image_id":42}`), code: app.ExitBadPayload,
 			want: []string{`field \"image_id\": expected string, got number`}},
-		{name: "spinup: request with an invalid image_id", prog: "spinup", args: cfg, stdin: request("e11", `{"image_id":"has space"}`), code: command.ExitBadPayload,
+		{name: "spinup: request with an invalid image_id", prog: "spinup", args: cfg, stdin: request("e11", `{"image_id":"has space"}`), code: app.ExitBadPayload,
 			want: []string{`image_id has ' ' at byte 3; want printable characters without whitespace`}},
-		{name: "spinup: request with an empty image_id", prog: "spinup", args: cfg, stdin: request("e12", `{"image_id":""}`), code: command.ExitBadPayload,
+		{name: "spinup: request with an empty image_id", prog: "spinup", args: cfg, stdin: request("e12", `{"image_id":""}`), code: app.ExitBadPayload,
 			want: []string{"image_id is empty; omit it to ask for the newest allowed image"}},
 		{name: "spinup: request with an over-long image_id", prog: "spinup", args: cfg,
-			stdin: request("e13", `{"image_id":"`+strings.Repeat("b", payload.MaxImageIDLen+1)+`"}`), code: command.ExitBadPayload,
+			stdin: request("e13", `{"image_id":"`+strings.Repeat("b", payload.MaxImageIDLen+1)+`"}`), code: app.ExitBadPayload,
 			want: []string{fmt.Sprintf("image_id has %d characters, more than %d", payload.MaxImageIDLen+1, payload.MaxImageIDLen)}},
 		{name: "spinup: request payload over the event size limit", prog: "spinup", args: cfg,
-			stdin: request("e14", `{"image_id":"B"}`+strings.Repeat(" ", payload.MaxRequestBytes)), code: command.ExitBadPayload,
+			stdin: request("e14", `{"image_id":"B"}`+strings.Repeat(" ", payload.MaxRequestBytes)), code: app.ExitBadPayload,
 			want: []string{fmt.Sprintf("payload is %d bytes, exceeds %d bytes", len(`{"image_id":"B"}`)+payload.MaxRequestBytes, payload.MaxRequestBytes)}},
 		{name: "spinup: request payload not UTF-8", prog: "spinup", args: cfg,
-			stdin: events(event("e15", eventName, []byte("{\"image_id\":\"B\xff\"}"))), code: command.ExitBadPayload,
+			stdin: events(event("e15", eventName, []byte("{\"image_id\":\"B\xff\"}"))), code: app.ExitBadPayload,
 			want: []string{"payload is not valid UTF-8"}},
-		{name: "spinup: request payload only whitespace", prog: "spinup", args: cfg, stdin: request("e16", "  "), code: command.ExitBadPayload,
+		{name: "spinup: request payload only whitespace", prog: "spinup", args: cfg, stdin: request("e16", "  "), code: app.ExitBadPayload,
 			want: []string{"payload is only whitespace; send none to ask for the newest allowed image"}},
 
 		// spindown: the service watch's payload.
-		{name: "spindown: empty stdin", prog: "spindown", args: cfg, stdin: nil, code: command.ExitBadPayload,
+		{name: "spindown: empty stdin", prog: "spindown", args: cfg, stdin: nil, code: app.ExitBadPayload,
 			want: []string{"refusing service payload", "decode service watch payload: empty payload"}},
-		{name: "spindown: not JSON", prog: "spindown", args: cfg, stdin: []byte("hello\n"), code: command.ExitBadPayload,
+		{name: "spindown: not JSON", prog: "spindown", args: cfg, stdin: []byte("hello\n"), code: app.ExitBadPayload,
 			want: []string{"refusing service payload", "decode service watch payload: invalid JSON at offset 1"}},
 		// Consul never writes null for a service watch (an empty result is []), so
 		// null is refused, not taken as "no instances".
-		{name: "spindown: null", prog: "spindown", args: cfg, stdin: []byte("null\n"), code: command.ExitBadPayload,
+		{name: "spindown: null", prog: "spindown", args: cfg, stdin: []byte("null\n"), code: app.ExitBadPayload,
 			want: []string{"decode service watch payload: expected array, got null"}},
-		{name: "spindown: wrong shape, an object", prog: "spindown", args: cfg, stdin: []byte(consulEntry), code: command.ExitBadPayload,
+		{name: "spindown: wrong shape, an object", prog: "spindown", args: cfg, stdin: []byte(consulEntry), code: app.ExitBadPayload,
 			want: []string{"decode service watch payload: expected array, got object"}},
-		{name: "spindown: truncated JSON", prog: "spindown", args: cfg, stdin: []byte("[" + consulEntry[:40]), code: command.ExitBadPayload,
+		{name: "spindown: truncated JSON", prog: "spindown", args: cfg, stdin: []byte("[" + consulEntry[:40]), code: app.ExitBadPayload,
 			want: []string{"decode service watch payload: truncated JSON: unexpected EOF"}},
 		{name: "spindown: entry for another service", prog: "spindown", args: cfg,
-			stdin: []byte(`[` + consulEntry + `,{"Node":{"Node":"n2"},"Service":{"ID":"web","Service":"web"},"Checks":[]}]`), code: command.ExitBadPayload,
+			stdin: []byte(`[` + consulEntry + `,{"Node":{"Node":"n2"},"Service":{"ID":"web","Service":"web"},"Checks":[]}]`), code: app.ExitBadPayload,
 			want: []string{"refusing service payload", `entry for service \"web\", want \"consul\"`}},
-		{name: "spindown: entry without a service", prog: "spindown", args: cfg, stdin: []byte(`[{"Node":{"Node":"n1"}}]`), code: command.ExitBadPayload,
+		{name: "spindown: entry without a service", prog: "spindown", args: cfg, stdin: []byte(`[{"Node":{"Node":"n1"}}]`), code: app.ExitBadPayload,
 			want: []string{`entry for service \"\", want \"consul\"`}},
-		{name: "spindown: huge (10 MiB of valid entries)", prog: "spindown", args: cfg, stdin: huge(consulEntry, tenMiB), code: command.ExitBadPayload,
+		{name: "spindown: huge (10 MiB of valid entries)", prog: "spindown", args: cfg, stdin: huge(consulEntry, tenMiB), code: app.ExitBadPayload,
 			want:    []string{fmt.Sprintf("decode service watch payload: payload exceeds %d bytes", limit)},
 			maxRead: limit + slack},
 
 		// Flags and a missing configuration.
-		{name: "spinup: unknown flag", prog: "spinup", args: append(slices.Clone(cfg), "-bogus"), stdin: wouldRoll, code: command.ExitUsage,
+		{name: "spinup: unknown flag", prog: "spinup", args: append(slices.Clone(cfg), "-bogus"), stdin: wouldRoll, code: app.ExitUsage,
 			want: []string{"flag provided but not defined: -bogus"}},
-		{name: "spindown: unknown flag", prog: "spindown", args: append([]string{"-bogus"}, cfg...), stdin: []byte("[]"), code: command.ExitUsage,
+		{name: "spindown: unknown flag", prog: "spindown", args: append([]string{"-bogus"}, cfg...), stdin: []byte("[]"), code: app.ExitUsage,
 			want: []string{"flag provided but not defined: -bogus"}},
-		{name: "rehydrate: unknown global flag", prog: "rehydrate", args: append([]string{"-bogus"}, append(slices.Clone(cfg), "status")...), code: command.ExitUsage,
+		{name: "rehydrate: unknown global flag", prog: "rehydrate", args: append([]string{"-bogus"}, append(slices.Clone(cfg), "status")...), code: app.ExitUsage,
 			want: []string{"flag provided but not defined: -bogus"}},
-		{name: "rehydrate status: unknown flag", prog: "rehydrate", args: append(slices.Clone(cfg), "status", "--bogus"), code: command.ExitUsage,
+		{name: "rehydrate status: unknown flag", prog: "rehydrate", args: append(slices.Clone(cfg), "status", "--bogus"), code: app.ExitUsage,
 			want: []string{"flag provided but not defined: -bogus"}},
-		{name: "spinup: no configuration", prog: "spinup", stdin: wouldRoll, code: command.ExitConfig,
+		{name: "spinup: no configuration", prog: "spinup", stdin: wouldRoll, code: app.ExitConfig,
 			want: []string{"spinup: no configuration: pass -config FILE or set $REHYDRATE_CONFIG"}},
-		{name: "spindown: no configuration", prog: "spindown", stdin: []byte("[]"), code: command.ExitConfig,
+		{name: "spindown: no configuration", prog: "spindown", stdin: []byte("[]"), code: app.ExitConfig,
 			want: []string{"spindown: no configuration: pass -config FILE or set $REHYDRATE_CONFIG"}},
 	}
 
@@ -547,34 +548,34 @@ deploy "api" {
 	}
 	goodDesired := `{"id":"d1","version":"v2"}`
 	rows = append(rows, []row{
-		{name: "deploy: empty stdin", prog: "deploy", args: dcfg, stdin: nil, code: command.ExitBadPayload,
+		{name: "deploy: empty stdin", prog: "deploy", args: dcfg, stdin: nil, code: app.ExitBadPayload,
 			want: []string{"refusing key payload", "decode key watch payload: empty payload"}},
-		{name: "deploy: not JSON", prog: "deploy", args: dcfg, stdin: []byte("hello\n"), code: command.ExitBadPayload,
+		{name: "deploy: not JSON", prog: "deploy", args: dcfg, stdin: []byte("hello\n"), code: app.ExitBadPayload,
 			want: []string{"decode key watch payload: invalid JSON at offset 1"}},
-		{name: "deploy: wrong shape, an array", prog: "deploy", args: dcfg, stdin: []byte("[" + string(desired(nodeName, goodDesired)) + "]"), code: command.ExitBadPayload,
+		{name: "deploy: wrong shape, an array", prog: "deploy", args: dcfg, stdin: []byte("[" + string(desired(nodeName, goodDesired)) + "]"), code: app.ExitBadPayload,
 			want: []string{"decode key watch payload: expected object or null, got array"}},
-		{name: "deploy: desired value not JSON", prog: "deploy", args: dcfg, stdin: desired(nodeName, "v2 please"), code: command.ExitBadPayload,
+		{name: "deploy: desired value not JSON", prog: "deploy", args: dcfg, stdin: desired(nodeName, "v2 please"), code: app.ExitBadPayload,
 			want: []string{"bad desired value: not a JSON object of id, version and artifact"}},
-		{name: "deploy: desired value without an id", prog: "deploy", args: dcfg, stdin: desired(nodeName, `{"version":"v2"}`), code: command.ExitBadPayload,
+		{name: "deploy: desired value without an id", prog: "deploy", args: dcfg, stdin: desired(nodeName, `{"version":"v2"}`), code: app.ExitBadPayload,
 			want: []string{"bad desired value: missing id"}},
-		{name: "deploy: desired value without a version", prog: "deploy", args: dcfg, stdin: desired(nodeName, `{"id":"d1"}`), code: command.ExitBadPayload,
+		{name: "deploy: desired value without a version", prog: "deploy", args: dcfg, stdin: desired(nodeName, `{"id":"d1"}`), code: app.ExitBadPayload,
 			want: []string{"bad desired value: missing version"}},
-		{name: "deploy: desired key of another node", prog: "deploy", args: dcfg, stdin: desired("someone-else", goodDesired), code: command.ExitBadPayload,
+		{name: "deploy: desired key of another node", prog: "deploy", args: dcfg, stdin: desired("someone-else", goodDesired), code: app.ExitBadPayload,
 			want: []string{`is for node \"someone-else\", and this agent is \"` + nodeName + `\"`}},
 		{name: "deploy: key outside the layout", prog: "deploy", args: dcfg,
-			stdin: []byte(`{"Key":"rehydrate/badinput/roll","Value":"e30="}`), code: command.ExitBadPayload,
+			stdin: []byte(`{"Key":"rehydrate/badinput/roll","Value":"e30="}`), code: app.ExitBadPayload,
 			want: []string{`key \"rehydrate/badinput/roll\" is not deploy/<service>/nodes/<node>/desired`}},
-		{name: "deploy: a configuration with no deploy block", prog: "deploy", args: cfg, stdin: desired(nodeName, goodDesired), code: command.ExitConfig,
+		{name: "deploy: a configuration with no deploy block", prog: "deploy", args: cfg, stdin: desired(nodeName, goodDesired), code: app.ExitConfig,
 			want: []string{"deploy: " + e.cfgPath + `:1:1: a deploy "<service>" block is required`}},
-		{name: "deploy: a deploy block without a command", prog: "deploy", args: []string{"-config", brokenDeployCfg}, stdin: desired(nodeName, goodDesired), code: command.ExitConfig,
+		{name: "deploy: a deploy block without a command", prog: "deploy", args: []string{"-config", brokenDeployCfg}, stdin: desired(nodeName, goodDesired), code: app.ExitConfig,
 			want: []string{"deploy: " + brokenDeployCfg + ":1:1: deploy.web.command is required"}},
-		{name: "rehydrate deploy start: no version", prog: "rehydrate", args: []string{"deploy", "start", "--service", "web"}, code: command.ExitUsage,
+		{name: "rehydrate deploy start: no version", prog: "rehydrate", args: []string{"deploy", "start", "--service", "web"}, code: app.ExitUsage,
 			want: []string{"rehydrate deploy start: --version/--artifact: missing version"}},
 		{name: "rehydrate deploy start: a service name unsafe in a key", prog: "rehydrate",
-			args: []string{"deploy", "start", "--service", "web/../x", "--version", "v2", "--batch", "0"}, code: command.ExitUsage,
+			args: []string{"deploy", "start", "--service", "web/../x", "--version", "v2", "--batch", "0"}, code: app.ExitUsage,
 			want: []string{`--service "web/../x": want a service name`, "--batch must be at least 1, got 0"}},
 		{name: "rehydrate deploy: broken configuration", prog: "rehydrate", args: []string{"-config", brokenDeployCfg, "deploy", "status", "--service", "web"},
-			code: command.ExitConfig, want: []string{"rehydrate deploy: " + brokenDeployCfg + ":1:1: deploy.web.command is required"}},
+			code: app.ExitConfig, want: []string{"rehydrate deploy status: " + brokenDeployCfg + ":1:1: deploy.web.command is required"}},
 	}...)
 
 	// The reconfigure handler: the service watch's payload, and broken blocks. It
@@ -598,20 +599,20 @@ deploy "api" {
 	rcfg := []string{"-config", reconfCfg}
 	webEntry := `{"Node":{"Node":"n1","Address":"127.0.0.9"},"Service":{"ID":"web","Service":"web","Port":80},"Checks":[]}`
 	rows = append(rows, []row{
-		{name: "reconfigure: empty stdin", prog: "reconfigure", args: rcfg, stdin: nil, code: command.ExitBadPayload,
+		{name: "reconfigure: empty stdin", prog: "reconfigure", args: rcfg, stdin: nil, code: app.ExitBadPayload,
 			want: []string{"refusing service payload", "decode service watch payload: empty payload"}},
-		{name: "reconfigure: not JSON", prog: "reconfigure", args: rcfg, stdin: []byte("hello\n"), code: command.ExitBadPayload,
+		{name: "reconfigure: not JSON", prog: "reconfigure", args: rcfg, stdin: []byte("hello\n"), code: app.ExitBadPayload,
 			want: []string{"decode service watch payload: invalid JSON at offset 1"}},
-		{name: "reconfigure: an entry of another service", prog: "reconfigure", args: rcfg, stdin: []byte("[" + consulEntry + "]"), code: command.ExitBadPayload,
+		{name: "reconfigure: an entry of another service", prog: "reconfigure", args: rcfg, stdin: []byte("[" + consulEntry + "]"), code: app.ExitBadPayload,
 			want: []string{`entry for service \"consul\", want \"web\"`}},
-		{name: "reconfigure: huge (10 MiB of valid entries)", prog: "reconfigure", args: rcfg, stdin: huge(webEntry, tenMiB), code: command.ExitBadPayload,
+		{name: "reconfigure: huge (10 MiB of valid entries)", prog: "reconfigure", args: rcfg, stdin: huge(webEntry, tenMiB), code: app.ExitBadPayload,
 			want: []string{fmt.Sprintf("decode service watch payload: payload exceeds %d bytes", limit)}, maxRead: limit + slack},
 		{name: "reconfigure: a template that does not parse", prog: "reconfigure", args: []string{"-config", brokenReconfCfg}, stdin: []byte("[" + webEntry + "]"),
-			code: command.ExitConfig, want: []string{"reconfigure: " + brokenReconfCfg + ":3:3: reconfigure.lb.template does not parse: template: reconfigure.lb.template:1: unexpected EOF"}},
+			code: app.ExitConfig, want: []string{"reconfigure: " + brokenReconfCfg + ":3:3: reconfigure.lb.template does not parse: template: reconfigure.lb.template:1: unexpected EOF"}},
 		{name: "reconfigure: no such block", prog: "reconfigure", args: append([]string{"-name", "db"}, rcfg...), stdin: []byte("[" + webEntry + "]"),
-			code: command.ExitUsage, want: []string{`no reconfigure block "db" in the configuration`}},
+			code: app.ExitUsage, want: []string{`no reconfigure block "db" in the configuration`}},
 		{name: "reconfigure: a configuration with no reconfigure block", prog: "reconfigure", args: cfg, stdin: []byte("[" + webEntry + "]"),
-			code: command.ExitConfig, want: []string{"reconfigure: " + e.cfgPath + `:1:1: a reconfigure "<name>" block is required`}},
+			code: app.ExitConfig, want: []string{"reconfigure: " + e.cfgPath + `:1:1: a reconfigure "<name>" block is required`}},
 	}...)
 
 	// Broken configuration files, for both handlers and the CLI. The handlers get
@@ -630,11 +631,11 @@ deploy "api" {
 	for _, cr := range configRows {
 		rows = append(rows,
 			row{name: "spinup: config " + cr.name, prog: "spinup", args: []string{"-config", cr.path}, stdin: wouldRoll,
-				code: command.ExitConfig, want: []string{"spinup: " + cr.want}},
+				code: app.ExitConfig, want: []string{"spinup: " + cr.want}},
 			row{name: "spindown: config " + cr.name, prog: "spindown", args: []string{"-config", cr.path}, stdin: []byte("[" + consulEntry + "]"),
-				code: command.ExitConfig, want: []string{"spindown: " + cr.want}},
+				code: app.ExitConfig, want: []string{"spindown: " + cr.want}},
 			row{name: "rehydrate status: config " + cr.name, prog: "rehydrate", args: []string{"-config", cr.path, "status"},
-				code: command.ExitConfig, want: []string{"rehydrate: " + cr.want}},
+				code: app.ExitConfig, want: []string{"rehydrate: " + cr.want}},
 		)
 	}
 
@@ -672,7 +673,7 @@ deploy "api" {
 	t.Run("control: a refused valid request is recorded, and the comparison sees it", func(t *testing.T) {
 		const id = "c0000000-0000-0000-0000-00000000000c"
 		res := run(t, execTimeout, request(id, `{"image_id":"Z"}`), e.handlerEnv(), "spinup", cfg...)
-		require.Equal(t, command.ExitRefused, res.code, "stderr:\n%s", res.stderr)
+		require.Equal(t, app.ExitRefused, res.code, "stderr:\n%s", res.stderr)
 		assert.Contains(t, res.stderr, "image Z is not allowed by the image filter or does not exist")
 
 		after := e.snapshot()

@@ -23,8 +23,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	consuld "github.com/consul-rehydrate/consul-rehydrate/consul.d"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/deploy"
-	"github.com/consul-rehydrate/consul-rehydrate/internal/watch"
 	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
 )
 
@@ -39,7 +39,7 @@ func TestMain(m *testing.M) {
 	binDir = dir
 	// The agents run the handlers with the test's environment: their log lines (the
 	// agent logs a handler's output only at debug level) go here too.
-	os.Setenv(watch.EnvLogFile, filepath.Join(dir, "handlers.log"))
+	os.Setenv(app.EnvLogFile, filepath.Join(dir, "handlers.log"))
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
@@ -154,7 +154,7 @@ func (e *env) configOf(a *testcluster.Agent) string { return filepath.Join(e.cfg
 func cleanEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "CONSUL_HTTP_") && !strings.HasPrefix(kv, watch.EnvConfig+"=") {
+		if !strings.HasPrefix(kv, "CONSUL_HTTP_") && !strings.HasPrefix(kv, app.EnvConfig+"=") {
 			env = append(env, kv)
 		}
 	}
@@ -245,7 +245,7 @@ func (s *passingSampler) Stop() (minPassing, samples, errs int) {
 func (e *env) bootstrap() {
 	e.t.Helper()
 	out, code := e.rehydrate("start", "--service", "web", "--version", "v1")
-	require.Equal(e.t, watch.ExitOK, code, out)
+	require.Equal(e.t, app.ExitOK, code, out)
 	for _, a := range e.c.Clients {
 		require.Equal(e.t, "v1", e.current(a.Name))
 		require.Equal(e.t, "v1", e.served(a))
@@ -262,7 +262,7 @@ func TestDeploy_RolloutReachesEveryNodeWithAPassingInstanceAtEveryMoment(t *test
 	out, code := e.rehydrate("start", "--service", "web", "--version", "v2")
 	took := time.Since(start)
 	minPassing, samples, errs := s.Stop()
-	require.Equal(t, watch.ExitOK, code, out)
+	require.Equal(t, app.ExitOK, code, out)
 	t.Logf("rollout of v2 to 3 nodes took %s; %d samples, at least %d passing at every one", took.Round(time.Millisecond), samples, minPassing)
 
 	assert.GreaterOrEqual(t, minPassing, 1, "an instance was passing at every moment")
@@ -286,11 +286,11 @@ func TestDeploy_RolloutReachesEveryNodeWithAPassingInstanceAtEveryMoment(t *test
 
 	// A second rollout of the same version has nothing to do.
 	out, code = e.rehydrate("start", "--service", "web", "--version", "v2")
-	require.Equal(t, watch.ExitOK, code, out)
+	require.Equal(t, app.ExitOK, code, out)
 	assert.Contains(t, out, "to 0 of 3 nodes")
 
 	out, code = e.rehydrate("status", "--service", "web")
-	require.Equal(t, watch.ExitOK, code, out)
+	require.Equal(t, app.ExitOK, code, out)
 	for _, a := range e.c.Clients {
 		assert.Regexp(t, a.Name+`\s+v2\s+v2\s+succeeded\s+1\s+\S+\s+passing`, out)
 	}
@@ -306,7 +306,7 @@ func TestDeploy_FailingVersionHaltsAfterTheFirstNodeWhichRollsBack(t *testing.T)
 	}
 
 	out, code := e.rehydrate("start", "--service", "web", "--version", "v3")
-	require.Equal(t, watch.ExitFailed, code, out)
+	require.Equal(t, app.ExitFailed, code, out)
 	assert.Contains(t, out, "halted")
 
 	first := e.c.Clients[0]
@@ -368,7 +368,7 @@ func TestDeploy_SecondNodeFailingRollsTheFirstBack(t *testing.T) {
 	}()
 
 	out, code := e.rehydrate("start", "--service", "web", "--version", "v2")
-	require.Equal(t, watch.ExitFailed, code, out)
+	require.Equal(t, app.ExitFailed, code, out)
 
 	first, third := e.c.Clients[0], e.c.Clients[2]
 	assert.Equal(t, deploy.StateRolledBack, e.status(second.Name).State)
@@ -417,7 +417,7 @@ func TestDeploy_ReplaysAndBadDesiredValuesChangeNothing(t *testing.T) {
 	}
 	// A replay of the deployment the node already did.
 	out, code := e.handler(a, payload(desired))
-	assert.Equal(t, watch.ExitOK, code, out)
+	assert.Equal(t, app.ExitOK, code, out)
 	assert.Contains(t, out, "deployment already handled")
 	assert.Equal(t, before, snapshot())
 
@@ -425,17 +425,17 @@ func TestDeploy_ReplaysAndBadDesiredValuesChangeNothing(t *testing.T) {
 		name, stdin, want string
 		code              int
 	}{
-		{"not JSON at all", `{{{`, "key watch payload", watch.ExitBadPayload},
-		{"value not JSON", payload(&api.KVPair{Key: key, Value: []byte("v2 please")}), "not a JSON object", watch.ExitBadPayload},
-		{"missing id", payload(&api.KVPair{Key: key, Value: []byte(`{"version":"v2"}`)}), "missing id", watch.ExitBadPayload},
-		{"missing version", payload(&api.KVPair{Key: key, Value: []byte(`{"id":"x"}`)}), "missing version", watch.ExitBadPayload},
-		{"unknown field", payload(&api.KVPair{Key: key, Value: []byte(`{"id":"x","version":"v2","verison":"v3"}`)}), "verison", watch.ExitBadPayload},
+		{"not JSON at all", `{{{`, "key watch payload", app.ExitBadPayload},
+		{"value not JSON", payload(&api.KVPair{Key: key, Value: []byte("v2 please")}), "not a JSON object", app.ExitBadPayload},
+		{"missing id", payload(&api.KVPair{Key: key, Value: []byte(`{"version":"v2"}`)}), "missing id", app.ExitBadPayload},
+		{"missing version", payload(&api.KVPair{Key: key, Value: []byte(`{"id":"x"}`)}), "missing version", app.ExitBadPayload},
+		{"unknown field", payload(&api.KVPair{Key: key, Value: []byte(`{"id":"x","version":"v2","verison":"v3"}`)}), "verison", app.ExitBadPayload},
 		{"another node's key", payload(&api.KVPair{Key: deploy.NodeKey("web", e.c.Clients[0].Name, deploy.KeyDesired),
-			Value: []byte(`{"id":"x","version":"v2"}`)}), "is for node", watch.ExitBadPayload},
+			Value: []byte(`{"id":"x","version":"v2"}`)}), "is for node", app.ExitBadPayload},
 		{"a service without a deploy block", payload(&api.KVPair{Key: deploy.NodeKey("db", a.Name, deploy.KeyDesired),
-			Value: []byte(`{"id":"x","version":"v2"}`)}), "no deploy block", watch.ExitBadPayload},
+			Value: []byte(`{"id":"x","version":"v2"}`)}), "no deploy block", app.ExitBadPayload},
 		{"a key outside the layout", payload(&api.KVPair{Key: "deploy/web/nodes/../../x/desired", Value: []byte(`{"id":"x","version":"v2"}`)}),
-			"is not deploy/<service>/nodes/<node>/desired", watch.ExitBadPayload},
+			"is not deploy/<service>/nodes/<node>/desired", app.ExitBadPayload},
 	}
 	for _, b := range bad {
 		out, code := e.handler(a, b.stdin)
@@ -458,6 +458,6 @@ func TestDeploy_ReplaysAndBadDesiredValuesChangeNothing(t *testing.T) {
 	})
 	assert.Equal(t, before, snapshot())
 	out, code = e.rehydrate("status", "--service", "web")
-	require.Equal(t, watch.ExitOK, code, out)
+	require.Equal(t, app.ExitOK, code, out)
 	assert.Contains(t, out, a.Name+": desired value refused: missing id")
 }

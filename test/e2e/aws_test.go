@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/command"
@@ -151,7 +152,7 @@ func TestAWSRoll_ThroughTheAutoScalingGroup(t *testing.T) {
 
 	// An AMI outside the filter is refused at once.
 	out, code := e.run("fire", "--image", "ami-0cccccccccccccccc")
-	assert.Equal(t, command.ExitRefused, code, out)
+	assert.Equal(t, app.ExitRefused, code, out)
 	assert.Contains(t, out, "not allowed by the image filter")
 
 	// A persistent AWS error: the step stops with a clear error and the cloud exit
@@ -159,7 +160,7 @@ func TestAWSRoll_ThroughTheAutoScalingGroup(t *testing.T) {
 	fake.AddImage(awsfake.Image{ID: "ami-0bbbbbbbbbbbbbbbb", Name: "consul-server-2", CreationDate: time.Now().Add(-time.Hour), Tags: map[string]string{"role": "consul-server"}})
 	fake.Inject("SetDesiredCapacity", awsfake.Fault{Code: "InternalFailure", Status: http.StatusInternalServerError, Message: "persistent"})
 	code, logs := e.runHandler(command.Spinup, `[{"ID":"00000000-0000-0000-0000-00000000e001","Name":"consul-rehydrate","Version":1,"LTime":1}]`)
-	assert.Equal(t, command.ExitCloud, code, logs)
+	assert.Equal(t, app.ExitCloud, code, logs)
 	assert.Contains(t, logs, "set desired capacity of group")
 	// The roll is recorded as in progress before the launch, so the servers' own
 	// service watches may retry the step meanwhile, and fail the same way: wait for
@@ -184,7 +185,7 @@ func TestAWSRoll_ThroughTheAutoScalingGroup(t *testing.T) {
 	leaders := workload.WatchLeader(e.client, 100*time.Millisecond)
 	start := time.Now()
 	out, code = e.run("fire", "--image", "ami-0bbbbbbbbbbbbbbbb")
-	require.Equal(t, command.ExitOK, code, out)
+	require.Equal(t, app.ExitOK, code, out)
 
 	st := e.waitRolled("ami-0bbbbbbbbbbbbbbbb", 5*time.Minute)
 	changes, _ := leaders.Stop()
@@ -223,9 +224,9 @@ func TestAWSRoll_ThroughTheAutoScalingGroup(t *testing.T) {
 
 // runHandler runs a handler in-process with stdin, as a watch would, against the
 // cluster's client agent.
-func (e *env) runHandler(h func([]string, command.Env) int, stdin string) (int, string) {
+func (e *env) runHandler(h func([]string, app.Env) int, stdin string) (int, string) {
 	var out strings.Builder
-	code := h([]string{"-config", e.cfgPath, "-http-addr", e.httpAddr}, command.Env{
+	code := h([]string{"-config", e.cfgPath, "-http-addr", e.httpAddr}, app.Env{
 		Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &out, Getenv: e.getenv,
 	})
 	return code, out.String()

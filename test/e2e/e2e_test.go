@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/command"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
@@ -130,12 +131,12 @@ provider "local" {
 
 	for _, img := range o.imagesBefore {
 		out, code := e.run("local", "image", "register", img)
-		require.Equal(t, command.ExitOK, code, out)
+		require.Equal(t, app.ExitOK, code, out)
 	}
 	up := []string{"local", "up", "--servers", fmt.Sprint(o.servers), "--image", "A"}
 	if len(o.agentEnv) == 0 {
 		out, code := e.run(up...)
-		require.Equal(t, command.ExitOK, code, out)
+		require.Equal(t, app.ExitOK, code, out)
 	} else {
 		// The agents inherit the environment of the process that starts them.
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -146,7 +147,7 @@ provider "local" {
 				cmd.Env = append(cmd.Env, kv)
 			}
 		}
-		cmd.Env = append(append(cmd.Env, command.EnvBinDir+"="+binDir), o.agentEnv...)
+		cmd.Env = append(append(cmd.Env, app.EnvBinDir+"="+binDir), o.agentEnv...)
 		out, err := cmd.CombinedOutput()
 		require.NoError(t, err, "%s", out)
 	}
@@ -169,7 +170,7 @@ func (e *env) run(args ...string) (string, int) {
 	if e.httpAddr != "" {
 		pre = append(pre, "-http-addr", e.httpAddr)
 	}
-	code := command.Rehydrate(append(pre, args...), command.Env{
+	code := command.Rehydrate(append(pre, args...), app.Env{
 		Stdin: strings.NewReader(""), Stdout: &out, Stderr: &out, Getenv: e.getenv,
 	})
 	return out.String(), code
@@ -179,7 +180,7 @@ func (e *env) run(args ...string) (string, int) {
 // handler binaries and without a Consul address or token from outside.
 func (e *env) getenv(k string) string {
 	switch k {
-	case command.EnvBinDir:
+	case app.EnvBinDir:
 		return binDir
 	case api.HTTPAddrEnvName, api.HTTPTokenEnvName:
 		return ""
@@ -190,7 +191,7 @@ func (e *env) getenv(k string) string {
 func (e *env) status() command.Status {
 	e.t.Helper()
 	out, code := e.run("status", "--json")
-	require.Equal(e.t, command.ExitOK, code, out)
+	require.Equal(e.t, app.ExitOK, code, out)
 	var st command.Status
 	require.NoError(e.t, json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &st), out)
 	return st
@@ -290,9 +291,9 @@ func TestRoll_ReplacesEveryServerLeaderLastWithoutLosingWrites(t *testing.T) {
 			samples := e.sample()
 
 			out, code := e.run("local", "image", "register", "B")
-			require.Equal(t, command.ExitOK, code, out)
+			require.Equal(t, app.ExitOK, code, out)
 			out, code = e.run("fire", "--image", "B")
-			require.Equal(t, command.ExitOK, code, out)
+			require.Equal(t, app.ExitOK, code, out)
 
 			st := e.waitRolled("B", time.Duration(n)*90*time.Second)
 			maxLive, maxRaft := samples.Stop()
@@ -347,11 +348,11 @@ func TestRoll_FiringWhenUpToDateLaunchesNothing(t *testing.T) {
 	before := e.status()
 
 	out, code := e.run("plan")
-	require.Equal(t, command.ExitOK, code, out)
+	require.Equal(t, app.ExitOK, code, out)
 	assert.Contains(t, out, "nothing: up to date: all 3 servers run A")
 
 	out, code = e.run("fire")
-	require.Equal(t, command.ExitOK, code, out)
+	require.Equal(t, app.ExitOK, code, out)
 	// The handlers took the event and decided; wait for their record of it.
 	var eventID string
 	_, err := fmt.Sscanf(out[strings.Index(out, "(event "):], "(event %36s", &eventID)
@@ -370,7 +371,7 @@ func TestRoll_FiringWhenUpToDateLaunchesNothing(t *testing.T) {
 	assert.Len(t, insts, 3)
 
 	out, code = e.run("status")
-	require.Equal(t, command.ExitOK, code, out)
+	require.Equal(t, app.ExitOK, code, out)
 	assert.Contains(t, out, "roll: none yet")
 	assert.Contains(t, out, "next: nothing: up to date")
 }

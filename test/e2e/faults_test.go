@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/command"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
@@ -89,9 +90,9 @@ func TestFaults_CrashAtEveryStepBoundaryStillCompletesTheRoll(t *testing.T) {
 	leaders := workload.WatchLeader(e.client, 100*time.Millisecond)
 	samples := e.sample()
 	out, code := e.run("local", "image", "register", "B")
-	require.Equal(t, command.ExitOK, code, out)
+	require.Equal(t, app.ExitOK, code, out)
 	out, code = e.run("fire", "--image", "B")
-	require.Equal(t, command.ExitOK, code, out)
+	require.Equal(t, app.ExitOK, code, out)
 
 	st := e.waitRolled("B", 8*time.Minute)
 	maxLive, maxRaft := samples.Stop()
@@ -227,7 +228,7 @@ func TestFaults_ForgedAndStaleEventsAreRefusedAndChangeNothing(t *testing.T) {
 	assert.Equal(t, before.instances, after.instances, "no instance launched or retired")
 	assert.Equal(t, before.keys, after.keys, "no roll record, receipt, lock or bad image written")
 	out, code := e.run("status")
-	require.Equal(t, command.ExitOK, code, out)
+	require.Equal(t, app.ExitOK, code, out)
 	assert.Contains(t, out, "roll: none yet")
 }
 
@@ -268,10 +269,10 @@ func TestFaults_BadImageFailsTheRollAndLeavesTheClusterAlone(t *testing.T) {
 	// starts, and never joins.
 	require.NoError(t, os.WriteFile(extra, []byte(`encrypt = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="`+"\n"), 0o644))
 	out, code := e.run("local", "image", "register", "broken", "--extra-hcl", extra)
-	require.Equal(t, command.ExitOK, code, out)
+	require.Equal(t, app.ExitOK, code, out)
 
 	out, code = e.run("fire", "--image", "broken")
-	require.Equal(t, command.ExitOK, code, out)
+	require.Equal(t, app.ExitOK, code, out)
 	var st command.Status
 	testcluster.WaitFor(t, 3*time.Minute, "the roll to fail", func() (bool, string) {
 		st = e.status()
@@ -308,14 +309,14 @@ func TestFaults_BadImageFailsTheRollAndLeavesTheClusterAlone(t *testing.T) {
 
 	// Firing the bad image again is refused, by the CLI and by the handlers.
 	out, code = e.run("fire", "--image", "broken")
-	assert.Equal(t, command.ExitRefused, code, out)
+	assert.Equal(t, app.ExitRefused, code, out)
 	assert.Contains(t, out, "image broken is marked bad")
 	id := e.fireRaw([]byte(`{"image_id":"broken"}`))
 	assert.Contains(t, e.waitHandled(id, time.Minute), "refused: image broken is marked bad")
 	assert.Len(t, e.everLaunched(), 4, "nothing launched again")
 
 	out, code = e.run("status")
-	require.Equal(t, command.ExitOK, code, out)
+	require.Equal(t, app.ExitOK, code, out)
 	assert.Contains(t, out, "failed")
 	assert.Contains(t, out, "is not a stable healthy voter", "status says why the roll failed")
 	assert.Contains(t, out, "broken", "status lists the bad image")
@@ -328,7 +329,7 @@ func TestFaults_UnhealthyClusterHoldsThenResumesOnRecovery(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 3, "")
 	out, code := e.run("local", "image", "register", "B")
-	require.Equal(t, command.ExitOK, code, out)
+	require.Equal(t, app.ExitOK, code, out)
 	insts, err := e.p.Instances(context.Background())
 	require.NoError(t, err)
 	var down cloud.Instance
@@ -349,16 +350,16 @@ func TestFaults_UnhealthyClusterHoldsThenResumesOnRecovery(t *testing.T) {
 	})
 
 	out, code = e.run("fire", "--image", "B")
-	require.Equal(t, command.ExitOK, code, out)
+	require.Equal(t, app.ExitOK, code, out)
 	id := eventID(t, out)
 	assert.Contains(t, e.waitHandled(id, time.Minute), "hold: ")
 
 	out, code = e.run("plan")
-	require.Equal(t, command.ExitOK, code, out)
+	require.Equal(t, app.ExitOK, code, out)
 	assert.Contains(t, out, "hold")
 	assert.Contains(t, out, "cluster not healthy, will not launch")
 	out, code = e.run("status")
-	require.Equal(t, command.ExitOK, code, out)
+	require.Equal(t, app.ExitOK, code, out)
 	assert.Contains(t, out, "cluster not healthy, will not launch", "status explains the hold")
 	now, err := e.p.Instances(context.Background())
 	require.NoError(t, err)

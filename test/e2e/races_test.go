@@ -17,8 +17,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
-	"github.com/consul-rehydrate/consul-rehydrate/internal/command"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
 	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
 )
@@ -77,7 +77,7 @@ func TestRaces_EventStormsWatchStormsAndReplaysMakeExactlyOneRoll(t *testing.T) 
 	t.Parallel()
 	e := newEnvWith(t, envOptions{servers: 3, extraHCL: "log_level = \"debug\"\n"})
 	out, code := e.run("local", "image", "register", "B")
-	require.Equal(t, command.ExitOK, code, out)
+	require.Equal(t, app.ExitOK, code, out)
 	samples := e.sample()
 
 	start := time.Now()
@@ -103,7 +103,7 @@ func TestRaces_EventStormsWatchStormsAndReplaysMakeExactlyOneRoll(t *testing.T) 
 				continue
 			}
 			for i, c := range e.storm(10) {
-				assert.Equal(t, command.ExitOK, c, "spindown %d in storm %d", i, storms)
+				assert.Equal(t, app.ExitOK, c, "spindown %d in storm %d", i, storms)
 			}
 			storms++
 		}

@@ -24,7 +24,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	consuld "github.com/consul-rehydrate/consul-rehydrate/consul.d"
-	"github.com/consul-rehydrate/consul-rehydrate/internal/watch"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
 	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
 )
 
@@ -39,7 +39,7 @@ func TestMain(m *testing.M) {
 	binDir = dir
 	// The agents run the handlers with the test's environment; the agent logs a
 	// handler's output only at debug level, so the handlers log here too.
-	os.Setenv(watch.EnvLogFile, filepath.Join(dir, "handlers.log"))
+	os.Setenv(app.EnvLogFile, filepath.Join(dir, "handlers.log"))
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

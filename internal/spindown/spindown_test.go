@@ -1,4 +1,4 @@
-package watch_test
+package spindown_test
 
 import (
 	"bytes"
@@ -9,6 +9,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -18,8 +19,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
-	"github.com/consul-rehydrate/consul-rehydrate/internal/watch"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/spindown"
 	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
 )
 
@@ -73,11 +75,11 @@ provider "local" {
 	run := func() (int, string) {
 		var out bytes.Buffer
 		requests.Store(0)
-		code := watch.Spindown([]string{"-config", cfgPath, "-http-addr", strings.TrimPrefix(proxy.URL, "http://")}, watch.Env{
+		code := spindown.Main([]string{"-config", cfgPath, "-http-addr", strings.TrimPrefix(proxy.URL, "http://")}, app.Env{
 			Stdin: bytes.NewReader(stdin), Stdout: &out, Stderr: &out,
 			Getenv: func(k string) string {
 				switch k {
-				case watch.EnvBinDir:
+				case app.EnvBinDir:
 					return binDir
 				case "PATH":
 					return os.Getenv(k)
@@ -90,7 +92,7 @@ provider "local" {
 
 	// No roll: done after reading the roll record.
 	code, out := run()
-	assert.Equal(t, watch.ExitOK, code, out)
+	assert.Equal(t, app.ExitOK, code, out)
 	assert.NotContains(t, out, "plan", "nothing planned when idle")
 	assert.Equal(t, int32(1), requests.Load(), "idle, one request to Consul")
 
@@ -98,22 +100,37 @@ provider "local" {
 	// the provider, so the step is to hold, and the full handler says so.
 	require.NoError(t, coord.New(cl, "w").PutRoll(t.Context(), &coord.Roll{Target: "B", Phase: coord.PhaseRolling}))
 	code, out = run()
-	assert.Equal(t, watch.ExitOK, code, out)
+	assert.Equal(t, app.ExitOK, code, out)
 	assert.Contains(t, out, "spindown: plan: step=hold", "the full handler ran")
 	assert.Greater(t, requests.Load(), int32(1), "the full handler observed the cluster")
 
 	// What rehydrate exits with, spindown exits with: a broken payload never gets
 	// there, a Consul it cannot reach does.
 	var buf bytes.Buffer
-	code = watch.Spindown([]string{"-config", cfgPath, "-http-addr", "127.0.0.1:1"}, watch.Env{
+	code = spindown.Main([]string{"-config", cfgPath, "-http-addr", "127.0.0.1:1"}, app.Env{
 		Stdin: strings.NewReader("[]"), Stdout: &buf, Stderr: &buf, Getenv: func(string) string { return binDir },
 	})
-	assert.Equal(t, watch.ExitConsul, code, buf.String())
+	assert.Equal(t, app.ExitConsul, code, buf.String())
 }
 
 func TestCheckServices_RefusesOtherServices(t *testing.T) {
 	ok := []*api.ServiceEntry{{Service: &api.AgentService{Service: "consul"}}}
-	assert.NoError(t, watch.CheckServices(ok))
-	assert.EqualError(t, watch.CheckServices(append(ok, &api.ServiceEntry{Service: &api.AgentService{Service: "web"}})), `entry for service "web", want "consul"`)
-	assert.EqualError(t, watch.CheckServices([]*api.ServiceEntry{{}}), `entry for service "", want "consul"`)
+	assert.NoError(t, spindown.CheckServices(ok))
+	assert.EqualError(t, spindown.CheckServices(append(ok, &api.ServiceEntry{Service: &api.AgentService{Service: "web"}})), `entry for service "web", want "consul"`)
+	assert.EqualError(t, spindown.CheckServices([]*api.ServiceEntry{{}}), `entry for service "", want "consul"`)
+}
+
+// TestSpindown_LinksNoProviderPlannerOrAWSSDK keeps the idle path lean: the
+// executable that runs at every membership change is built from this package and
+// package app, not from the roll's.
+func TestSpindown_LinksNoProviderPlannerOrAWSSDK(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "../../handlers/spindown").CombinedOutput()
+	require.NoError(t, err, string(out))
+	deps := strings.Fields(string(out))
+	require.Contains(t, deps, "github.com/consul-rehydrate/consul-rehydrate/internal/app", "the list is of the right program")
+	for _, d := range deps {
+		for _, banned := range []string{"/internal/cloud", "/internal/plan", "/internal/roll", "/internal/command", "github.com/aws/"} {
+			assert.NotContains(t, d, banned)
+		}
+	}
 }
