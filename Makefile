@@ -39,12 +39,13 @@ help: ## show the targets
 consul: $(CONSUL_BIN) ## build the pinned Consul into the cache (no-op when cached)
 
 # No file prerequisites: a fresh clone has new mtimes, and the version is in the path.
+# The version line is read with sed, which reads to the end: head would exit first and
+# SIGPIPE consul under pipefail (test/validate checks every recipe and script for that).
 $(CONSUL_BIN):
 	@echo "building consul $(CONSUL_VERSION) into $(CONSUL_DIR) (cold: ~10 min)"
 	@mkdir -p $(CONSUL_DIR)
 	cd scripts/tools/consul && go build -trimpath -ldflags='-s -w' -o $@.tmp github.com/hashicorp/consul
 	@mv $@.tmp $@
-	@# sed reads to the end: `| head -1` would exit early and SIGPIPE consul under pipefail.
 	@$@ version | sed -n 1p
 
 .PHONY: build

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -35,12 +36,38 @@ func TestShellcheck_PassesOnScriptsAndCatchesABrokenOne(t *testing.T) {
 	scripts, err := filepath.Glob("../../scripts/*.sh")
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, len(scripts), 3, "install-consul.sh, install-handlers.sh, user-data.sh")
+	scripts = append(scripts, "../../scripts/fresh-check", "../../.ci/run")
 	out, err := run(t, sc, append([]string{"--severity=style"}, scripts...)...)
 	assert.NoError(t, err, out)
 
 	out, err = run(t, sc, "testdata/broken.sh")
 	require.Error(t, err, "shellcheck must reject the broken fixture")
 	assert.Contains(t, out, "SC2086", "unquoted variable")
+}
+
+// TestScripts_NoEarlyExitingReaderUnderPipefail: under pipefail, a reader that
+// exits before its writer is done (head, grep -q, awk's exit) SIGPIPEs the writer
+// and fails the pipeline, but only when the writer still had output to write, so
+// it passes on one machine and fails on the next. It failed every fresh machine's
+// first make demo (`consul version | head -1`). Read to the end instead
+// (sed -n 1p, grep without -q).
+func TestScripts_NoEarlyExitingReaderUnderPipefail(t *testing.T) {
+	files, err := filepath.Glob("../../scripts/*.sh")
+	require.NoError(t, err)
+	files = append(files, "../../scripts/fresh-check", "../../.ci/run", "../../Makefile")
+	early := regexp.MustCompile(`\|\s*(head\b|grep\s+(-\w*q|--quiet)|awk\b.*\bexit\b)`)
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		require.NoError(t, err)
+		for i, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(strings.TrimSpace(line), "#") {
+				continue
+			}
+			assert.False(t, early.MatchString(line), "%s:%d: an early-exiting reader under pipefail: %s", f, i+1, line)
+		}
+	}
+	assert.True(t, early.MatchString("\t@$@ version | head -1"), "the check catches the line that failed")
+	assert.True(t, early.MatchString("x | grep -q y"))
 }
 
 // A server's full configuration: the shipped files plus a node.hcl as user-data.sh
