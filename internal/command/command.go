@@ -168,7 +168,7 @@ func (a *prog) exitCode(err error) int {
 	// A lost lock and a deadline are told apart before what failed under them.
 	case errors.Is(err, roll.ErrLockLost):
 		code = app.ExitLockLost
-	case errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, roll.ErrTimedOut):
 		code = app.ExitTimedOut
 	case errors.Is(err, roll.ErrCloud):
 		code = app.ExitCloud

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
 )
 
 // Phases of a roll.
@@ -32,8 +34,40 @@ const (
 var ErrLockHeld = errors.New("lock held by another handler")
 
 // ErrLockLost means a held lock was lost: its session was invalidated or the key
-// taken away.
+// taken away. A Held's Context ends with a cause that wraps it.
 var ErrLockLost = errors.New("lock lost")
+
+// ErrReleased is the cause a Held's Context ends with on Release.
+var ErrReleased = errors.New("lock released")
+
+// ErrTimedOut means the holder ran out of time: the context the lock was taken
+// under reached its deadline. The lock was not lost; the next invocation resumes.
+// An error Stopped wraps with it also wraps context.DeadlineExceeded.
+var ErrTimedOut = errors.New("ran out of time")
+
+// Stopped returns nil while ctx goes on. Once ctx has ended it returns err, met
+// because it ended, classed by why it ended (context.Cause): it wraps ErrLockLost
+// when the lock was lost, ErrTimedOut and context.DeadlineExceeded when a deadline
+// passed, and the cause alone otherwise (ErrReleased, an interrupt's
+// context.Canceled). A nil err stands for the cause itself.
+func Stopped(ctx context.Context, err error) error { return stopped(context.Cause(ctx), err) }
+
+// stopped is Stopped with the cause already read.
+func stopped(cause, err error) error {
+	switch {
+	case cause == nil:
+		return nil
+	case err == nil:
+		err = cause
+	case !errors.Is(err, cause):
+		// Keep the cause in the chain, so a caller can match it.
+		err = fmt.Errorf("%w: %w", cause, err)
+	}
+	if errors.Is(cause, context.DeadlineExceeded) && !errors.Is(err, ErrTimedOut) {
+		return fmt.Errorf("%w: %w", ErrTimedOut, err)
+	}
+	return err
+}
 
 // Store reads and writes one cluster's coordination keys.
 type Store struct {
@@ -57,8 +91,8 @@ type LockOptions struct {
 	Holder string // who holds it, stored as the lock's value for `status`
 }
 
-// Held is an acquired lock. Its Context is cancelled as soon as the lock is lost
-// (session invalidated or the key taken away), so a handler checks it before every
+// Held is an acquired lock. Its Context ends as soon as the lock is lost (session
+// invalidated or the key taken away), so a handler checks it before every
 // non-idempotent call.
 type Held struct {
 	lock    *api.Lock
@@ -66,36 +100,42 @@ type Held struct {
 	key     string
 	session string
 	ctx     context.Context
-	cancel  context.CancelFunc
+	cancel  context.CancelCauseFunc
 }
 
-// Context is cancelled when the lock is lost or released.
+// Context ends when the lock is lost, with a cause wrapping ErrLockLost; when it is
+// released, with ErrReleased; or when the context the lock was taken under ends,
+// with that context's cause (context.DeadlineExceeded for a deadline). Stopped
+// classes an error by it.
 func (h *Held) Context() context.Context { return h.ctx }
 
 // Verify confirms with a consistent read that the lock key is still held by this
 // lock's session. The Context learns of a loss from a watch, which may be a moment
-// late; a handler calls Verify right before each call it cannot take back.
+// late; a handler calls Verify right before each call it cannot take back. Once
+// the Context has ended, Verify returns its cause: ErrLockLost only for a lost
+// lock, not for a deadline.
 func (h *Held) Verify() error {
-	if err := h.ctx.Err(); err != nil {
-		return fmt.Errorf("%w: %w", ErrLockLost, err)
+	if cause := context.Cause(h.ctx); cause != nil {
+		return fmt.Errorf("verify lock %s: %w", h.key, cause)
 	}
 	kv, _, err := h.kv.Get(h.key, (&api.QueryOptions{RequireConsistent: true}).WithContext(h.ctx))
 	if err != nil {
-		if h.ctx.Err() != nil {
-			return fmt.Errorf("%w: %w", ErrLockLost, err)
+		if cause := context.Cause(h.ctx); cause != nil {
+			return fmt.Errorf("verify lock %s: %w", h.key, cause)
 		}
 		return fmt.Errorf("verify lock %s: %w", h.key, err)
 	}
 	if kv == nil || kv.Session != h.session {
-		h.cancel()
-		return fmt.Errorf("%w: %s is no longer held by session %s", ErrLockLost, h.key, h.session)
+		lost := fmt.Errorf("%w: %s is no longer held by session %s", ErrLockLost, h.key, h.session)
+		h.cancel(lost)
+		return lost
 	}
 	return nil
 }
 
 // Release gives the lock up and destroys its session.
 func (h *Held) Release() error {
-	h.cancel()
+	h.cancel(ErrReleased)
 	if err := h.lock.Unlock(); err != nil && !errors.Is(err, api.ErrLockNotHeld) {
 		return fmt.Errorf("release lock: %w", err)
 	}
@@ -126,15 +166,16 @@ func LockKey(ctx context.Context, c *api.Client, key string, o LockOptions) (*He
 	if err != nil {
 		return nil, fmt.Errorf("prepare lock %s: %w", key, err)
 	}
+	// lock.Lock stops waiting only when stop closes: close it at the bound, or when
+	// ctx ends, whichever is first; and let the sleeper go once Lock has returned.
 	stop := make(chan struct{})
+	wctx, endWait := context.WithCancel(ctx)
 	go func() {
-		select {
-		case <-ctx.Done():
-		case <-time.After(o.Wait + time.Second):
-		}
+		_ = poll.Sleep(wctx, o.Wait+time.Second)
 		close(stop)
 	}()
 	lost, err := lock.Lock(stop)
+	endWait()
 	if err != nil {
 		return nil, fmt.Errorf("take lock %s: %w", key, err)
 	}
@@ -150,13 +191,13 @@ func LockKey(ctx context.Context, c *api.Client, key string, o LockOptions) (*He
 		}
 		return nil, fmt.Errorf("read lock %s: %w", key, err)
 	}
-	hctx, cancel := context.WithCancel(ctx)
+	hctx, cancel := context.WithCancelCause(ctx)
 	go func() {
 		select {
 		case <-lost:
+			cancel(fmt.Errorf("%w: %s: its session %s was invalidated or the key taken away", ErrLockLost, key, kv.Session))
 		case <-hctx.Done():
 		}
-		cancel()
 	}()
 	return &Held{lock: lock, kv: c.KV(), key: key, session: kv.Session, ctx: hctx, cancel: cancel}, nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
 	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
 )
 
@@ -53,12 +54,70 @@ func TestCoord(t *testing.T) {
 		require.NoError(t, err)
 		// Verify reads the key itself: it knows at once, before the watch does.
 		require.ErrorIs(t, h.Verify(), coord.ErrLockLost)
-		select {
-		case <-h.Context().Done():
-		case <-time.After(20 * time.Second):
-			t.Fatal("lock loss not noticed within 20s")
-		}
+		require.NoError(t, poll.Until(context.Background(), 10*time.Millisecond, 20*time.Second, ended(h)),
+			"lock loss not noticed within 20s")
+		require.ErrorIs(t, context.Cause(h.Context()), coord.ErrLockLost)
 		require.NoError(t, h.Release())
+	})
+
+	t.Run("LostLockUnderADeadlineEndsTheContextAsLostNotTimedOut", func(t *testing.T) {
+		s := coord.New(cl, "lost-deadline")
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		h, err := s.Lock(ctx, opts)
+		require.NoError(t, err)
+		defer func() { assert.NoError(t, h.Release()) }()
+		kv, _, err := cl.KV().Get(s.Key("lock"), nil)
+		require.NoError(t, err)
+		require.NotNil(t, kv)
+		_, err = cl.Session().Destroy(kv.Session, nil)
+		require.NoError(t, err)
+		// No Verify: the watch alone must end the context, with the loss as its cause.
+		require.NoError(t, poll.Until(context.Background(), 10*time.Millisecond, 20*time.Second, ended(h)),
+			"lock loss not noticed by the watch within 20s")
+		err = coord.Stopped(h.Context(), nil)
+		require.ErrorIs(t, err, coord.ErrLockLost)
+		require.NotErrorIs(t, err, coord.ErrTimedOut)
+		require.NotErrorIs(t, err, context.DeadlineExceeded)
+		require.NoError(t, ctx.Err(), "the deadline has not passed")
+		err = h.Verify()
+		require.ErrorIs(t, err, coord.ErrLockLost)
+		require.NotErrorIs(t, err, context.DeadlineExceeded)
+	})
+
+	t.Run("DeadlineEndsTheContextAsTimedOutNotLost", func(t *testing.T) {
+		s := coord.New(cl, "deadline")
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		h, err := s.Lock(ctx, opts)
+		require.NoError(t, err)
+		require.NoError(t, poll.Until(context.Background(), 10*time.Millisecond, 20*time.Second, ended(h)),
+			"the deadline did not end the held context")
+		err = coord.Stopped(h.Context(), nil)
+		require.ErrorIs(t, err, coord.ErrTimedOut)
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		require.NotErrorIs(t, err, coord.ErrLockLost)
+		err = h.Verify()
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		require.NotErrorIs(t, err, coord.ErrLockLost, "running out of time is not losing the lock")
+		holder, err := s.Holder(context.Background())
+		require.NoError(t, err)
+		assert.Equal(t, "test", holder, "the lock is still held: only time ran out")
+		require.NoError(t, h.Release())
+		holder, err = s.Holder(context.Background())
+		require.NoError(t, err)
+		assert.Empty(t, holder)
+	})
+
+	t.Run("ReleaseEndsTheContextAsReleasedNotLost", func(t *testing.T) {
+		s := coord.New(cl, "released")
+		h, err := s.Lock(context.Background(), opts)
+		require.NoError(t, err)
+		require.NoError(t, h.Release())
+		cause := context.Cause(h.Context())
+		require.ErrorIs(t, cause, coord.ErrReleased)
+		require.NotErrorIs(t, cause, coord.ErrLockLost)
+		require.NotErrorIs(t, cause, coord.ErrTimedOut)
 	})
 
 	t.Run("RollRecordRoundTripsAndKeepsBoundedHistory", func(t *testing.T) {
@@ -157,4 +216,9 @@ func TestCoord(t *testing.T) {
 		require.Error(t, err)
 		assert.False(t, errors.Is(err, coord.ErrLockHeld))
 	})
+}
+
+// ended is a poll condition: the held lock's context has ended.
+func ended(h *coord.Held) func(context.Context) (bool, error) {
+	return func(context.Context) (bool, error) { return h.Context().Err() != nil, nil }
 }

@@ -79,7 +79,7 @@ func exitCode(err error) int {
 	// A lost lock and a deadline are told apart before what failed under them.
 	case errors.Is(err, ErrLockLost):
 		return app.ExitLockLost
-	case errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, ErrTimedOut):
 		return app.ExitTimedOut
 	case errors.Is(err, ErrConsul):
 		return app.ExitConsul

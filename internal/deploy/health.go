@@ -2,12 +2,15 @@ package deploy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
 )
 
 // nodeHealth is the health of a service's instances on one node, as the catalog
@@ -26,7 +29,7 @@ func health(ctx context.Context, c *api.Client, service string) (map[string]node
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: health of service %s: %w", ErrConsul, service, err)
+		return nil, consulErr(ctx, fmt.Errorf("health of service %s: %w", service, err))
 	}
 	out := map[string]nodeHealth{}
 	for _, e := range entries {
@@ -54,22 +57,27 @@ func firstLine(s string) string {
 	return s
 }
 
+// errHealthWait is the cause waitHealthy's own bound ends its context with, so
+// that its end is told apart from the end of the handler's context.
+var errHealthWait = errors.New("health wait over")
+
 // waitHealthy waits until every check of service on node has passed without a break
 // for minHealthy, at most timeout. The node's own checks count too: a node that
-// fails its serf health check serves nothing.
-func waitHealthy(ctx context.Context, c *api.Client, service, node string, minHealthy, timeout, poll time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+// fails its serf health check serves nothing. If ctx ends first, it returns ctx's
+// cause.
+func waitHealthy(ctx context.Context, c *api.Client, service, node string, minHealthy, timeout, interval time.Duration) error {
+	// The bound is also the context's, so that no health read outlasts it.
+	wctx, cancel := context.WithTimeoutCause(ctx, timeout, errHealthWait)
 	defer cancel()
 	var since time.Time
 	last := "no instance registered"
-	for {
+	err := poll.Until(wctx, interval, timeout, func(ctx context.Context) (bool, error) {
 		hs, err := health(ctx, c, service)
-		if err != nil && ctx.Err() == nil {
-			return err
+		if err != nil {
+			return false, err
 		}
 		h, ok := hs[node]
 		switch {
-		case err != nil:
 		case !ok:
 			since, last = time.Time{}, "no instance registered"
 		case !h.passing:
@@ -77,18 +85,20 @@ func waitHealthy(ctx context.Context, c *api.Client, service, node string, minHe
 		case since.IsZero():
 			since = time.Now()
 		}
-		if !since.IsZero() && time.Since(since) >= minHealthy {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			if !since.IsZero() {
-				last = fmt.Sprintf("passing for only %s", time.Since(since).Round(time.Millisecond))
-			}
-			return fmt.Errorf("checks of %s on %s did not pass for %s within %s: %s", service, node, minHealthy, timeout, last)
-		case <-time.After(poll):
-		}
+		return !since.IsZero() && time.Since(since) >= minHealthy, nil
+	})
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, poll.ErrTimeout), errors.Is(context.Cause(wctx), errHealthWait):
+		// The bound passed: the checks did not pass in time.
+	default:
+		return err // a health read failed, or ctx ended
 	}
+	if !since.IsZero() {
+		last = fmt.Sprintf("passing for only %s", time.Since(since).Round(time.Millisecond))
+	}
+	return fmt.Errorf("checks of %s on %s did not pass for %s within %s: %s", service, node, minHealthy, timeout, last)
 }
 
 // unavailable lists the nodes of nodes whose instances of the service are not all

@@ -26,6 +26,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
 )
 
 // Prefix is where deployments live in KV.
@@ -65,7 +66,31 @@ var (
 	ErrBusy = errors.New("another rollout is in progress")
 	// ErrLockLost means the lock was lost part way; nothing more was started.
 	ErrLockLost = errors.New("lock lost")
+	// ErrTimedOut means the handler or rollout ran out of time (its context's
+	// deadline passed) part way; its lock was not lost. An error that wraps it also
+	// wraps context.DeadlineExceeded.
+	ErrTimedOut = coord.ErrTimedOut
 )
+
+// stopped returns nil while ctx goes on; once it has ended, err classed by why
+// (see coord.Stopped): ErrLockLost for a lost lock, ErrTimedOut for a deadline, the
+// cause alone otherwise (an interrupt).
+func stopped(ctx context.Context, err error) error {
+	s := coord.Stopped(ctx, err)
+	if errors.Is(s, coord.ErrLockLost) && !errors.Is(s, ErrLockLost) {
+		return fmt.Errorf("%w: %w", ErrLockLost, s)
+	}
+	return s
+}
+
+// consulErr classes err, met reading or writing Consul: by why ctx ended once it
+// has (see stopped), as ErrConsul otherwise.
+func consulErr(ctx context.Context, err error) error {
+	if s := stopped(ctx, err); s != nil {
+		return s
+	}
+	return fmt.Errorf("%w: %w", ErrConsul, err)
+}
 
 // NodeKey returns the key name under the node's prefix for service.
 func NodeKey(service, node, name string) string {
@@ -194,10 +219,8 @@ func retry(ctx context.Context, op func() error) error {
 		if err == nil || !transient(ctx, err) || time.Now().Add(delay).After(deadline) {
 			return err
 		}
-		select {
-		case <-ctx.Done():
+		if poll.Sleep(ctx, delay) != nil {
 			return err
-		case <-time.After(delay):
 		}
 		delay = min(2*delay, retryMax)
 	}
@@ -226,7 +249,7 @@ func (s kv) get(ctx context.Context, key string, consistent bool) (*api.KVPair, 
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: read %s: %w", ErrConsul, key, err)
+		return nil, consulErr(ctx, fmt.Errorf("read %s: %w", key, err))
 	}
 	return p, nil
 }
@@ -249,7 +272,7 @@ func (s kv) put(ctx context.Context, key string, value []byte) error {
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("%w: write %s: %w", ErrConsul, key, err)
+		return consulErr(ctx, fmt.Errorf("write %s: %w", key, err))
 	}
 	return nil
 }
@@ -291,7 +314,7 @@ func (s kv) list(ctx context.Context, prefix string) (api.KVPairs, error) {
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: list %s: %w", ErrConsul, prefix, err)
+		return nil, consulErr(ctx, fmt.Errorf("list %s: %w", prefix, err))
 	}
 	return pairs, nil
 }

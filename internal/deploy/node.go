@@ -48,7 +48,20 @@ type Node struct {
 // not exist. A deployment whose ID the node's status already records as final is
 // a replay and does nothing. A bad payload is refused before anything talks to
 // Consul, except a key that names another node, which only the agent can tell.
+// A lost lock stops it with ErrLockLost, running out of time with ErrTimedOut,
+// each with its own log line; neither rolls back.
 func (n *Node) Handle(ctx context.Context, pair *api.KVPair) error {
+	err := n.handle(ctx, pair)
+	switch {
+	case errors.Is(err, ErrLockLost):
+		n.Log.Error("lock lost; stopping: no command starts without the node lock", "error", err)
+	case errors.Is(err, ErrTimedOut):
+		n.Log.Error("ran out of time; stopping: the next handler resumes the deployment", "error", err)
+	}
+	return err
+}
+
+func (n *Node) handle(ctx context.Context, pair *api.KVPair) error {
 	if pair == nil {
 		n.Log.Info("no desired key: nothing to deploy")
 		return nil
@@ -67,7 +80,7 @@ func (n *Node) Handle(ctx context.Context, pair *api.KVPair) error {
 	}
 	if n.Name == "" {
 		if n.Name, err = n.Client.Agent().NodeName(); err != nil {
-			return fmt.Errorf("%w: this agent's node name: %w", ErrConsul, err)
+			return consulErr(ctx, fmt.Errorf("this agent's node name: %w", err))
 		}
 	}
 	if node != n.Name {
@@ -76,7 +89,7 @@ func (n *Node) Handle(ctx context.Context, pair *api.KVPair) error {
 	if n.Lock.Holder == "" {
 		n.Lock.Holder = "deploy handler on " + node
 	}
-	log := n.Log.With("node", node, "service", service, "deployment", want.ID, "version", want.Version)
+	log := n.Log.With("node", node, "service", service, "deployment_id", want.ID, "version", want.Version)
 	store := kv{n.Client}
 	st, err := store.status(ctx, service, node)
 	if err != nil {
@@ -93,7 +106,7 @@ func (n *Node) Handle(ctx context.Context, pair *api.KVPair) error {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConsul, err)
+		return consulErr(ctx, err)
 	}
 	defer func() {
 		if err := held.Release(); err != nil {
@@ -123,7 +136,7 @@ func (n *Node) Handle(ctx context.Context, pair *api.KVPair) error {
 		return nil
 	}
 	d := &deployment{n: n, dc: dc, node: node, want: want, held: held, store: store,
-		log: n.Log.With("node", node, "service", service, "deployment", want.ID, "version", want.Version)}
+		log: n.Log.With("node", node, "service", service, "deployment_id", want.ID, "version", want.Version)}
 	return d.run(ctx, st)
 }
 
@@ -150,7 +163,7 @@ func (d *deployment) run(ctx context.Context, last *Status) error {
 		// A handler that started this deployment died before it ended: start over,
 		// from the same previous version.
 		d.st.Previous, d.st.Started, d.st.Attempts = last.Previous, last.Started, last.Attempts+1
-		d.log.Warn("resuming a deployment a handler did not finish", "attempt", d.st.Attempts, "was", last.State)
+		d.log.Warn("resuming a deployment a handler did not finish", "attempt", d.st.Attempts, "state", last.State)
 	}
 	if err := d.save(ctx); err != nil {
 		return err
@@ -160,7 +173,7 @@ func (d *deployment) run(ctx context.Context, last *Status) error {
 		return d.fail(ctx, err)
 	}
 
-	d.log.Info("deploying", "previous", d.st.Previous, "instances", len(ids))
+	d.log.Info("deploying", "previous_version", d.st.Previous, "instances", len(ids))
 	if err := d.maintenance(ctx, ids, true); err != nil {
 		return d.fail(ctx, err)
 	}
@@ -182,11 +195,24 @@ func (d *deployment) run(ctx context.Context, last *Status) error {
 		d.log.Info("deployed", "attempts", d.st.Attempts)
 		return nil
 	}
-	if errors.Is(err, ErrLockLost) || errors.Is(err, ErrConsul) {
-		return err
+	if h := halt(ctx, err); h != nil {
+		return h
 	}
 	d.log.Error("deployment failed", "error", err, "output", lastLines(out, 5))
 	return d.rollback(ctx, ids, err)
+}
+
+// halt returns the error that ends the deployment where it is, with no rollback
+// and no final status, or nil when err is the deployment's own failure: the
+// handler ran out of time (ErrTimedOut), the lock was lost, or Consul failed.
+func halt(ctx context.Context, err error) error {
+	if s := stopped(ctx, err); s != nil {
+		return s
+	}
+	if errors.Is(err, ErrLockLost) || errors.Is(err, ErrConsul) {
+		return err
+	}
+	return nil
 }
 
 // rollback runs the rollback command with the previous version after cause.
@@ -202,7 +228,7 @@ func (d *deployment) rollback(ctx context.Context, ids []string, cause error) er
 	if err := d.maintenance(ctx, ids, true); err != nil {
 		return d.fail(ctx, fmt.Errorf("%w; roll back: %w", cause, err))
 	}
-	d.log.Info("rolling back", "to", d.st.Previous)
+	d.log.Info("rolling back", "previous_version", d.st.Previous)
 	out, err := d.command(ctx, d.dc.RollbackCommand, d.st.Previous, true)
 	d.st.Output = out
 	if err == nil {
@@ -211,8 +237,8 @@ func (d *deployment) rollback(ctx context.Context, ids []string, cause error) er
 		}
 	}
 	if err != nil {
-		if errors.Is(err, ErrLockLost) || errors.Is(err, ErrConsul) {
-			return err
+		if h := halt(ctx, err); h != nil {
+			return h
 		}
 		d.log.Error("rollback failed", "error", err, "output", lastLines(out, 5))
 		return d.fail(ctx, fmt.Errorf("%w; roll back to %s: %w", cause, d.st.Previous, err))
@@ -221,15 +247,15 @@ func (d *deployment) rollback(ctx context.Context, ids []string, cause error) er
 	if err := d.finish(ctx); err != nil {
 		return err
 	}
-	d.log.Warn("rolled back", "to", d.st.Previous)
+	d.log.Warn("rolled back", "previous_version", d.st.Previous)
 	return fmt.Errorf("%w: %w; rolled back to %s", ErrFailed, cause, d.st.Previous)
 }
 
 // fail ends the deployment as failed. The service stays in maintenance, so that no
 // traffic reaches a node in an unknown state; the status says what happened.
 func (d *deployment) fail(ctx context.Context, cause error) error {
-	if errors.Is(cause, ErrLockLost) || errors.Is(cause, ErrConsul) {
-		return cause
+	if h := halt(ctx, cause); h != nil {
+		return h
 	}
 	d.st.State, d.st.Error = StateFailed, cause.Error()
 	if ids, err := d.instances(ctx); err == nil {
@@ -258,7 +284,7 @@ func (d *deployment) instances(ctx context.Context) ([]string, error) {
 	svcs, err := d.n.Client.Agent().ServicesWithFilterOpts(
 		fmt.Sprintf("Service == %s", strconv.Quote(d.dc.Service)), (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
-		return nil, fmt.Errorf("%w: services of this agent: %w", ErrConsul, err)
+		return nil, consulErr(ctx, fmt.Errorf("services of this agent: %w", err))
 	}
 	var ids []string
 	for id := range svcs {
@@ -287,7 +313,7 @@ func (d *deployment) maintenance(ctx context.Context, ids []string, on bool) err
 			err = a.DisableServiceMaintenanceOpts(id, (&api.QueryOptions{}).WithContext(ctx))
 		}
 		if err != nil {
-			return fmt.Errorf("%w: maintenance of %s: %w", ErrConsul, id, err)
+			return consulErr(ctx, fmt.Errorf("maintenance of %s: %w", id, err))
 		}
 	}
 	return nil
@@ -297,8 +323,9 @@ func (d *deployment) maintenance(ctx context.Context, ids []string, on bool) err
 // that lost it must not start a command another handler may be running.
 func (d *deployment) command(ctx context.Context, argv []string, version string, rollback bool) (string, error) {
 	if err := d.held.Verify(); err != nil {
-		if errors.Is(err, coord.ErrLockLost) {
-			return "", fmt.Errorf("%w: %w", ErrLockLost, err)
+		// Classed by why the lock's context ended: lost, or out of time.
+		if s := stopped(d.held.Context(), err); s != nil {
+			return "", s
 		}
 		return "", fmt.Errorf("%w: %w", ErrConsul, err)
 	}

@@ -54,6 +54,10 @@ func TestNode(t *testing.T) {
 		{"Handle_CommandPastItsTimeoutIsKilledWithItsWholeProcessGroup", testHandle_CommandPastItsTimeoutIsKilledWithItsWholeProcessGroup},
 		{"Rollout_ServiceLockHeldByAnotherRolloutIsBusyAndNamesTheHolder", testRollout_ServiceLockHeldByAnotherRolloutIsBusyAndNamesTheHolder},
 		{"Rollout_EveryNodeAlreadyOnTheVersionWritesNoDesiredValueAndEndsDone", testRollout_EveryNodeAlreadyOnTheVersionWritesNoDesiredValueAndEndsDone},
+		{"Handle_OutOfTimeMidDeployIsErrTimedOutNotLockLostAndRollsNothingBack", testHandle_OutOfTimeMidDeployIsErrTimedOutNotLockLostAndRollsNothingBack},
+		{"Handle_LockLostBeforeTheRollbackIsErrLockLostNotErrTimedOut", testHandle_LockLostBeforeTheRollbackIsErrLockLostNotErrTimedOut},
+		{"Rollout_OutOfTimeAwaitingANodeIsErrTimedOutNotLockLostAndRollsNothingBack", testRollout_OutOfTimeAwaitingANodeIsErrTimedOutNotLockLostAndRollsNothingBack},
+		{"Rollout_LockLostAwaitingANodeIsErrLockLostNotErrTimedOut", testRollout_LockLostAwaitingANodeIsErrLockLostNotErrTimedOut},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -614,3 +618,144 @@ func testRollout_EveryNodeAlreadyOnTheVersionWritesNoDesiredValueAndEndsDone(t *
 	require.NoError(t, err)
 	assert.Empty(t, holder, "the service lock is released")
 }
+
+// ---------------------------------------------------------------------------
+// A lost lock and running out of time are told apart.
+
+func testHandle_OutOfTimeMidDeployIsErrTimedOutNotLockLostAndRollsNothingBack(t *testing.T) {
+	f := newFixture(t, "outoftime", api.HealthPassing, gate("deploy")+`echo deployed`, `echo rolled back`)
+	f.put(KeyCurrent, []byte("v1"))
+	pair := f.desire(Desired{ID: "d-outoftime", Version: "v2"})
+
+	// Long enough to reach the deploy command on a loaded machine; the command then
+	// waits at its gate until the handler's time is up.
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel()
+	stop := f.atGate("deploy", func() { <-ctx.Done() })
+	err := f.node.Handle(ctx, pair)
+	require.True(t, stop(), "the deploy command never reached its gate")
+
+	require.ErrorIs(t, err, ErrTimedOut)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.NotErrorIs(t, err, ErrLockLost, "running out of time is not losing the lock")
+	require.NotErrorIs(t, err, ErrFailed, "the deployment did not fail: its handler ran out of time")
+	require.NotErrorIs(t, err, ErrConsul)
+	assert.Len(t, f.runs(), 1, "no rollback ran")
+	st := f.status()
+	require.NotNil(t, st)
+	assert.Equal(t, StateDeploying, st.State, "not final: the next handler resumes it")
+	assert.Equal(t, "v1", f.current())
+	holder, err := coord.HolderOf(t.Context(), f.c, f.key(KeyLock))
+	require.NoError(t, err)
+	assert.Empty(t, holder, "the node lock is released")
+}
+
+func testHandle_LockLostBeforeTheRollbackIsErrLockLostNotErrTimedOut(t *testing.T) {
+	f := newFixture(t, "lostlock", api.HealthPassing, gate("deploy")+`exit 1`, `echo rolled back`)
+	f.put(KeyCurrent, []byte("v1"))
+	pair := f.desire(Desired{ID: "d-lostlock", Version: "v2"})
+
+	// While the deploy command runs, the node lock's session ends; the command then
+	// fails, and the rollback must not start without the lock.
+	var destroyErr error
+	stop := f.atGate("deploy", func() { destroyErr = destroyLockSession(f.c, f.key(KeyLock)) })
+	ctx := f.ctx() // a deadline, far off
+	err := f.node.Handle(ctx, pair)
+	require.True(t, stop(), "the deploy command never reached its gate")
+	require.NoError(t, destroyErr)
+
+	require.ErrorIs(t, err, ErrLockLost)
+	require.NotErrorIs(t, err, ErrTimedOut)
+	require.NotErrorIs(t, err, context.DeadlineExceeded)
+	require.NoError(t, ctx.Err(), "the deadline had not passed")
+	assert.Len(t, f.runs(), 1, "the rollback command did not run without the lock")
+}
+
+func testRollout_OutOfTimeAwaitingANodeIsErrTimedOutNotLockLostAndRollsNothingBack(t *testing.T) {
+	f := newFixture(t, "rollout-outoftime", api.HealthPassing, `echo ok`, `exit 0`)
+	f.put(KeyCurrent, []byte("v1"))
+	waitInCatalog(t, f)
+
+	// No handler runs here: the node never reports, and the rollout waits for it
+	// until its time is up, well before NodeTimeout.
+	var out bytes.Buffer
+	r := newRollout(f.c, f.svc, "v2")
+	r.Out = &out
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel()
+	start := time.Now()
+	rec, err := r.Run(ctx)
+	require.Less(t, time.Since(start), r.NodeTimeout, "stopped by the deadline, not the node's timeout")
+
+	require.ErrorIs(t, err, ErrTimedOut, "output:\n%s", out.String())
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.NotErrorIs(t, err, ErrLockLost, "running out of time is not losing the lock")
+	require.NotErrorIs(t, err, ErrFailed)
+	require.NotNil(t, rec)
+	assert.Equal(t, RolloutRunning, rec.State, "not halted")
+	assert.NotContains(t, out.String(), "rolling back")
+	var d Desired
+	require.NoError(t, json.Unmarshal(f.get(KeyDesired).Value, &d))
+	assert.Equal(t, Desired{ID: rec.ID, Version: "v2"}, d, "the node keeps the rollout's desired value: no rollback")
+	holder, err := coord.HolderOf(t.Context(), f.c, ServiceKey(f.svc, KeyLock))
+	require.NoError(t, err)
+	assert.Empty(t, holder, "the service lock is released")
+}
+
+func testRollout_LockLostAwaitingANodeIsErrLockLostNotErrTimedOut(t *testing.T) {
+	f := newFixture(t, "rollout-lostlock", api.HealthPassing, `echo ok`, `exit 0`)
+	f.put(KeyCurrent, []byte("v1"))
+	waitInCatalog(t, f)
+
+	// As the rollout starts the node, its lock's session ends.
+	var out bytes.Buffer
+	var destroyErr error
+	destroyed := false
+	r := newRollout(f.c, f.svc, "v2")
+	r.Out = writerFunc(func(p []byte) (int, error) {
+		if !destroyed && strings.Contains(string(p), ": deploying v2") {
+			destroyed, destroyErr = true, destroyLockSession(f.c, ServiceKey(f.svc, KeyLock))
+		}
+		return out.Write(p)
+	})
+	ctx := f.ctx() // a deadline, far off
+	start := time.Now()
+	rec, err := r.Run(ctx)
+	require.Less(t, time.Since(start), r.NodeTimeout, "stopped by the loss, not the node's timeout")
+	require.True(t, destroyed, "output:\n%s", out.String())
+	require.NoError(t, destroyErr)
+
+	require.ErrorIs(t, err, ErrLockLost)
+	require.NotErrorIs(t, err, ErrTimedOut)
+	require.NotErrorIs(t, err, context.DeadlineExceeded)
+	require.NoError(t, ctx.Err(), "the deadline had not passed")
+	require.NotNil(t, rec)
+	assert.Equal(t, RolloutRunning, rec.State, "not halted")
+	assert.NotContains(t, out.String(), "rolling back")
+}
+
+// destroyLockSession ends the session that holds the lock at key, as a lost
+// session would.
+func destroyLockSession(c *api.Client, key string) error {
+	kv, _, err := c.KV().Get(key, &api.QueryOptions{RequireConsistent: true})
+	if err != nil {
+		return err
+	}
+	if kv == nil || kv.Session == "" {
+		return fmt.Errorf("%s is not held", key)
+	}
+	_, err = c.Session().Destroy(kv.Session, nil)
+	return err
+}
+
+func waitInCatalog(t *testing.T, f *fixture) {
+	t.Helper()
+	testcluster.WaitFor(t, waitLimit, "the service in the catalog", func() (bool, string) {
+		svcs, _, err := f.c.Catalog().Service(f.svc, "", nil)
+		return err == nil && len(svcs) == 1, fmt.Sprintf("%d instances, error %v", len(svcs), err)
+	})
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (w writerFunc) Write(p []byte) (int, error) { return w(p) }

@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
 )
 
 // Rollout states, and the states of a node within one.
@@ -100,7 +101,7 @@ func (r *Rollout) Run(ctx context.Context) (*Record, error) {
 		return nil, fmt.Errorf("%w: %s holds %s", ErrBusy, holder, ServiceKey(r.Service, KeyLock))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrConsul, err)
+		return nil, consulErr(ctx, err)
 	}
 	r.held = held
 	defer held.Release()
@@ -142,8 +143,21 @@ func (r *Rollout) Run(ctx context.Context) (*Record, error) {
 		r.rec.State = RolloutDone
 		return &r.rec, r.end(ctx, "")
 	}
-	if errors.Is(err, ErrLockLost) || ctx.Err() != nil {
-		return &r.rec, fmt.Errorf("%w: %w", ErrLockLost, errors.Join(err, context.Cause(ctx)))
+	// Neither a lost lock nor the end of the rollout's time (or an interrupt) rolls
+	// back: the nodes finish what they started, and the record says where it stopped.
+	if s := stopped(ctx, err); s != nil {
+		err = s
+	}
+	switch {
+	case errors.Is(err, ErrLockLost):
+		r.printf("lock lost; stopping: nodes finish what they started, nothing is rolled back")
+		return &r.rec, err
+	case errors.Is(err, ErrTimedOut):
+		r.printf("ran out of time; stopping: nodes finish what they started, nothing is rolled back")
+		return &r.rec, err
+	case context.Cause(ctx) != nil:
+		r.printf("stopped: %v", context.Cause(ctx))
+		return &r.rec, err
 	}
 	cause := err
 	if failed != "" {
@@ -183,6 +197,10 @@ func (r *Rollout) walk(ctx context.Context, nodes []string, todo []item, revert 
 		todo = todo[len(batch):]
 		for _, it := range batch {
 			if err := r.held.Verify(); err != nil {
+				if s := stopped(ctx, err); s != nil {
+					return "", s
+				}
+				// Not confirmed held is as good as lost: write nothing more.
 				return "", fmt.Errorf("%w: %w", ErrLockLost, err)
 			}
 			if err := r.store.putJSON(ctx, NodeKey(r.Service, it.node, KeyDesired), it.want); err != nil {
@@ -210,28 +228,28 @@ func (r *Rollout) walk(ctx context.Context, nodes []string, todo []item, revert 
 // the service's nodes out of passing, and returns them: up to Batch nodes from the
 // front of todo. A node that is out already costs nothing to take.
 func (r *Rollout) nextBatch(ctx context.Context, nodes []string, todo []item) ([]item, error) {
-	deadline := time.Now().Add(r.NodeTimeout)
-	for {
+	var names, out []string
+	for _, it := range todo {
+		names = append(names, it.node)
+	}
+	n := 0
+	err := poll.Until(ctx, r.Poll, r.NodeTimeout, func(ctx context.Context) (bool, error) {
 		hs, err := health(ctx, r.Client, r.Service)
 		if err != nil {
-			return nil, err
+			return false, err
 		}
-		out := unavailable(hs, nodes)
-		var names []string
-		for _, it := range todo {
-			names = append(names, it.node)
-		}
-		if n := pick(names, out, r.Batch, r.MaxUnavailable); n > 0 {
-			return todo[:n], nil
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("%d nodes not passing (%s), and --max-unavailable %d leaves no room for %s after %s",
-				len(out), strings.Join(out, ", "), r.MaxUnavailable, todo[0].node, r.NodeTimeout)
-		}
-		if err := sleep(ctx, r.Poll); err != nil {
-			return nil, err
-		}
+		out = unavailable(hs, nodes)
+		n = pick(names, out, r.Batch, r.MaxUnavailable)
+		return n > 0, nil
+	})
+	if errors.Is(err, poll.ErrTimeout) {
+		return nil, fmt.Errorf("%d nodes not passing (%s), and --max-unavailable %d leaves no room for %s after %s",
+			len(out), strings.Join(out, ", "), r.MaxUnavailable, todo[0].node, r.NodeTimeout)
 	}
+	if err != nil {
+		return nil, err
+	}
+	return todo[:n], nil
 }
 
 // pick says how many of the nodes at the front of todo to deploy next: at most
@@ -255,13 +273,12 @@ func pick(todo, out []string, batch, maxUnavailable int) int {
 // await waits until every node of the batch has a final status for its desired
 // ID, or NodeTimeout has passed. It returns the first node that did not succeed.
 func (r *Rollout) await(ctx context.Context, batch []item, revert bool) (string, error) {
-	deadline := time.Now().Add(r.NodeTimeout)
 	pending := slices.Clone(batch)
 	failed := ""
-	for len(pending) > 0 {
+	err := poll.Until(ctx, r.Poll, r.NodeTimeout, func(ctx context.Context) (bool, error) {
 		keys, err := r.store.nodes(ctx, r.Service)
 		if err != nil {
-			return "", err
+			return false, err
 		}
 		var still []item
 		for _, it := range pending {
@@ -286,24 +303,22 @@ func (r *Rollout) await(ctx context.Context, batch []item, revert bool) (string,
 		}
 		pending = still
 		if err := r.save(ctx); err != nil {
-			return "", err
+			return false, err
 		}
-		if len(pending) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			for _, it := range pending {
-				r.setNode(it.node, NodeTimedOut, fmt.Sprintf("no final status for %s within %s", it.want.ID, r.NodeTimeout))
-				r.printf("%s: timed out", it.node)
-				if failed == "" {
-					failed = it.node
-				}
+		return len(pending) == 0, nil
+	})
+	if errors.Is(err, poll.ErrTimeout) {
+		for _, it := range pending {
+			r.setNode(it.node, NodeTimedOut, fmt.Sprintf("no final status for %s within %s", it.want.ID, r.NodeTimeout))
+			r.printf("%s: timed out", it.node)
+			if failed == "" {
+				failed = it.node
 			}
-			return failed, r.save(ctx)
 		}
-		if err := sleep(ctx, r.Poll); err != nil {
-			return "", err
-		}
+		return failed, r.save(ctx)
+	}
+	if err != nil {
+		return "", err
 	}
 	return failed, nil
 }
@@ -348,7 +363,7 @@ func serviceNodes(ctx context.Context, c *api.Client, service string) ([]string,
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: catalog of service %s: %w", ErrConsul, service, err)
+		return nil, consulErr(ctx, fmt.Errorf("catalog of service %s: %w", service, err))
 	}
 	var nodes []string
 	for _, s := range svcs {
@@ -370,13 +385,4 @@ func newID(now time.Time) (string, error) {
 		return "", fmt.Errorf("new rollout id: %w", err)
 	}
 	return now.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b), nil
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(d):
-		return nil
-	}
 }

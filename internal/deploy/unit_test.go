@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 
@@ -117,4 +118,36 @@ func TestRetry_RidesOutServerErrorsButNotRefusals(t *testing.T) {
 	err = retry(ctx, func() error { calls++; return api.StatusError{Code: 403, Body: "Permission denied"} })
 	require.Error(t, err)
 	assert.Equal(t, 1, calls, "a refusal is not retried")
+}
+
+func TestConsulErr_ClassesByWhyTheContextEnded(t *testing.T) {
+	read := errors.New("read deploy/web/rollout: connection reset")
+
+	err := consulErr(context.Background(), read)
+	assert.ErrorIs(t, err, ErrConsul)
+	assert.ErrorIs(t, err, read)
+
+	lost, cancel := context.WithCancelCause(context.Background())
+	cancel(fmt.Errorf("%w: deploy/web/lock: its session was invalidated", coord.ErrLockLost))
+	err = consulErr(lost, read)
+	assert.ErrorIs(t, err, ErrLockLost)
+	assert.ErrorIs(t, err, coord.ErrLockLost)
+	assert.ErrorIs(t, err, read)
+	assert.NotErrorIs(t, err, ErrTimedOut)
+	assert.NotErrorIs(t, err, ErrConsul, "a stop is not Consul's failure")
+
+	late, cancel2 := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel2()
+	err = consulErr(late, read)
+	assert.ErrorIs(t, err, ErrTimedOut)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.NotErrorIs(t, err, ErrLockLost)
+	assert.NotErrorIs(t, err, ErrConsul)
+
+	interrupted, cancel3 := context.WithCancel(context.Background())
+	cancel3()
+	err = consulErr(interrupted, read)
+	assert.ErrorIs(t, err, context.Canceled)
+	assert.NotErrorIs(t, err, ErrLockLost, "an interrupt is not a lost lock")
+	assert.NotErrorIs(t, err, ErrTimedOut)
 }

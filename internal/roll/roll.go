@@ -20,6 +20,7 @@ import (
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/fault"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/plan"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
 )
 
 // Provider is the cloud the roll launches and terminates servers in.
@@ -37,10 +38,16 @@ type Provider interface {
 
 // Errors a caller maps to exit codes.
 var (
-	ErrConsul   = errors.New("consul")
-	ErrCloud    = errors.New("cloud")
+	ErrConsul  = errors.New("consul")
+	ErrCloud   = errors.New("cloud")
+	ErrRefused = errors.New("request refused")
+	// ErrLockLost means the lock was lost under the step: the handler stopped
+	// before its next call it could not take back.
 	ErrLockLost = coord.ErrLockLost
-	ErrRefused  = errors.New("request refused")
+	// ErrTimedOut means the handler ran out of time (its context's deadline passed);
+	// the lock was not lost, and the next trigger resumes the roll. An error that
+	// wraps it also wraps context.DeadlineExceeded.
+	ErrTimedOut = coord.ErrTimedOut
 )
 
 // Trigger says what invoked the handler.
@@ -72,13 +79,25 @@ func New(cfg *config.Config, c *api.Client, p Provider, log hclog.Logger) *Rolle
 	}
 }
 
-// Run handles one invocation.
+// Run handles one invocation. A lost lock stops it with ErrLockLost, a deadline
+// with ErrTimedOut, each with its own log line.
 func (r *Roller) Run(ctx context.Context, trig Trigger) error {
+	err := r.run(ctx, trig)
+	switch {
+	case errors.Is(err, ErrLockLost):
+		r.Log.Error("lock lost; stopping without another step: the next trigger plans afresh", "error", err)
+	case errors.Is(err, ErrTimedOut):
+		r.Log.Error("ran out of time; stopping: the next trigger resumes the roll", "error", err)
+	}
+	return err
+}
+
+func (r *Roller) run(ctx context.Context, trig Trigger) error {
 	if trig.EventID == "" {
 		// Cheap when idle: a service watch with no roll in progress reads one key.
 		rec, err := r.Store.Roll(ctx)
 		if err != nil {
-			return fmt.Errorf("%w: %w", ErrConsul, err)
+			return r.consulErr(ctx, err)
 		}
 		if !rec.InProgress() {
 			r.Log.Debug("no roll in progress")
@@ -87,7 +106,7 @@ func (r *Roller) Run(ctx context.Context, trig Trigger) error {
 	} else {
 		rec, handled, bad, err := r.Store.Peek(ctx, trig.EventID)
 		if err != nil {
-			return fmt.Errorf("%w: %w", ErrConsul, err)
+			return r.consulErr(ctx, err)
 		}
 		if handled {
 			r.Log.Debug("event already handled", "event_id", trig.EventID)
@@ -103,13 +122,13 @@ func (r *Roller) Run(ctx context.Context, trig Trigger) error {
 		}
 		switch st := plan.Next(in); st.Kind {
 		case plan.Refuse:
-			r.Log.Info("plan", "step", st.Kind, "image", st.Image, "reason", st.Reason)
+			r.Log.Info("plan", "step", st.Kind, "image_id", st.Image, "reason", st.Reason)
 			if err := r.markHandled(ctx, trig, "refused: "+st.Reason); err != nil {
 				return err
 			}
 			return fmt.Errorf("%w: %s", ErrRefused, st.Reason)
 		case plan.Nothing:
-			r.Log.Info("plan", "step", st.Kind, "image", st.Image, "reason", st.Reason)
+			r.Log.Info("plan", "step", st.Kind, "image_id", st.Image, "reason", st.Reason)
 			return r.markHandled(ctx, trig, "nothing: "+st.Reason)
 		}
 	}
@@ -122,7 +141,7 @@ func (r *Roller) Run(ctx context.Context, trig Trigger) error {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConsul, err)
+		return r.consulErr(ctx, err)
 	}
 	defer func() {
 		if err := held.Release(); err != nil {
@@ -133,8 +152,27 @@ func (r *Roller) Run(ctx context.Context, trig Trigger) error {
 	return r.step(held, trig)
 }
 
-// step runs under the lock: it plans, waits while a step is in progress (bounded),
-// and takes at most one action.
+// next says what the step loop does after a step method: plan again, or stop.
+type next bool
+
+const (
+	again next = true
+	stop  next = false
+)
+
+// turn is one invocation's state under the lock, shared by the step methods.
+type turn struct {
+	*Roller
+	held     *coord.Held
+	ctx      context.Context // the lock's: it ends when the lock is lost or time runs out
+	trig     Trigger
+	self     string    // the instance this handler runs on
+	deadline time.Time // bounds Hold and Wait
+}
+
+// step runs under the lock: it observes, plans, logs and hands the planned step to
+// its method, until a method says stop. Only Hold and Wait (bounded by
+// launch_timeout, polling) and Transfer (half of retiring the leader) plan again.
 func (r *Roller) step(held *coord.Held, trig Trigger) error {
 	ctx := held.Context()
 	if trig.EventID != "" {
@@ -149,165 +187,210 @@ func (r *Roller) step(held *coord.Held, trig Trigger) error {
 	if err != nil {
 		return r.consulErr(ctx, err)
 	}
-	deadline := r.Now().Add(r.Config.Roll.LaunchTimeout)
+	t := &turn{Roller: r, held: held, ctx: ctx, trig: trig, self: self, deadline: r.Now().Add(r.Config.Roll.LaunchTimeout)}
 	logged := ""
 	for {
 		rec, err := r.Store.Roll(ctx)
 		if err != nil {
 			return r.consulErr(ctx, err)
 		}
-		in, err := r.Observe(ctx, rec, trig.Image)
+		in, err := r.Observe(ctx, rec, t.trig.Image)
 		if err != nil {
 			return err
 		}
 		st := plan.Next(in)
 		if st.String() != logged {
-			r.Log.Info("plan", "step", st.Kind, "image", st.Image, "instance", st.Instance, "reason", st.Reason)
+			r.Log.Info("plan", "step", st.Kind, "image_id", st.Image, "instance_id", st.Instance, "reason", st.Reason)
 			logged = st.String()
 		}
+		var then next
 		switch st.Kind {
 		case plan.Refuse:
-			if err := r.markHandled(ctx, trig, "refused: "+st.Reason); err != nil {
-				return err
-			}
-			return fmt.Errorf("%w: %s", ErrRefused, st.Reason)
-
+			then, err = t.refuse(st)
 		case plan.Nothing:
-			return r.markHandled(ctx, trig, "nothing: "+st.Reason)
-
+			then, err = t.nothing(st)
 		case plan.Hold:
-			// Record the roll, so that it is resumed once the cluster recovers instead of
-			// the request being lost.
-			if !rec.InProgress() {
-				rec = &coord.Roll{Target: st.Image, Phase: coord.PhaseRolling, Started: r.Now()}
-			}
-			if n := len(rec.History); n == 0 || rec.History[n-1].Detail != st.Reason {
-				rec.Add(r.entry(st, st.Reason))
-				if err := r.Store.PutRoll(ctx, rec); err != nil {
-					return r.consulErr(ctx, err)
-				}
-			}
-			if err := r.markHandled(ctx, trig, "hold: "+st.Reason); err != nil {
-				return err
-			}
-			trig.EventID = "" // handled: not again
-			// Keep watching, bounded: a recovering server is back in the catalog (the
-			// service watch's trigger) seconds before autopilot calls it healthy, and
-			// nothing a watch sees changes then. Past the bound, the next membership
-			// or health change resumes the roll.
-			if r.Now().After(deadline) {
-				r.Log.Info("still holding; the next change in the servers' membership or health resumes the roll")
-				return nil
-			}
-			select {
-			case <-ctx.Done():
-				return r.consulErr(ctx, ctx.Err())
-			case <-time.After(r.Config.Roll.PollInterval):
-			}
-
-		case plan.Done:
-			rec.Phase = coord.PhaseDone
-			rec.Add(r.entry(st, st.Reason))
-			if err := r.Store.PutRoll(ctx, rec); err != nil {
-				return r.consulErr(ctx, err)
-			}
-			r.Log.Info("roll done", "image", st.Image, "took", r.Now().Sub(rec.Started).Round(time.Second))
-			if err := r.markHandled(ctx, trig, "done"); err != nil {
-				return err
-			}
-			// A newer image may have appeared during the roll: look again.
-			if next := plan.Next(withoutRoll(in)); next.Kind == plan.Launch {
-				return r.fire(ctx, "a newer image than "+st.Image+" is allowed")
-			}
-			return nil
-
+			then, err = t.hold(rec, st)
 		case plan.Wait:
-			if r.Now().After(deadline) {
-				return r.fire(ctx, "gave up waiting: "+st.Reason)
-			}
-			select {
-			case <-ctx.Done():
-				return r.consulErr(ctx, ctx.Err())
-			case <-time.After(r.Config.Roll.PollInterval):
-			}
-
+			then, err = t.wait(st)
+		case plan.Done:
+			then, err = t.done(rec, in, st)
 		case plan.Launch:
-			// The roll is recorded before the launch: the new server's join fires the
-			// service watch, and that handler must find the roll in progress (it may
-			// join before the launch call returns).
-			if !rec.InProgress() {
-				rec = &coord.Roll{Target: st.Image, Phase: coord.PhaseRolling, Started: r.Now()}
-				if err := r.Store.PutRoll(ctx, rec); err != nil {
-					return r.consulErr(ctx, err)
-				}
-			}
-			inst, err := r.act(held, st, func(ctx context.Context) (string, error) {
-				inst, err := r.Cloud.Launch(ctx, st.Image, st.ActionID)
-				return inst.ID, err
-			})
-			if err != nil {
-				return err
-			}
-			rec.Add(r.entry(st, fmt.Sprintf("launched %s on %s to replace %s", inst, st.Image, st.Instance)))
-			if err := r.Store.PutRoll(ctx, rec); err != nil {
-				return r.consulErr(ctx, err)
-			}
-			if err := r.markHandled(ctx, trig, "launched "+inst); err != nil {
-				return err
-			}
-			// Promotion to voter changes nothing a watch sees; make sure some handler
-			// comes back to wait for it.
-			return r.fire(ctx, "launched "+inst+"; wait for it to settle")
-
+			then, err = t.launch(rec, st)
 		case plan.Transfer:
-			if _, err := r.act(held, st, func(ctx context.Context) (string, error) {
-				_, err := r.Consul.Operator().RaftLeaderTransfer(st.TransferTo, (&api.QueryOptions{}).WithContext(ctx))
-				return st.TransferTo, err
-			}); err != nil {
-				return err
-			}
-			if err := r.waitLeader(ctx, st.TransferTo); err != nil {
-				return err
-			}
-			rec.Add(r.entry(st, "leadership moved to "+st.TransferTo))
-			if err := r.Store.PutRoll(ctx, rec); err != nil {
-				return r.consulErr(ctx, err)
-			}
-			// The transfer is half of retiring the leader: plan again and retire it.
-
+			then, err = t.transfer(rec, st)
 		case plan.Retire, plan.Fail:
-			if st.Instance == self {
-				// This handler runs on the server to go: terminating it would cut the
-				// handler off mid-step. Hand the step to another server.
-				return r.fire(ctx, "handing off: this server is the one to "+string(st.Kind))
-			}
-			if _, err := r.act(held, st, func(ctx context.Context) (string, error) {
-				return st.Instance, r.Cloud.Terminate(ctx, st.Instance, st.ActionID)
-			}); err != nil {
-				return err
-			}
-			if err := r.waitGone(ctx, instanceOf(in, st.Instance)); err != nil {
-				return err
-			}
-			if st.Kind == plan.Fail {
-				if err := r.Store.MarkBad(ctx, st.Image, st.Reason); err != nil {
-					return r.consulErr(ctx, err)
-				}
-				rec.Phase, rec.Failure = coord.PhaseFailed, st.Reason
-			}
-			rec.Add(r.entry(st, fmt.Sprintf("%s %s", map[plan.Kind]string{plan.Retire: "retired", plan.Fail: "terminated failed"}[st.Kind], st.Instance)))
-			if err := r.Store.PutRoll(ctx, rec); err != nil {
-				return r.consulErr(ctx, err)
-			}
-			if err := r.markHandled(ctx, trig, string(st.Kind)+" "+st.Instance); err != nil {
-				return err
-			}
-			if st.Kind == plan.Retire {
-				return r.fire(ctx, "retired "+st.Instance+"; continue the roll")
-			}
-			return nil
+			then, err = t.retire(rec, in, st)
+		default:
+			return fmt.Errorf("plan: unknown step %q", st.Kind)
+		}
+		if err != nil || then == stop {
+			return err
 		}
 	}
+}
+
+// refuse records the request as refused: an image outside the filter, bad, or
+// older than the cluster's.
+func (t *turn) refuse(st plan.Step) (next, error) {
+	if err := t.markHandled(t.ctx, t.trig, "refused: "+st.Reason); err != nil {
+		return stop, err
+	}
+	return stop, fmt.Errorf("%w: %s", ErrRefused, st.Reason)
+}
+
+// nothing records that the request needs no step.
+func (t *turn) nothing(st plan.Step) (next, error) {
+	return stop, t.markHandled(t.ctx, t.trig, "nothing: "+st.Reason)
+}
+
+// hold records the roll as held (the cluster is not healthy enough for a step), so
+// that it is resumed once the cluster recovers instead of the request being lost,
+// and keeps watching until launch_timeout.
+func (t *turn) hold(rec *coord.Roll, st plan.Step) (next, error) {
+	if !rec.InProgress() {
+		rec = &coord.Roll{Target: st.Image, Phase: coord.PhaseRolling, Started: t.Now()}
+	}
+	if n := len(rec.History); n == 0 || rec.History[n-1].Detail != st.Reason {
+		rec.Add(t.entry(st, st.Reason))
+		if err := t.Store.PutRoll(t.ctx, rec); err != nil {
+			return stop, t.consulErr(t.ctx, err)
+		}
+	}
+	if err := t.markHandled(t.ctx, t.trig, "hold: "+st.Reason); err != nil {
+		return stop, err
+	}
+	t.trig.EventID = "" // handled: not again
+	// Keep watching, bounded: a recovering server is back in the catalog (the
+	// service watch's trigger) seconds before autopilot calls it healthy, and
+	// nothing a watch sees changes then. Past the bound, the next membership or
+	// health change resumes the roll.
+	if t.Now().After(t.deadline) {
+		t.Log.Info("still holding; the next change in the servers' membership or health resumes the roll")
+		return stop, nil
+	}
+	return t.pause()
+}
+
+// wait polls until the step in progress settles; past launch_timeout it fires the
+// event again, so that a fresh handler (and plan) takes over.
+func (t *turn) wait(st plan.Step) (next, error) {
+	if t.Now().After(t.deadline) {
+		return stop, t.fire(t.ctx, "gave up waiting: "+st.Reason)
+	}
+	return t.pause()
+}
+
+// pause sleeps one poll interval before the loop plans again.
+func (t *turn) pause() (next, error) {
+	if err := poll.Sleep(t.ctx, t.Config.Roll.PollInterval); err != nil {
+		return stop, t.consulErr(t.ctx, err)
+	}
+	return again, nil
+}
+
+// done records the roll as done and, if a newer image appeared meanwhile, fires
+// the event again to roll to it.
+func (t *turn) done(rec *coord.Roll, in plan.Input, st plan.Step) (next, error) {
+	rec.Phase = coord.PhaseDone
+	rec.Add(t.entry(st, st.Reason))
+	if err := t.Store.PutRoll(t.ctx, rec); err != nil {
+		return stop, t.consulErr(t.ctx, err)
+	}
+	t.Log.Info("roll done", "image_id", st.Image, "took", t.Now().Sub(rec.Started).Round(time.Second))
+	if err := t.markHandled(t.ctx, t.trig, "done"); err != nil {
+		return stop, err
+	}
+	if newer := plan.Next(withoutRoll(in)); newer.Kind == plan.Launch {
+		return stop, t.fire(t.ctx, "a newer image than "+st.Image+" is allowed")
+	}
+	return stop, nil
+}
+
+// launch surges one server on the target image, recording the roll first.
+func (t *turn) launch(rec *coord.Roll, st plan.Step) (next, error) {
+	// The roll is recorded before the launch: the new server's join fires the
+	// service watch, and that handler must find the roll in progress (it may join
+	// before the launch call returns).
+	if !rec.InProgress() {
+		rec = &coord.Roll{Target: st.Image, Phase: coord.PhaseRolling, Started: t.Now()}
+		if err := t.Store.PutRoll(t.ctx, rec); err != nil {
+			return stop, t.consulErr(t.ctx, err)
+		}
+	}
+	inst, err := t.act(t.held, st, func(ctx context.Context) (string, error) {
+		inst, err := t.Cloud.Launch(ctx, st.Image, st.ActionID)
+		return inst.ID, err
+	})
+	if err != nil {
+		return stop, err
+	}
+	rec.Add(t.entry(st, fmt.Sprintf("launched %s on %s to replace %s", inst, st.Image, st.Instance)))
+	if err := t.Store.PutRoll(t.ctx, rec); err != nil {
+		return stop, t.consulErr(t.ctx, err)
+	}
+	if err := t.markHandled(t.ctx, t.trig, "launched "+inst); err != nil {
+		return stop, err
+	}
+	// Promotion to voter changes nothing a watch sees; make sure some handler comes
+	// back to wait for it.
+	return stop, t.fire(t.ctx, "launched "+inst+"; wait for it to settle")
+}
+
+// transfer moves leadership off the server to retire, and waits until the raft
+// configuration shows it moved. It is half of retiring the leader: the loop plans
+// again at once and retires it.
+func (t *turn) transfer(rec *coord.Roll, st plan.Step) (next, error) {
+	if _, err := t.act(t.held, st, func(ctx context.Context) (string, error) {
+		_, err := t.Consul.Operator().RaftLeaderTransfer(st.TransferTo, (&api.QueryOptions{}).WithContext(ctx))
+		return st.TransferTo, err
+	}); err != nil {
+		return stop, err
+	}
+	if err := t.waitLeader(t.ctx, st.TransferTo); err != nil {
+		return stop, err
+	}
+	rec.Add(t.entry(st, "leadership moved to "+st.TransferTo))
+	if err := t.Store.PutRoll(t.ctx, rec); err != nil {
+		return stop, t.consulErr(t.ctx, err)
+	}
+	return again, nil
+}
+
+// retire terminates an outdated server (Retire) or a new one that failed (Fail,
+// which also marks its image bad and the roll failed), waits until it is out of
+// the raft configuration, and for a retire fires the event again to continue.
+func (t *turn) retire(rec *coord.Roll, in plan.Input, st plan.Step) (next, error) {
+	if st.Instance == t.self {
+		// This handler runs on the server to go: terminating it would cut the handler
+		// off mid-step. Hand the step to another server.
+		return stop, t.fire(t.ctx, "handing off: this server is the one to "+string(st.Kind))
+	}
+	if _, err := t.act(t.held, st, func(ctx context.Context) (string, error) {
+		return st.Instance, t.Cloud.Terminate(ctx, st.Instance, st.ActionID)
+	}); err != nil {
+		return stop, err
+	}
+	if err := t.waitGone(t.ctx, instanceOf(in, st.Instance)); err != nil {
+		return stop, err
+	}
+	if st.Kind == plan.Fail {
+		if err := t.Store.MarkBad(t.ctx, st.Image, st.Reason); err != nil {
+			return stop, t.consulErr(t.ctx, err)
+		}
+		rec.Phase, rec.Failure = coord.PhaseFailed, st.Reason
+	}
+	rec.Add(t.entry(st, fmt.Sprintf("%s %s", map[plan.Kind]string{plan.Retire: "retired", plan.Fail: "terminated failed"}[st.Kind], st.Instance)))
+	if err := t.Store.PutRoll(t.ctx, rec); err != nil {
+		return stop, t.consulErr(t.ctx, err)
+	}
+	if err := t.markHandled(t.ctx, t.trig, string(st.Kind)+" "+st.Instance); err != nil {
+		return stop, err
+	}
+	if st.Kind == plan.Retire {
+		return stop, t.fire(t.ctx, "retired "+st.Instance+"; continue the roll")
+	}
+	return stop, nil
 }
 
 // act records the intent, makes the call and records the result. Right before the
@@ -315,8 +398,8 @@ func (r *Roller) step(held *coord.Held, trig Trigger) error {
 // that lost its lock never starts a call it cannot take back.
 func (r *Roller) act(held *coord.Held, st plan.Step, call func(context.Context) (string, error)) (string, error) {
 	ctx := held.Context()
-	if ctx.Err() != nil { // a loss already known: not even the receipt
-		return "", fmt.Errorf("before %s: %w", st.Kind, ErrLockLost)
+	if err := coord.Stopped(ctx, nil); err != nil { // an end already known: not even the receipt
+		return "", fmt.Errorf("before %s: %w", st.Kind, err)
 	}
 	rcpt := &coord.Receipt{Intent: st.String(), Started: r.Now()}
 	if err := r.Store.PutReceipt(ctx, st.ActionID, rcpt); err != nil {
@@ -336,7 +419,7 @@ func (r *Roller) act(held *coord.Held, st plan.Step, call func(context.Context) 
 		if st.Kind == plan.Transfer {
 			return "", r.consulErr(ctx, fmt.Errorf("transfer leadership to %s: %w", st.TransferTo, err))
 		}
-		return "", fmt.Errorf("%w: %s: %w", ErrCloud, st.Kind, err)
+		return "", r.cloudErr(ctx, fmt.Errorf("%s: %w", st.Kind, err))
 	}
 	r.hook("acted:" + string(st.Kind))
 	rcpt.Result, rcpt.Finished = "ok: "+out, r.Now()
@@ -347,65 +430,54 @@ func (r *Roller) act(held *coord.Held, st plan.Step, call func(context.Context) 
 	return out, nil
 }
 
+// verify confirms the lock right before the step's call. A lost lock (or a
+// deadline) is classed by the lock context's cause, and logged by Run.
 func (r *Roller) verify(held *coord.Held, st plan.Step) error {
-	err := held.Verify()
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, coord.ErrLockLost):
-		r.Log.Error("lock lost; stopping before the step", "step", st.Kind, "action_id", st.ActionID)
-		return fmt.Errorf("before %s: %w", st.Kind, err)
-	default:
-		return fmt.Errorf("%w: before %s: %w", ErrConsul, st.Kind, err)
+	if err := held.Verify(); err != nil {
+		return r.consulErr(held.Context(), fmt.Errorf("before %s: %w", st.Kind, err))
 	}
+	return nil
 }
 
 // waitGone waits (bounded by leave_timeout) until the instance's server is out of the
-// raft configuration.
+// raft configuration; past the bound it leaves the server to autopilot.
 func (r *Roller) waitGone(ctx context.Context, inst cloud.Instance) error {
-	deadline := r.Now().Add(r.Config.Roll.LeaveTimeout)
-	for {
+	err := poll.Until(ctx, r.Config.Roll.PollInterval, r.Config.Roll.LeaveTimeout, func(ctx context.Context) (bool, error) {
 		obs, err := cluster.ObserveRaft(ctx, r.Consul)
 		if err != nil {
-			return r.consulErr(ctx, err)
+			return false, err
 		}
 		// Matched as the planner matches: a crashed server has lost its node meta.
-		if (plan.Input{Cluster: obs}).Server(inst) == nil {
-			return nil
-		}
-		if r.Now().After(deadline) {
-			r.Log.Warn("server still in the raft configuration after leave_timeout; autopilot will clean it up", "instance", inst.ID)
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return r.consulErr(ctx, ctx.Err())
-		case <-time.After(r.Config.Roll.PollInterval):
-		}
+		return (plan.Input{Cluster: obs}).Server(inst) == nil, nil
+	})
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, poll.ErrTimeout):
+		r.Log.Warn("server still in the raft configuration after leave_timeout; autopilot will clean it up", "instance_id", inst.ID)
+		return nil
 	}
+	return r.consulErr(ctx, err)
 }
 
 // waitLeader waits (bounded by leave_timeout) until the raft configuration names the
 // server with raft ID id as leader, so the next plan sees the transfer.
 func (r *Roller) waitLeader(ctx context.Context, id string) error {
-	deadline := r.Now().Add(r.Config.Roll.LeaveTimeout)
-	for {
+	err := poll.Until(ctx, r.Config.Roll.PollInterval, r.Config.Roll.LeaveTimeout, func(ctx context.Context) (bool, error) {
 		obs, err := cluster.ObserveRaft(ctx, r.Consul)
 		if err != nil {
-			return r.consulErr(ctx, err)
+			return false, err
 		}
-		if l := obs.Leader(); l != nil && l.ID == id {
-			return nil
-		}
-		if r.Now().After(deadline) {
-			return fmt.Errorf("%w: leadership did not move to %s within %s", ErrConsul, id, r.Config.Roll.LeaveTimeout)
-		}
-		select {
-		case <-ctx.Done():
-			return r.consulErr(ctx, ctx.Err())
-		case <-time.After(r.Config.Roll.PollInterval):
-		}
+		l := obs.Leader()
+		return l != nil && l.ID == id, nil
+	})
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, poll.ErrTimeout):
+		return fmt.Errorf("%w: leadership did not move to %s within %s", ErrConsul, id, r.Config.Roll.LeaveTimeout)
 	}
+	return r.consulErr(ctx, err)
 }
 
 // Observe gathers everything the planner needs, the raft configuration included.
@@ -428,11 +500,11 @@ func (r *Roller) observe(ctx context.Context, rec *coord.Roll, bad map[string]st
 	}
 	insts, err := r.Cloud.Instances(ctx)
 	if err != nil {
-		return plan.Input{}, fmt.Errorf("%w: list instances: %w", ErrCloud, err)
+		return plan.Input{}, r.cloudErr(ctx, fmt.Errorf("list instances: %w", err))
 	}
 	imgs, err := r.Cloud.Images(ctx)
 	if err != nil {
-		return plan.Input{}, fmt.Errorf("%w: list images: %w", ErrCloud, err)
+		return plan.Input{}, r.cloudErr(ctx, fmt.Errorf("list images: %w", err))
 	}
 	in := plan.Input{
 		Now: r.Now(), Desired: r.Config.Servers,
@@ -498,13 +570,22 @@ func (r *Roller) entry(st plan.Step, detail string) coord.Entry {
 	return coord.Entry{Time: r.Now(), Step: string(st.Kind), Instance: st.Instance, Detail: detail}
 }
 
-// consulErr classifies an error met under the lock: a cancelled lock context means the
-// lock was lost, anything else is Consul's.
+// consulErr classes an error met talking to Consul: once ctx has ended, by why it
+// ended (ErrLockLost for a lost lock, ErrTimedOut for a deadline; see
+// coord.Stopped), and as Consul's otherwise.
 func (r *Roller) consulErr(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return fmt.Errorf("%w: %w", ErrLockLost, err)
+	if s := coord.Stopped(ctx, err); s != nil {
+		return s
 	}
 	return fmt.Errorf("%w: %w", ErrConsul, err)
+}
+
+// cloudErr is consulErr for an error met talking to the cloud.
+func (r *Roller) cloudErr(ctx context.Context, err error) error {
+	if s := coord.Stopped(ctx, err); s != nil {
+		return s
+	}
+	return fmt.Errorf("%w: %w", ErrCloud, err)
 }
 
 // hook marks a step boundary: in-process tests observe it through testHook, the

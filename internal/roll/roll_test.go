@@ -13,6 +13,7 @@ import (
 
 	"github.com/consul-rehydrate/consul-rehydrate/config"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
 	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
 )
 
@@ -94,4 +95,77 @@ func TestRun_LostLockStopsBeforeTheNextCallItCannotTakeBack(t *testing.T) {
 	insts, err = p.Instances(ctx)
 	require.NoError(t, err)
 	assert.Len(t, insts, 4, "the next trigger launched the surge")
+}
+
+// TestRun_LockLostUnderADeadlineIsErrLockLostNotErrTimedOut destroys the handler's
+// session as soon as it holds the lock, under a context whose deadline is far off:
+// the handler must stop with ErrLockLost, never taken for running out of time, and
+// launch nothing.
+func TestRun_LockLostUnderADeadlineIsErrLockLostNotErrTimedOut(t *testing.T) {
+	r, p, c := newLocalRoller(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	destroyed := false
+	r.testHook = func(point string) {
+		if point != "locked" {
+			return
+		}
+		kv, _, err := c.KV().Get(r.Store.Key("lock"), &api.QueryOptions{RequireConsistent: true})
+		require.NoError(t, err)
+		require.NotNil(t, kv)
+		_, err = c.Session().Destroy(kv.Session, nil)
+		require.NoError(t, err)
+		// The session's end deletes the key; the lock's watch sees that.
+		require.NoError(t, poll.Until(ctx, 10*time.Millisecond, 20*time.Second, func(context.Context) (bool, error) {
+			kv, _, err := c.KV().Get(r.Store.Key("lock"), &api.QueryOptions{RequireConsistent: true})
+			return kv == nil, err
+		}))
+		destroyed = true
+	}
+
+	err := r.Run(ctx, Trigger{EventID: "00000000-0000-0000-0000-0000000000ba", Image: "B"})
+	require.True(t, destroyed, "the hook ran: the handler took the lock")
+	require.ErrorIs(t, err, ErrLockLost)
+	require.NotErrorIs(t, err, ErrTimedOut)
+	require.NotErrorIs(t, err, context.DeadlineExceeded)
+	require.NoError(t, ctx.Err(), "the deadline had not passed")
+	insts, err := p.Instances(t.Context())
+	require.NoError(t, err)
+	assert.Len(t, insts, 3, "nothing launched")
+}
+
+// TestRun_DeadlineUnderTheLockIsErrTimedOutNotErrLockLost lets the handler's
+// deadline pass while it holds the lock: it must stop with ErrTimedOut (and
+// context.DeadlineExceeded), not ErrLockLost or ErrConsul, launch nothing, leave
+// the event for the next trigger and give the lock up.
+func TestRun_DeadlineUnderTheLockIsErrTimedOutNotErrLockLost(t *testing.T) {
+	r, p, _ := newLocalRoller(t)
+	// Long enough to reach the lock on a loaded machine (it takes milliseconds).
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	locked := false
+	r.testHook = func(point string) {
+		if point == "locked" {
+			locked = true
+			<-ctx.Done() // the handler is slow under the lock until its time is up
+		}
+	}
+
+	err := r.Run(ctx, Trigger{EventID: "00000000-0000-0000-0000-0000000000bb", Image: "B"})
+	require.True(t, locked, "the handler reached the lock before its deadline")
+	require.ErrorIs(t, err, ErrTimedOut)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.NotErrorIs(t, err, ErrLockLost, "running out of time is not losing the lock")
+	require.NotErrorIs(t, err, ErrConsul)
+
+	bg := t.Context()
+	insts, err := p.Instances(bg)
+	require.NoError(t, err)
+	assert.Len(t, insts, 3, "nothing launched")
+	handled, err := r.Store.Handled(bg, "00000000-0000-0000-0000-0000000000bb")
+	require.NoError(t, err)
+	assert.False(t, handled, "the event is left for a redelivery")
+	holder, err := r.Store.Holder(bg)
+	require.NoError(t, err)
+	assert.Empty(t, holder, "the lock was released, not lost")
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
 )
 
 // EC2 is the part of the EC2 API the provider uses.
@@ -75,7 +76,7 @@ func New(e EC2, a AutoScaling, cfg Config) *Provider {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if cfg.LaunchWait == 0 {
+	if cfg.LaunchWait <= 0 {
 		cfg.LaunchWait = 30 * time.Second
 	}
 	return &Provider{ec2: e, asg: a, cfg: cfg}
@@ -226,35 +227,41 @@ func (p *Provider) Launch(ctx context.Context, imageID, actionID string) (cloud.
 	return p.awaitNew(ctx, before, imageID)
 }
 
+// launchPoll is how often Launch looks for the new instance.
+const launchPoll = time.Second
+
 // awaitNew waits (bounded by LaunchWait) for the group to name an instance not in
-// before, so the roll can record which instance it launched.
+// before, so the roll can record which instance it launched. Past the bound it
+// returns a pending instance: the launch itself is done.
 func (p *Provider) awaitNew(ctx context.Context, before map[string]bool, imageID string) (cloud.Instance, error) {
-	deadline := p.cfg.Now().Add(p.cfg.LaunchWait)
-	for {
+	var found cloud.Instance
+	err := poll.Until(ctx, launchPoll, p.cfg.LaunchWait, func(ctx context.Context) (bool, error) {
 		insts, err := p.Instances(ctx)
 		if err != nil {
-			return cloud.Instance{}, err
+			return false, err
 		}
 		for _, i := range insts {
 			if !before[i.ID] && i.Live() {
-				return i, nil
+				found = i
+				return true, nil
 			}
 		}
 		// A repeated launch finds its instance among those already there.
 		for i := len(insts) - 1; i >= 0; i-- {
 			if len(insts) > p.cfg.Servers && insts[i].ImageID == imageID && insts[i].Live() {
-				return insts[i], nil
+				found = insts[i]
+				return true, nil
 			}
 		}
-		if p.cfg.Now().After(deadline) {
-			return cloud.Instance{ID: "(pending)", ImageID: imageID, State: cloud.StatePending}, nil
-		}
-		select {
-		case <-ctx.Done():
-			return cloud.Instance{}, ctx.Err()
-		case <-time.After(time.Second):
-		}
+		return false, nil
+	})
+	if errors.Is(err, poll.ErrTimeout) {
+		return cloud.Instance{ID: "(pending)", ImageID: imageID, State: cloud.StatePending}, nil
 	}
+	if err != nil {
+		return cloud.Instance{}, err
+	}
+	return found, nil
 }
 
 // Terminate terminates the instance in the group, decrementing the desired capacity.

@@ -189,6 +189,36 @@ func TestLaunch_NewTemplateVersionThenAbsoluteDesiredCapacity(t *testing.T) {
 	assert.Equal(t, []int32{4}, a.desired)
 }
 
+func TestLaunch_NoNewInstanceWithinLaunchWaitIsPendingAfterTheBound(t *testing.T) {
+	// The group never names the new instance; Now is frozen, so only a wait bounded
+	// by the wall clock ends.
+	a := &fakeASG{group: group("i-1", "i-2", "i-3")}
+	e := &fakeEC2{instances: describe(map[string]string{"i-1": "ami-a", "i-2": "ami-a", "i-3": "ami-a"})}
+	p := newProvider(e, a)
+	p.cfg.LaunchWait = 100 * time.Millisecond
+	start := time.Now()
+	inst, err := p.Launch(context.Background(), "ami-b", "launch/ami-b/3-outdated")
+	require.NoError(t, err, "the launch happened; only its instance is not named yet")
+	assert.Equal(t, cloud.Instance{ID: "(pending)", ImageID: "ami-b", State: cloud.StatePending}, inst)
+	assert.GreaterOrEqual(t, time.Since(start), 100*time.Millisecond)
+	assert.Less(t, time.Since(start), 5*time.Second)
+	assert.Equal(t, []int32{4}, a.desired)
+}
+
+func TestLaunch_WaitEndsWithItsContextsCause(t *testing.T) {
+	a := &fakeASG{group: group("i-1", "i-2", "i-3")}
+	e := &fakeEC2{instances: describe(map[string]string{"i-1": "ami-a", "i-2": "ami-a", "i-3": "ami-a"})}
+	p := newProvider(e, a)
+	p.cfg.LaunchWait = time.Minute
+	lost := errors.New("lock lost")
+	ctx, cancel := context.WithCancelCause(context.Background())
+	a.onDesired = func(*fakeASG) { cancel(lost) } // the lock is lost as the surge is made
+	start := time.Now()
+	_, err := p.Launch(ctx, "ami-b", "launch/ami-b/3-outdated")
+	require.ErrorIs(t, err, lost)
+	assert.Less(t, time.Since(start), 5*time.Second, "the wait ended with the context, not LaunchWait")
+}
+
 func TestTerminate_DecrementsAndIsIdempotent(t *testing.T) {
 	a := &fakeASG{group: group("i-1", "i-2", "i-3", "i-4")}
 	a.group.Instances[1].LifecycleState = astypes.LifecycleStateTerminating
