@@ -108,7 +108,10 @@ provider "local" {
 	// there, a Consul it cannot reach does.
 	var buf bytes.Buffer
 	code = spindown.Main([]string{"-config", cfgPath, "-http-addr", "127.0.0.1:1"}, app.Env{
-		Stdin: strings.NewReader("[]"), Stdout: &buf, Stderr: &buf, Getenv: func(string) string { return binDir },
+		Stdin: strings.NewReader("[]"), Stdout: &buf, Stderr: &buf,
+		// Only the bin dir: the environment is the program's whole environment now,
+		// its configuration included.
+		Getenv: func(k string) string { return map[string]string{app.EnvBinDir: binDir}[k] },
 	})
 	assert.Equal(t, app.ExitConsul, code, buf.String())
 }

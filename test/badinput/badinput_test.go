@@ -635,7 +635,7 @@ deploy "api" {
 			row{name: "spindown: config " + cr.name, prog: "spindown", args: []string{"-config", cr.path}, stdin: []byte("[" + consulEntry + "]"),
 				code: app.ExitConfig, want: []string{"spindown: " + cr.want}},
 			row{name: "rehydrate status: config " + cr.name, prog: "rehydrate", args: []string{"-config", cr.path, "status"},
-				code: app.ExitConfig, want: []string{"rehydrate: " + cr.want}},
+				code: app.ExitConfig, want: []string{"rehydrate status: " + cr.want}},
 		)
 	}
 
