@@ -11,6 +11,7 @@ import (
 
 	"github.com/consul-rehydrate/consul-rehydrate/config"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/atomicfile"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/runcmd"
 )
@@ -138,14 +139,9 @@ func (h *handler) handle(env app.Env) int {
 		h.log.Debug("unchanged", "file", h.rc.Destination, "healthy", len(healthy))
 		return app.ExitOK
 	}
-	newMode := mode
-	switch {
-	case h.rc.Mode != 0:
-		newMode = h.rc.Mode
-	case !existed:
-		newMode = 0o644
-	}
-	if err := writeAtomic(h.rc.Destination, content, newMode); err != nil {
+	// Mode 0 (unset) keeps the file's mode, or makes a new one 0644; either way the
+	// file keeps its owner and group.
+	if err := atomicfile.Write(h.rc.Destination, content, h.rc.Mode); err != nil {
 		h.log.Error("write the file", "error", err)
 		return app.ExitError
 	}
@@ -167,7 +163,7 @@ func (h *handler) handle(env app.Env) int {
 	// renders and reloads again.
 	if existed {
 		err = fmt.Errorf("%w; the previous file is back in place", err)
-		if rerr := writeAtomic(h.rc.Destination, old, mode); rerr != nil {
+		if rerr := atomicfile.Write(h.rc.Destination, old, mode); rerr != nil {
 			err = fmt.Errorf("%w; put the previous file back: %w", err, rerr)
 		}
 	} else if rerr := os.Remove(h.rc.Destination); rerr != nil {

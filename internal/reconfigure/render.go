@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/consul-rehydrate/consul-rehydrate/config"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/atomicfile"
 )
 
 // Data is what a template renders.
@@ -92,38 +93,6 @@ func current(path string) (content []byte, mode fs.FileMode, ok bool, err error)
 	return b, fi.Mode().Perm(), true, err
 }
 
-// writeAtomic replaces path with content: a temporary file in the same directory,
-// synced, then renamed over it, so a reader sees the old file or the new, never a
-// part.
-func writeAtomic(path string, content []byte, mode fs.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // gone already after the rename
-	if _, err := f.Write(content); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return fmt.Errorf("chmod %s: %w", tmp, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("sync %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("rename %s to %s: %w", tmp, path, err)
-	}
-	return nil
-}
-
 // loadState reads the state file; a missing file is the zero State.
 func loadState(path string) (State, error) {
 	var s State
@@ -148,5 +117,5 @@ func saveState(path string, s State) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
-	return writeAtomic(path, append(b, '\n'), 0o644)
+	return atomicfile.Write(path, append(b, '\n'), 0)
 }

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/consul-rehydrate/consul-rehydrate/internal/atomicfile"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
 )
 
@@ -119,30 +120,15 @@ func flock(f *os.File) error {
 }
 
 // writeState replaces the state file atomically, so a reader that does not take the
-// lock (or a crash mid-write) never sees half a file.
+// lock (or a crash mid-write) never sees half a file. It is 0600: it names every
+// agent's PID and address, not for every local user. It keeps its owner and group.
 func writeState(path string, s *state) error {
 	data, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "state-*.json.tmp")
-	if err != nil {
+	if err := atomicfile.Write(path, append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write state: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // a no-op once renamed
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write state %q: %w", tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync state %q: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close state %q: %w", tmp.Name(), err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("replace state %q: %w", path, err)
 	}
 	return nil
 }
