@@ -58,6 +58,7 @@ func (a *prog) localProvider() (*local.Provider, error) {
 	return local.New(local.Config{
 		StateDir: lp.StateDir, ConsulBinary: lp.ConsulBinary, Addresses: lp.Addresses,
 		BinDir: binDir, ConfigPath: a.configPath, LeaveTimeout: a.cfg.Roll.LeaveTimeout, Logger: a.log,
+		Getenv: a.env.Getenv,
 	})
 }
 

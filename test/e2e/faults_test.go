@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -340,14 +341,26 @@ func TestFaults_UnhealthyClusterHoldsThenResumesOnRecovery(t *testing.T) {
 		}
 	}
 	require.NotEmpty(t, down.ID)
+	killed := time.Now()
 	require.NoError(t, e.p.Kill(context.Background(), down.ID))
+	t.Logf("killed %s: %s", down.ID, e.procOf(down.ID))
+	// cleanup_dead_servers (consul.d/server.hcl): once serf declares the server
+	// failed, autopilot reports it unhealthy until its next reconcile removes it from
+	// raft, then reports the two left healthy. That window may be a second, or none
+	// at all when the removal comes before autopilot's next health update, so a
+	// server gone from autopilot's list was seen down too.
+	var seen string
 	testcluster.WaitFor(t, time.Minute, "autopilot to see the server down", func() (bool, string) {
 		h, err := e.client.Operator().AutopilotServerHealth(nil)
 		if err != nil {
 			return false, err.Error()
 		}
-		return !h.Healthy, fmt.Sprintf("healthy %v", h.Healthy)
+		listed := slices.ContainsFunc(h.Servers, func(s api.ServerHealth) bool { return s.Name == down.ID })
+		seen = fmt.Sprintf("%s after the kill: %s; killed %s: %s",
+			time.Since(killed).Round(time.Millisecond), describeAutopilot(h), down.ID, e.procOf(down.ID))
+		return !h.Healthy || !listed, seen
 	})
+	t.Logf("autopilot saw the server down: %s", seen)
 
 	out, code = e.run("fire", "--image", "B")
 	require.Equal(t, app.ExitOK, code, out)
@@ -370,6 +383,45 @@ func TestFaults_UnhealthyClusterHoldsThenResumesOnRecovery(t *testing.T) {
 	e.waitRolled("B", 5*time.Minute)
 	maxLive, maxRaft := samples.Stop()
 	e.checkRolled("B", maxLive, maxRaft)
+}
+
+// describeAutopilot says what autopilot reports of each server, for a failure.
+func describeAutopilot(h *api.OperatorHealthReply) string {
+	parts := []string{fmt.Sprintf("healthy=%v", h.Healthy)}
+	for _, s := range h.Servers {
+		parts = append(parts, fmt.Sprintf("%s(healthy=%v serf=%s leader=%v last_contact=%s)", s.Name, s.Healthy, s.SerfStatus, s.Leader, s.LastContact))
+	}
+	return strings.Join(parts, " ")
+}
+
+// procOf says what /proc shows of the instance's server process, by the PID in the
+// provider's state: whether a Kill reached it.
+func (e *env) procOf(instanceID string) string {
+	b, err := os.ReadFile(filepath.Join(e.state, "state.json"))
+	if err != nil {
+		return err.Error()
+	}
+	var st struct {
+		Instances []struct {
+			ID  string `json:"id"`
+			PID int    `json:"pid"`
+		} `json:"instances"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return err.Error()
+	}
+	for _, in := range st.Instances {
+		if in.ID == instanceID {
+			stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", in.PID))
+			if err != nil {
+				return fmt.Sprintf("pid %d: %v", in.PID, err)
+			}
+			// pid (comm) state ...: enough to tell running, zombie and gone apart.
+			f := strings.Fields(string(stat))
+			return fmt.Sprintf("pid %d: %s", in.PID, strings.Join(f[:min(3, len(f))], " "))
+		}
+	}
+	return "not in the state"
 }
 
 // eventID reads the event ID from `rehydrate fire` output.

@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -27,6 +26,7 @@ import (
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cluster"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/fault"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
 )
 
 // Defaults for Config.
@@ -42,8 +42,12 @@ const (
 	// stopTimeout bounds Down's wait after SIGTERM, and every wait after a SIGKILL.
 	stopTimeout = 10 * time.Second
 	pollEvery   = 100 * time.Millisecond
-	clientName  = "local-client"
-	httpPort    = "8500"
+	// execTimeout bounds start's wait for a started agent to show in /proc; it
+	// takes a millisecond or so, polled every execPollEvery.
+	execTimeout   = 10 * time.Second
+	execPollEvery = time.Millisecond
+	clientName    = "local-client"
+	httpPort      = "8500"
 )
 
 // ErrUnknownInstance is returned by Terminate for an ID this provider never launched.
@@ -69,6 +73,9 @@ type Config struct {
 	LeaveTimeout time.Duration
 	// Logger may be nil.
 	Logger hclog.Logger
+	// Getenv reads the environment: PATH, and where the pinned Consul is cached
+	// (XDG_CACHE_HOME, HOME). Nil means os.Getenv.
+	Getenv func(string) string
 }
 
 // ImageOptions describe an image.
@@ -87,8 +94,12 @@ type Provider struct {
 	log   hclog.Logger
 }
 
-// New returns a Provider for cfg. It touches no files.
+// New returns a Provider for cfg. It touches no files. It fails on any system but
+// Linux.
 func New(cfg Config) (*Provider, error) {
+	if err := supported(); err != nil {
+		return nil, err // it names the provider already
+	}
 	if cfg.StateDir == "" {
 		return nil, errors.New("new local provider: no state dir")
 	}
@@ -120,6 +131,9 @@ func New(cfg Config) (*Provider, error) {
 	if cfg.LeaveTimeout <= 0 {
 		cfg.LeaveTimeout = DefaultLeaveTimeout
 	}
+	if cfg.Getenv == nil {
+		cfg.Getenv = os.Getenv
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = hclog.NewNullLogger()
@@ -137,12 +151,9 @@ func (p *Provider) RegisterImage(ctx context.Context, name string, opts ImageOpt
 		bin = p.cfg.ConsulBinary
 	}
 	// Resolved now, so every handler process launches the same binary whatever its PATH.
-	bin, err := exec.LookPath(bin)
-	if err == nil {
-		bin, err = filepath.Abs(bin)
-	}
+	bin, err := p.consulBinary(bin)
 	if err != nil {
-		return cloud.Image{}, fmt.Errorf("register image %q: consul binary: %w", name, err)
+		return cloud.Image{}, fmt.Errorf("register image %q: %w", name, err)
 	}
 	var img imageRecord
 	err = p.withState(func(s *state) (bool, error) {
@@ -262,7 +273,7 @@ func (p *Provider) Launch(ctx context.Context, imageID, actionID string) (cloud.
 		in := &instanceRecord{ID: id, ImageID: imageID, Address: addr, State: cloud.StatePending, ActionID: actionID, Launched: time.Now().UTC()}
 		// Started under the lock, so no process runs unrecorded; starting takes
 		// milliseconds, joining (which we do not wait for) takes seconds.
-		in.PID, err = p.start(img.ConsulBinary, agentSpec{
+		in.PID, err = p.start(ctx, img.ConsulBinary, agentSpec{
 			name: id, addr: addr, dir: p.instanceDir(id), joins: joins,
 			server: true, expect: s.BootstrapExpect, imageID: imageID, extra: img.ExtraHCL,
 		})
@@ -343,10 +354,10 @@ func (p *Provider) Kill(ctx context.Context, instanceID string) error {
 	if err != nil {
 		return fmt.Errorf("kill instance %q: %w", instanceID, err)
 	}
-	if err := stop(ctx, agentProc{rec.PID, configPath(p.instanceDir(rec.ID))}, syscall.SIGKILL); err != nil {
+	if err := p.stop(ctx, agentProc{rec.PID, configPath(p.instanceDir(rec.ID))}, syscall.SIGKILL); err != nil {
 		return fmt.Errorf("kill instance %q: %w", instanceID, err)
 	}
-	p.log.Info("killed instance's server", "instance_id", instanceID)
+	p.log.Info("killed instance's server", "instance_id", instanceID, "pid", rec.PID)
 	return nil
 }
 
@@ -361,7 +372,7 @@ func (p *Provider) Restart(ctx context.Context, instanceID string) error {
 		return fmt.Errorf("restart instance %q: it is %s", instanceID, rec.State)
 	}
 	dir := p.instanceDir(rec.ID)
-	if err := stop(ctx, agentProc{rec.PID, configPath(dir)}, syscall.SIGINT); err != nil {
+	if err := p.stop(ctx, agentProc{rec.PID, configPath(dir)}, syscall.SIGINT); err != nil {
 		return fmt.Errorf("restart instance %q: %w", instanceID, err)
 	}
 	err = p.withState(func(s *state) (bool, error) {
@@ -373,7 +384,7 @@ func (p *Provider) Restart(ctx context.Context, instanceID string) error {
 		if in == nil {
 			return false, ErrUnknownInstance
 		}
-		pid, err := p.startWith(img.ConsulBinary, dir, rec.Address)
+		pid, err := p.startWith(ctx, img.ConsulBinary, dir, rec.Address)
 		if err != nil {
 			return false, err
 		}
@@ -383,7 +394,7 @@ func (p *Provider) Restart(ctx context.Context, instanceID string) error {
 	if err != nil {
 		return fmt.Errorf("restart instance %q: %w", instanceID, err)
 	}
-	p.log.Info("restarted instance's server", "instance_id", instanceID)
+	p.log.Info("restarted instance's server", "instance_id", instanceID, "pid", rec.PID)
 	return nil
 }
 
@@ -394,8 +405,8 @@ func (p *Provider) Reload(ctx context.Context, instanceID string) error {
 	if err != nil {
 		return fmt.Errorf("reload instance %q: %w", instanceID, err)
 	}
-	if !alive(rec.PID, configPath(p.instanceDir(rec.ID))) {
-		return fmt.Errorf("reload instance %q: its server is not running", instanceID)
+	if v := probe(rec.PID, configPath(p.instanceDir(rec.ID))); !v.ours {
+		return fmt.Errorf("reload instance %q: its server (pid %d) is not running: /proc: %s", instanceID, rec.PID, v.desc)
 	}
 	if err := syscall.Kill(rec.PID, syscall.SIGHUP); err != nil {
 		return fmt.Errorf("reload instance %q: %w", instanceID, err)
@@ -426,36 +437,41 @@ func (p *Provider) leave(ctx context.Context, in instanceRecord) error {
 	if !alive(in.PID, cfg) {
 		return nil // crashed or never started: nothing to leave
 	}
-	deadline := time.Now().Add(p.cfg.LeaveTimeout)
 	if err := syscall.Kill(in.PID, syscall.SIGTERM); err != nil {
 		return fmt.Errorf("signal server %d: %w", in.PID, err)
 	}
 	client := p.clientAPI()
-	for time.Now().Before(deadline) {
-		if !alive(in.PID, cfg) || (client != nil && p.outOfRaft(client, in.Address)) {
-			return nil
+	err := poll.Until(ctx, pollEvery, p.cfg.LeaveTimeout, func(context.Context) (bool, error) {
+		return !alive(in.PID, cfg) || (client != nil && p.outOfRaft(client, in.Address)), nil
+	})
+	if !errors.Is(err, poll.ErrTimeout) {
+		if err != nil {
+			return fmt.Errorf("wait for leave: %w", err)
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for leave: %w", ctx.Err())
-		case <-time.After(pollEvery):
-		}
+		return nil
 	}
 	p.log.Warn("server did not leave in time, killing it", "instance_id", in.ID, "leave_timeout", p.cfg.LeaveTimeout)
 	// Only the agent, not its process group: the handler terminating it may be one of
 	// the agent's own watch handlers.
-	return stop(ctx, agentProc{in.PID, cfg}, syscall.SIGKILL)
+	return p.stop(ctx, agentProc{in.PID, cfg}, syscall.SIGKILL)
 }
 
 // stop sends sig to the agent, if it is still ours and running, and waits (bounded by
-// stopTimeout) for it to exit.
-func stop(ctx context.Context, a agentProc, sig syscall.Signal) error {
-	if alive(a.pid, a.cfg) {
-		_ = syscall.Kill(a.pid, sig)
+// stopTimeout) for it to exit. It logs what /proc showed, so that an agent taken for
+// gone, and so never signalled, shows in the log.
+func (p *Provider) stop(ctx context.Context, a agentProc, sig syscall.Signal) error {
+	if v := probe(a.pid, a.cfg); v.ours {
+		if err := syscall.Kill(a.pid, sig); err != nil {
+			p.log.Warn("could not signal agent", "pid", a.pid, "signal", sig, "proc", v.desc, "error", err)
+		} else {
+			p.log.Debug("signalled agent", "pid", a.pid, "signal", sig, "proc", v.desc)
+		}
+	} else {
+		p.log.Info("agent not running: nothing to signal", "pid", a.pid, "signal", sig, "file", a.cfg, "proc", v.desc)
 	}
-	exited, err := waitExit(ctx, time.Now().Add(stopTimeout), a)
+	exited, err := waitExit(ctx, stopTimeout, a)
 	if err == nil && !exited {
-		err = fmt.Errorf("process %d survived %s", a.pid, sig)
+		err = fmt.Errorf("process %d survived %s (/proc: %s)", a.pid, sig, probe(a.pid, a.cfg).desc)
 	}
 	return err
 }
@@ -489,28 +505,33 @@ func (p *Provider) outOfRaft(c *api.Client, addr string) bool {
 	return true
 }
 
+// agentProc is an agent's PID and the config path its command line names.
 type agentProc struct {
 	pid int
 	cfg string
 }
 
-// waitExit polls until every process has exited (true), the deadline passes (false) or
-// ctx ends (its error).
-func waitExit(ctx context.Context, deadline time.Time, procs ...agentProc) (bool, error) {
-	for {
+// procView is what /proc showed of a PID (see probe).
+type procView struct {
+	ours   bool   // running, with the agent's command line
+	exited bool   // no such process, or a zombie
+	desc   string // what /proc showed, for the logs
+}
+
+// waitExit polls until every process has exited (true), limit has passed (false) or
+// ctx ends (its cause).
+func waitExit(ctx context.Context, limit time.Duration, procs ...agentProc) (bool, error) {
+	err := poll.Until(ctx, pollEvery, limit, func(context.Context) (bool, error) {
 		procs = slices.DeleteFunc(procs, func(a agentProc) bool { return !alive(a.pid, a.cfg) })
-		if len(procs) == 0 {
-			return true, nil
-		}
-		if time.Now().After(deadline) {
-			return false, nil
-		}
-		select {
-		case <-ctx.Done():
-			return false, fmt.Errorf("wait for exit: %w", ctx.Err())
-		case <-time.After(pollEvery):
-		}
+		return len(procs) == 0, nil
+	})
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, poll.ErrTimeout):
+		return false, nil
 	}
+	return false, fmt.Errorf("wait for exit: %w", err)
 }
 
 // Up starts a fresh cluster: one client agent and servers servers on imageID, and
@@ -555,7 +576,7 @@ func (p *Provider) Up(ctx context.Context, servers int, imageID string) ([]cloud
 		for _, in := range ins {
 			others := slices.DeleteFunc(slices.Clone(joins), func(a string) bool { return a == in.Address })
 			dir := p.instanceDir(in.ID)
-			pid, err := p.start(img.ConsulBinary, agentSpec{
+			pid, err := p.start(ctx, img.ConsulBinary, agentSpec{
 				name: in.ID, addr: in.Address, dir: dir, joins: others,
 				server: true, expect: servers, imageID: imageID, extra: img.ExtraHCL,
 			})
@@ -567,7 +588,7 @@ func (p *Provider) Up(ctx context.Context, servers int, imageID string) ([]cloud
 			procs = append(procs, agentProc{pid, configPath(dir)})
 		}
 		clientAddr = p.addrs.at(0)
-		pid, err := p.start(img.ConsulBinary, agentSpec{name: clientName, addr: clientAddr, dir: p.clientDir(), joins: joins})
+		pid, err := p.start(ctx, img.ConsulBinary, agentSpec{name: clientName, addr: clientAddr, dir: p.clientDir(), joins: joins})
 		if err != nil {
 			return false, err
 		}
@@ -592,17 +613,21 @@ func (p *Provider) Up(ctx context.Context, servers int, imageID string) ([]cloud
 // cluster of servers voters, one of them leading, and the catalog has the node meta of
 // every server in ids.
 func (p *Provider) waitHealthy(ctx context.Context, clientAddr string, servers int, ids map[string]string, procs []agentProc) error {
-	ctx, cancel := context.WithTimeout(ctx, upTimeout)
-	defer cancel()
+	// Every request is bounded by the client's timeout as well.
 	cl, err := apiClient(clientAddr, 5*time.Second)
 	if err != nil {
 		return err
 	}
+	start := time.Now()
 	last := ""
-	for {
+	err = poll.Until(ctx, pollEvery, upTimeout, func(ctx context.Context) (bool, error) {
 		for _, a := range procs {
-			if !alive(a.pid, a.cfg) {
-				return fmt.Errorf("agent %s exited; see %s", filepath.Dir(a.cfg), filepath.Join(filepath.Dir(a.cfg), "agent.log"))
+			if v := probe(a.pid, a.cfg); !v.ours {
+				dir := filepath.Dir(a.cfg)
+				p.log.Error("agent exited while the cluster started", "pid", a.pid, "dir", dir,
+					"proc", v.desc, "took", time.Since(start))
+				return false, fmt.Errorf("agent %s (pid %d) exited %s after the start (/proc: %s); see %s",
+					dir, a.pid, time.Since(start).Round(time.Millisecond), v.desc, filepath.Join(dir, "agent.log"))
 			}
 		}
 		h, err := cl.Operator().AutopilotServerHealth((&api.QueryOptions{}).WithContext(ctx))
@@ -617,18 +642,16 @@ func (p *Provider) waitHealthy(ctx context.Context, clientAddr string, servers i
 		default:
 			// The catalog learns a node from serf before its agent syncs the node meta
 			// the roll identifies servers by.
-			if ok, why := p.metaSynced(ctx, cl, ids); !ok {
-				last = why
-				break
-			}
-			return nil
+			ok, why := p.metaSynced(ctx, cl, ids)
+			last = why
+			return ok, nil
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for a healthy cluster of %d voters: %w; last: %s", servers, ctx.Err(), last)
-		case <-time.After(pollEvery):
-		}
+		return false, nil
+	})
+	if err != nil && (errors.Is(err, poll.ErrTimeout) || ctx.Err() != nil) {
+		return fmt.Errorf("wait for a healthy cluster of %d voters: %w; last: %s", servers, err, last)
 	}
+	return err
 }
 
 // metaSynced reports whether the catalog carries node meta of every instance in ids
@@ -688,11 +711,11 @@ func (p *Provider) Down(ctx context.Context) error {
 	// at once lose quorum and hang until killed, while on SIGINT (skip_leave_on_interrupt,
 	// a server default) they shut down at once. The data is removed anyway.
 	signal(syscall.SIGINT)
-	exited, err := waitExit(ctx, time.Now().Add(stopTimeout), procs...)
+	exited, err := waitExit(ctx, stopTimeout, procs...)
 	if err == nil && !exited {
 		p.log.Warn("agents did not stop in time, killing them")
 		signal(syscall.SIGKILL)
-		exited, err = waitExit(ctx, time.Now().Add(stopTimeout), procs...)
+		exited, err = waitExit(ctx, stopTimeout, procs...)
 		if err == nil && !exited {
 			err = errors.New("agents survived SIGKILL")
 		}

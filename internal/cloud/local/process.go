@@ -1,16 +1,18 @@
 package local
 
 import (
-	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	consuld "github.com/consul-rehydrate/consul-rehydrate/consul.d"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cluster"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
 )
 
 // agentSpec is what differs between the agents the provider runs.
@@ -65,19 +67,21 @@ func (p *Provider) render(a agentSpec) string {
 // start writes the agent's config and starts it detached: in its own session, so it
 // outlives the short-lived handler that launched it (and a signal to the handler's
 // process group never reaches it), logging to agent.log. It returns the PID.
-func (p *Provider) start(binary string, a agentSpec) (int, error) {
+func (p *Provider) start(ctx context.Context, binary string, a agentSpec) (int, error) {
 	if err := os.MkdirAll(filepath.Join(a.dir, "data"), 0o755); err != nil {
 		return 0, fmt.Errorf("create agent dir: %w", err)
 	}
 	if err := os.WriteFile(configPath(a.dir), []byte(p.render(a)), 0o644); err != nil {
 		return 0, fmt.Errorf("write agent config: %w", err)
 	}
-	return p.startWith(binary, a.dir, a.addr)
+	return p.startWith(ctx, binary, a.dir, a.addr)
 }
 
 // startWith starts the agent whose config and data are in dir, detached; addr is the
-// address its watch handlers talk to.
-func (p *Provider) startWith(binary, dir, addr string) (int, error) {
+// address its watch handlers talk to. It returns once /proc shows the agent (see
+// waitExec), so that every liveness check of the PID it returns, in any process,
+// recognises it.
+func (p *Provider) startWith(ctx context.Context, binary, dir, addr string) (int, error) {
 	cfgPath := configPath(dir)
 	logf, err := os.OpenFile(filepath.Join(dir, "agent.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
@@ -95,7 +99,39 @@ func (p *Provider) startWith(binary, dir, addr string) (int, error) {
 	pid := cmd.Process.Pid
 	// Nobody waits for it: liveness is read from /proc (see alive), from any process.
 	_ = cmd.Process.Release()
+	if err := p.waitExec(ctx, pid, cfgPath); err != nil {
+		// Not reaped, so the PID is still this child's: nothing else is signalled.
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		return 0, fmt.Errorf("start %s: %w", binary, err)
+	}
 	return pid, nil
+}
+
+// waitExec waits until /proc shows pid running the agent's command line, or the
+// process has already exited (its liveness checks then see it gone, and the caller
+// reports it with its agent.log). exec.Cmd.Start returns while the kernel is still
+// finishing the exec: /proc/<pid>/cmdline stays empty until the new program's
+// arguments are in place, which on a loaded machine may be milliseconds later, and
+// a liveness check in that window took a starting agent for an exited one.
+func (p *Provider) waitExec(ctx context.Context, pid int, cfgPath string) error {
+	start := time.Now()
+	polls := 0
+	var first, last procView
+	err := poll.Until(ctx, execPollEvery, execTimeout, func(context.Context) (bool, error) {
+		last = probe(pid, cfgPath)
+		if polls++; polls == 1 {
+			first = last
+		}
+		return last.ours || last.exited, nil
+	})
+	if err != nil {
+		return fmt.Errorf("wait for agent %d to finish its exec (/proc: %s): %w", pid, last.desc, err)
+	}
+	if polls > 1 {
+		p.log.Debug("agent was not yet recognisable when its start returned",
+			"pid", pid, "proc_before", first.desc, "proc", last.desc, "took", time.Since(start), "attempts", polls)
+	}
+	return nil
 }
 
 // agentEnv points the watch handlers an agent runs at that agent. Inherited
@@ -111,33 +147,4 @@ func (p *Provider) agentEnv(addr string) []string {
 		"CONSUL_HTTP_ADDR="+addr+":8500",
 		"REHYDRATE_LOG_FILE="+filepath.Join(p.cfg.StateDir, "handlers.log"),
 	)
-}
-
-// alive reports whether pid is the agent started with cfgPath. kill(pid, 0) is not
-// enough: PIDs are reused, and an exited agent whose launcher never reaps it stays a
-// zombie that still answers signals.
-func alive(pid int, cfgPath string) bool {
-	if pid <= 0 {
-		return false
-	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// The state follows the command name, which is in parentheses and may contain any
-	// byte, so look after the last ')'.
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z' || stat[i+2] == 'X' {
-		return false
-	}
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil {
-		return false
-	}
-	for _, arg := range bytes.Split(cmdline, []byte{0}) {
-		if string(arg) == cfgPath {
-			return true
-		}
-	}
-	return false
 }
