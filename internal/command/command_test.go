@@ -2,15 +2,21 @@ package command
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/roll"
 )
 
 // A config whose Consul address nothing listens on: any request would fail, so a
@@ -81,11 +87,29 @@ func TestHandlers_RefuseBadInputBeforeTalkingToConsul(t *testing.T) {
 	}
 }
 
-func TestExitCodes_AreDistinct(t *testing.T) {
-	codes := []int{app.ExitOK, app.ExitError, app.ExitUsage, app.ExitConfig, app.ExitBadPayload, app.ExitConsul, app.ExitCloud, app.ExitLockLost, app.ExitRefused}
-	seen := map[int]bool{}
-	for _, c := range codes {
-		assert.False(t, seen[c], "exit code %d used twice", c)
-		seen[c] = true
+func TestExitCode_TellsALostLockFromADeadlineWhateverFailedUnderThem(t *testing.T) {
+	a := &prog{log: hclog.NewNullLogger()}
+	tests := []struct {
+		name string
+		err  error
+		code int
+	}{
+		{"nothing", nil, app.ExitOK},
+		{"refused", fmt.Errorf("%w: older", roll.ErrRefused), app.ExitRefused},
+		{"lock lost", fmt.Errorf("%w: session gone", roll.ErrLockLost), app.ExitLockLost},
+		{"out of time", fmt.Errorf("%w: %w", roll.ErrTimedOut, context.DeadlineExceeded), app.ExitTimedOut},
+		// coord.Stopped keeps a Consul error met because the lock was lost or time ran
+		// out apart; should one carry both, the cause decides.
+		{"lock lost under a consul error", fmt.Errorf("%w: %w", roll.ErrConsul, fmt.Errorf("%w: x", roll.ErrLockLost)), app.ExitLockLost},
+		{"out of time under a cloud error", fmt.Errorf("%w: %w", roll.ErrCloud, roll.ErrTimedOut), app.ExitTimedOut},
+		{"consul", fmt.Errorf("%w: 500", roll.ErrConsul), app.ExitConsul},
+		{"cloud", fmt.Errorf("%w: capacity", roll.ErrCloud), app.ExitCloud},
+		{"bad payload", fmt.Errorf("x: %w", payload.ErrBadPayload), app.ExitBadPayload},
+		{"anything else", errors.New("boom"), app.ExitError},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			assert.Equal(t, tt.code, a.exitCode(tt.err))
+		})
 	}
 }

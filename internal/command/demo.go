@@ -3,6 +3,7 @@ package command
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -18,8 +19,15 @@ import (
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/workload"
 )
+
+// errRollFailed: the roll record says the roll failed.
+var errRollFailed = errors.New("roll failed")
+
+// demoTimeout bounds the whole demo, cluster start and teardown included.
+const demoTimeout = 15 * time.Minute
 
 // DemoResult is the demo's final JSON line.
 type DemoResult struct {
@@ -71,7 +79,7 @@ func (a *prog) demo(servers int) int {
 		a.log.Error("local provider", "error", err)
 		return app.ExitConfig
 	}
-	ctx, cancel := withTimeout(15 * time.Minute)
+	ctx, cancel := withTimeout(demoTimeout)
 	defer cancel()
 	// Interrupted, the demo still tears its cluster down.
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
@@ -142,11 +150,12 @@ func (a *prog) demo(servers int) int {
 }
 
 // follow prints each roll step as it happens and returns when every server runs
-// image and the roll is recorded done (true), or on timeout (false).
+// image and the roll is recorded done (true), or when it failed or ran out of time
+// (false, and why).
 func (a *prog) follow(ctx context.Context, p *local.Provider, c *api.Client, image string, servers int, start time.Time) (bool, error) {
 	store := coord.New(c, a.cfg.Cluster)
 	seen := 0
-	for {
+	err := poll.Until(ctx, 500*time.Millisecond, demoTimeout, func(ctx context.Context) (bool, error) {
 		rec, err := store.Roll(ctx)
 		if err == nil && rec != nil {
 			for _, e := range rec.History[min(seen, len(rec.History)):] {
@@ -154,19 +163,20 @@ func (a *prog) follow(ctx context.Context, p *local.Provider, c *api.Client, ima
 			}
 			seen = len(rec.History)
 			if rec.Phase == coord.PhaseFailed {
-				return false, fmt.Errorf("roll failed: %s", rec.Failure)
+				return false, fmt.Errorf("%w: %s", errRollFailed, rec.Failure)
 			}
 		}
 		insts, ierr := p.Instances(ctx)
-		if err == nil && ierr == nil && rec != nil && rec.Phase == coord.PhaseDone && rec.Target == image && onImage(insts, image) == servers && live(insts) == servers {
-			return true, nil
+		return err == nil && ierr == nil && rec != nil && rec.Phase == coord.PhaseDone && rec.Target == image &&
+			onImage(insts, image) == servers && live(insts) == servers, nil
+	})
+	if err != nil {
+		if !errors.Is(err, errRollFailed) {
+			err = fmt.Errorf("roll did not finish: %w", err)
 		}
-		select {
-		case <-ctx.Done():
-			return false, fmt.Errorf("roll did not finish: %w", ctx.Err())
-		case <-time.After(500 * time.Millisecond):
-		}
+		return false, err
 	}
+	return true, nil
 }
 
 // live counts the live instances: a retired one still draining its RPCs after its
