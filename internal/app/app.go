@@ -181,6 +181,17 @@ func Load(f *Flags, jobs config.Jobs, file File) (*Program, int) {
 	return p, ExitOK
 }
 
+// Start is how a watch handler with only the common flags begins: it parses args
+// and loads the configuration for jobs (a file is required). On failure it returns
+// the exit code, having said why.
+func Start(name string, args []string, env Env, jobs config.Jobs) (*Program, int) {
+	f := NewFlags(name, env)
+	if _, code := f.Parse(args); code != ExitOK {
+		return nil, code
+	}
+	return Load(f, jobs, FileRequired)
+}
+
 // logName is the program's name in its log lines: "rehydrate status" logs as
 // "rehydrate.status".
 func logName(name string) string { return strings.ReplaceAll(name, " ", ".") }

@@ -170,3 +170,18 @@ func TestExitCodes_AreDistinct(t *testing.T) {
 		seen[c] = true
 	}
 }
+
+func TestStart_ParsesTheCommonFlagsAndLoads(t *testing.T) {
+	t.Parallel()
+	cfg := writeFile(t, "r.hcl", minimal)
+	var out bytes.Buffer
+	p, code := Start("spindown", []string{"-config", cfg}, envOf(&out, nil), config.JobRoll)
+	require.Equal(t, ExitOK, code, out.String())
+	p.Close()
+	assert.Equal(t, "spindown", p.Name)
+
+	_, code = Start("spindown", []string{"-config", cfg, "-bogus"}, envOf(&out, nil), config.JobRoll)
+	assert.Equal(t, ExitUsage, code)
+	_, code = Start("spindown", nil, envOf(&out, nil), config.JobRoll)
+	assert.Equal(t, ExitConfig, code)
+}

@@ -28,11 +28,7 @@ const healthPoll = 500 * time.Millisecond
 // Main is the deploy watch handler: a key watch on
 // deploy/<service>/nodes/<node>/desired writes the key (or null) on stdin.
 func Main(args []string, env app.Env) int {
-	f := app.NewFlags("deploy", env)
-	if _, code := f.Parse(args); code != app.ExitOK {
-		return code
-	}
-	p, code := app.Load(f, config.JobDeploy, app.FileRequired)
+	p, code := app.Start("deploy", args, env, config.JobDeploy)
 	if code != app.ExitOK {
 		return code
 	}

@@ -44,11 +44,7 @@ func CheckServices(entries []*api.ServiceEntry) error {
 // Main validates the payload, and unless a roll is in progress it is done.
 // Otherwise `rehydrate spindown` takes the step, with the same payload on its stdin.
 func Main(args []string, env app.Env) int {
-	f := app.NewFlags("spindown", env)
-	if _, code := f.Parse(args); code != app.ExitOK {
-		return code
-	}
-	p, code := app.Load(f, config.JobRoll, app.FileRequired)
+	p, code := app.Start("spindown", args, env, config.JobRoll)
 	if code != app.ExitOK {
 		return code
 	}
