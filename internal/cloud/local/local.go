@@ -226,7 +226,7 @@ func (p *Provider) refresh(in *instanceRecord) bool {
 	case in.State == cloud.StatePending && alive(in.PID, configPath(p.instanceDir(in.ID))):
 		in.State = cloud.StateRunning
 		return true
-	case in.State == cloud.StateShuttingDown && !alive(in.PID, configPath(p.instanceDir(in.ID))):
+	case in.State == cloud.StateShuttingDown && probe(in.PID, configPath(p.instanceDir(in.ID))).gone():
 		in.State = cloud.StateTerminated
 		return true
 	}
@@ -442,7 +442,7 @@ func (p *Provider) leave(ctx context.Context, in instanceRecord) error {
 	}
 	client := p.clientAPI()
 	err := poll.Until(ctx, pollEvery, p.cfg.LeaveTimeout, func(context.Context) (bool, error) {
-		return !alive(in.PID, cfg) || (client != nil && p.outOfRaft(client, in.Address)), nil
+		return probe(in.PID, cfg).gone() || (client != nil && p.outOfRaft(client, in.Address)), nil
 	})
 	if !errors.Is(err, poll.ErrTimeout) {
 		if err != nil {
@@ -515,14 +515,22 @@ type agentProc struct {
 type procView struct {
 	ours   bool   // running, with the agent's command line
 	exited bool   // no such process, or a zombie
+	other  bool   // running another program: the PID was reused
 	desc   string // what /proc showed, for the logs
 }
+
+// gone reports whether the agent has exited for good: no such process, a zombie, or
+// its PID reused by another program. A process with an empty command line is
+// neither ours nor gone: it is mid-exec, or mid-exit, when the kernel has released
+// its memory (and so its arguments) but not yet closed its files, sockets included,
+// so an agent restarted on its address before then could not bind it.
+func (v procView) gone() bool { return v.exited || v.other }
 
 // waitExit polls until every process has exited (true), limit has passed (false) or
 // ctx ends (its cause).
 func waitExit(ctx context.Context, limit time.Duration, procs ...agentProc) (bool, error) {
 	err := poll.Until(ctx, pollEvery, limit, func(context.Context) (bool, error) {
-		procs = slices.DeleteFunc(procs, func(a agentProc) bool { return !alive(a.pid, a.cfg) })
+		procs = slices.DeleteFunc(procs, func(a agentProc) bool { return probe(a.pid, a.cfg).gone() })
 		return len(procs) == 0, nil
 	})
 	switch {

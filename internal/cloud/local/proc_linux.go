@@ -57,5 +57,5 @@ func probe(pid int, cfgPath string) procView {
 	if len(cmdline) == 0 {
 		return procView{desc: fmt.Sprintf("%s state %c, empty cmdline (mid-exec, or exiting)", comm, state)}
 	}
-	return procView{desc: fmt.Sprintf("%s state %c, another program: %q", comm, state, strings.ReplaceAll(string(cmdline), "\x00", " "))}
+	return procView{other: true, desc: fmt.Sprintf("%s state %c, another program: %q", comm, state, strings.ReplaceAll(string(cmdline), "\x00", " "))}
 }

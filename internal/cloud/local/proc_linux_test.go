@@ -10,11 +10,14 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
 // fakeAgent writes a script that stands in for consul: it runs until killed, with
-// its arguments (so the config path) on its command line.
+// its arguments (so the config path) on its command line. Call it before
+// t.Parallel: a file being written while another goroutine forks is held open by
+// that child until its exec, and exec-ing the file then fails with "text file busy".
 func fakeAgent(t *testing.T) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "consul")
@@ -27,10 +30,10 @@ func fakeAgent(t *testing.T) string {
 // and took the starting agent for an exited one: Up then failed with "agent exited"
 // and empty logs. Every start must now return a PID that is recognisably the agent.
 func TestStartWith_ReturnsOnlyOnceTheAgentIsRecognisable(t *testing.T) {
+	bin := fakeAgent(t)
 	t.Parallel()
 	p, err := New(Config{StateDir: t.TempDir(), Addresses: netip.MustParsePrefix("127.0.1.0/24")})
 	require.NoError(t, err)
-	bin := fakeAgent(t)
 	dir := t.TempDir()
 	cfg := configPath(dir)
 	for i := range 100 {
@@ -44,11 +47,12 @@ func TestStartWith_ReturnsOnlyOnceTheAgentIsRecognisable(t *testing.T) {
 }
 
 func TestProbe_TellsTheAgentFromOthersAndFromExitedOnes(t *testing.T) {
+	bin := fakeAgent(t)
 	t.Parallel()
 	p, err := New(Config{StateDir: t.TempDir(), Addresses: netip.MustParsePrefix("127.0.1.0/24")})
 	require.NoError(t, err)
 	dir := t.TempDir()
-	pid, err := p.startWith(context.Background(), fakeAgent(t), dir, "127.0.1.2")
+	pid, err := p.startWith(context.Background(), bin, dir, "127.0.1.2")
 	require.NoError(t, err)
 
 	v := probe(pid, configPath(dir))
@@ -56,12 +60,15 @@ func TestProbe_TellsTheAgentFromOthersAndFromExitedOnes(t *testing.T) {
 	other := probe(pid, configPath(t.TempDir()))
 	require.False(t, other.ours, "another agent's config: %s", other.desc)
 	require.False(t, other.exited)
+	require.True(t, other.gone(), "to an agent with another config, a reused PID is gone")
 	require.Contains(t, other.desc, "another program")
 
 	require.NoError(t, syscall.Kill(-pid, syscall.SIGKILL)) // the script and its sleep
 	exited, err := waitExit(t.Context(), stopTimeout, agentProc{pid, configPath(dir)})
 	require.NoError(t, err)
 	require.True(t, exited)
+	// waitExit waits for the zombie, not only for the arguments to go (mid-exit,
+	// before the sockets close).
 	v = probe(pid, configPath(dir))
 	require.True(t, v.exited, "a zombie (never reaped) is gone: %s", v.desc)
 	require.False(t, v.ours)
@@ -71,4 +78,20 @@ func TestProbe_TellsTheAgentFromOthersAndFromExitedOnes(t *testing.T) {
 
 	require.True(t, probe(0, "x").exited)
 	require.Contains(t, probe(1<<30, "x").desc, "no process")
+}
+
+func TestProcView_AnEmptyCommandLineIsNeitherOursNorGone(t *testing.T) {
+	tests := []struct {
+		name string
+		v    procView
+		gone bool
+	}{
+		{"running, ours", procView{ours: true}, false},
+		{"mid-exec or mid-exit: empty command line", procView{}, false},
+		{"no process, or a zombie", procView{exited: true}, true},
+		{"the PID runs another program", procView{other: true}, true},
+	}
+	for _, tt := range tests {
+		assert.Equal(t, tt.gone, tt.v.gone(), tt.name)
+	}
 }
