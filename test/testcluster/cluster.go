@@ -105,7 +105,31 @@ func Start(t testing.TB, opts Options) *Cluster {
 	for _, a := range c.Clients {
 		a.waitMember(t, opts.StartTimeout)
 	}
+	c.waitRegistered(t, opts.StartTimeout, c.Agents()...)
 	return c
+}
+
+// waitRegistered waits until each agent's node is in the catalog with a passing
+// serfHealth check. Autopilot may call a new cluster healthy a moment before the
+// leader has registered its members, and until then a session for the node (every
+// lock) is refused ("Missing node registration", or a critical serfHealth).
+func (c *Cluster) waitRegistered(t testing.TB, timeout time.Duration, agents ...*Agent) {
+	t.Helper()
+	cl := c.Client(t)
+	for _, a := range agents {
+		WaitFor(t, timeout, a.Name+" to be registered with a passing serfHealth", func() (bool, string) {
+			checks, _, err := cl.Health().Node(a.Name, &api.QueryOptions{RequireConsistent: true})
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, ch := range checks {
+				if ch.CheckID == "serfHealth" {
+					return ch.Status == api.HealthPassing, "serfHealth " + ch.Status
+				}
+			}
+			return false, "not in the catalog yet"
+		})
+	}
 }
 
 // Agents returns servers then clients.
@@ -124,6 +148,7 @@ func (c *Cluster) AddClient(t testing.TB) *Agent {
 	c.Clients = append(c.Clients, a)
 	a.Start(t)
 	a.waitMember(t, c.opts.StartTimeout)
+	c.waitRegistered(t, c.opts.StartTimeout, a)
 	return a
 }
 
