@@ -110,7 +110,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 }
 
 // waitRegistered waits until each agent's node is in the catalog with a passing
-// serfHealth check. Autopilot may call a new cluster healthy a moment before the
+// serfHealth check and its configured node meta. Autopilot may call a new cluster healthy a moment before the
 // leader has registered its members, and until then a session for the node (every
 // lock) is refused ("Missing node registration", or a critical serfHealth).
 func (c *Cluster) waitRegistered(t testing.TB, timeout time.Duration, agents ...*Agent) {
@@ -122,12 +122,30 @@ func (c *Cluster) waitRegistered(t testing.TB, timeout time.Duration, agents ...
 			if err != nil {
 				return false, err.Error()
 			}
+			passing := false
 			for _, ch := range checks {
 				if ch.CheckID == "serfHealth" {
-					return ch.Status == api.HealthPassing, "serfHealth " + ch.Status
+					passing = ch.Status == api.HealthPassing
 				}
 			}
-			return false, "not in the catalog yet"
+			if !passing {
+				return false, "not in the catalog with a passing serfHealth yet"
+			}
+			// The leader registers a member from gossip; its node meta arrives with the
+			// agent's own sync a moment later.
+			if c.opts.NodeMeta == nil {
+				return true, ""
+			}
+			n, _, err := cl.Catalog().Node(a.Name, &api.QueryOptions{RequireConsistent: true})
+			if err != nil || n == nil || n.Node == nil {
+				return false, fmt.Sprintf("catalog node: %v", err)
+			}
+			for k, v := range c.opts.NodeMeta(a.Name) {
+				if n.Node.Meta[k] != v {
+					return false, fmt.Sprintf("node meta %s=%q, want %q", k, n.Node.Meta[k], v)
+				}
+			}
+			return true, ""
 		})
 	}
 }
