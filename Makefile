@@ -67,12 +67,20 @@ $(AEMM):
 e2e-aws: $(CONSUL_BIN) ## roll 3 servers through the aws provider against the wire-level EC2/ASG fake
 	go test -count=1 -timeout 15m -run 'TestAWSRoll' -v ./test/e2e/ | grep -E '^\{"servers"|^(--- |ok|FAIL|PASS)|Error'
 
-# shellcheck comes from Debian's packages (0.9.0 on bookworm).
-.PHONY: shellcheck
-shellcheck:
-	@command -v shellcheck >/dev/null || { \
+# The system tools the tests run for real come from Debian's packages: shellcheck
+# (0.9.0 on bookworm); gpg and gpgv (install-consul.sh's signature check); openssl
+# (user-data.sh's certificate checks); unzip; the aws CLI (user-data.sh reads its
+# secrets from SSM). Each is installed only when missing.
+SYSTEM_TOOLS = shellcheck:shellcheck gpg:gpg gpgv:gpgv openssl:openssl unzip:unzip aws:awscli
+.PHONY: shellcheck system-tools
+shellcheck: system-tools
+system-tools:
+	@missing=; for t in $(SYSTEM_TOOLS); do \
+	  command -v "$${t%%:*}" >/dev/null || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
 	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq shellcheck; }
+	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq $$missing; fi
 
 # Packer and its Amazon plugin, built from pinned sources and installed offline
 # (scripts/tools/packer/README.md).

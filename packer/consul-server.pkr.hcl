@@ -185,6 +185,18 @@ build {
     ]
   }
 
+  # The image carries no secret: the gossip key, TLS certificate and key and the ACL
+  # tokens come from the secret store at boot (scripts/user-data.sh). Fail the build
+  # if any found its way into the agent's configuration, and leave no upload behind.
+  provisioner "shell" {
+    execute_command = "chmod +x {{ .Path }}; sudo env {{ .Vars }} {{ .Path }}"
+    inline = [
+      "rm -rf /tmp/bin /tmp/consul.d /tmp/scripts",
+      "if grep -rlE '^[[:space:]]*(encrypt|ca_file|cert_file|key_file|agent|default|initial_management)[[:space:]]*=' /etc/consul.d /etc/consul-rehydrate; then echo 'secrets baked into the image' >&2; exit 1; fi",
+      "if find /etc/consul.d /etc/consul-rehydrate -name '*.pem' -o -name '*.token' -o -name secure.hcl -o -name node.hcl | grep .; then echo 'secrets baked into the image' >&2; exit 1; fi",
+    ]
+  }
+
   post-processor "manifest" {
     output     = "${path.root}/packer-manifest.json"
     strip_path = true
