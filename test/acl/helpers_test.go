@@ -1,0 +1,106 @@
+package acl
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	consuld "github.com/consul-rehydrate/consul-rehydrate/consul.d"
+	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
+)
+
+// startACLCluster starts a cluster with the shipped consul.d/acl.hcl (ACLs on, default
+// deny) and the management token for the harness and every agent.
+func startACLCluster(t *testing.T, opts testcluster.Options) *testcluster.Cluster {
+	t.Helper()
+	aclHCL, err := os.ReadFile("../../consul.d/acl.hcl")
+	require.NoError(t, err)
+	opts.Token = management
+	opts.Files = func(*testcluster.Agent) map[string]string {
+		return map[string]string{
+			"acl.hcl":        string(aclHCL), // as shipped
+			"acl-tokens.hcl": fmt.Sprintf("acl { tokens { initial_management = %q\nagent = %q } }\n", management, management),
+		}
+	}
+	return testcluster.Start(t, opts)
+}
+
+// policyToken renders the policy template name with v, creates it (Consul parses the
+// rules) under a name unique to v, and returns the secret of a new token holding only it.
+func policyToken(t *testing.T, admin *api.Client, name string, v consuld.PolicyVars) string {
+	t.Helper()
+	rules, err := consuld.RenderPolicy(name, v)
+	require.NoError(t, err)
+	pname := strings.Join(nonEmpty(name, v.Cluster, v.Service, v.Node), "-")
+	p, _, err := admin.ACL().PolicyCreate(&api.ACLPolicy{Name: pname, Rules: rules}, nil)
+	require.NoError(t, err, "the rendered %s parses as Consul ACL rules", name)
+	tok, _, err := admin.ACL().TokenCreate(&api.ACLToken{Description: pname, Policies: []*api.ACLTokenPolicyLink{{ID: p.ID}}}, nil)
+	require.NoError(t, err)
+	return tok.SecretID
+}
+
+// bareToken returns the secret of a new token with no policy.
+func bareToken(t *testing.T, admin *api.Client) string {
+	t.Helper()
+	tok, _, err := admin.ACL().TokenCreate(&api.ACLToken{Description: "no policy"}, nil)
+	require.NoError(t, err)
+	return tok.SecretID
+}
+
+func nonEmpty(ss ...string) []string {
+	var out []string
+	for _, s := range ss {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// as returns an API client of agent a that sends token.
+func as(t *testing.T, a *testcluster.Agent, token string) *api.Client {
+	t.Helper()
+	cfg := api.DefaultConfig()
+	cfg.Address = a.HTTPAddr()
+	cfg.Token = token
+	c, err := api.NewClient(cfg)
+	require.NoError(t, err)
+	return c
+}
+
+// assertDenied asserts that err is Consul's ACL refusal (HTTP 403) and, unless perm is
+// "", that it names the permission perm ("key:write", "session:write", …). Some
+// endpoints answer a bare 403 (session renew) or "Permission denied" without the
+// permission (event fire).
+func assertDenied(t *testing.T, err error, perm string, what string) {
+	t.Helper()
+	if assert.Error(t, err, "%s must be refused", what) {
+		assert.Contains(t, err.Error(), "Unexpected response code: 403", what)
+		if perm != "" {
+			assert.Contains(t, err.Error(), "Permission denied", what)
+			assert.Contains(t, err.Error(), "'"+perm+"'", what)
+		}
+	}
+}
+
+// otherSession creates, as the management token, a session on node: another
+// application's lock, which a scoped token must not be able to destroy.
+func otherSession(t *testing.T, admin *api.Client, node string) string {
+	t.Helper()
+	id, _, err := admin.Session().Create(&api.SessionEntry{Node: node, Name: "another application's lock", TTL: "10m"}, nil)
+	require.NoError(t, err)
+	return id
+}
+
+// assertSessionLives asserts that session id still exists.
+func assertSessionLives(t *testing.T, admin *api.Client, id string) {
+	t.Helper()
+	s, _, err := admin.Session().Info(id, nil)
+	require.NoError(t, err)
+	assert.NotNil(t, s, "session %s still exists", id)
+}
