@@ -10,14 +10,35 @@ reconfigure "monitoring" {
   service = "prometheus"
 
   # A Go text/template over .Service and .Instances, each with .Node, .Address,
-  # .Port, .ID, .Tags, .Meta, .NodeMeta and .Datacenter; `join` joins strings.
-  # Instances are sorted by node, then ID. Or template_file = "monitoring.tmpl"
-  # (relative to this file). A template that does not parse is a configuration
-  # error naming its line.
+  # .Port, .ID, .Tags, .Meta, .NodeMeta and .Datacenter. Instances are sorted by
+  # node, then ID. Or template_file = "monitoring.tmpl" (relative to this file). A
+  # template that does not parse is a configuration error naming its line.
+  #
+  # Every field comes from whoever may register the service or a node, so:
+  # - A healthy instance with a control character (a line break, a tab, an escape)
+  #   or invalid UTF-8 in any field, or whose .Address (the service's, else its
+  #   node's) is neither an IP address nor an RFC 1123 hostname, is refused: left
+  #   out of the file, and named with the field in the handler's log and the
+  #   check's output (a warning).
+  # - Other characters still mean something to the file's reader (a space, #, ", ').
+  #   Quote what is not .Address or .Port:
+  #     quote "s"       a JSON string "…", also a YAML double-quoted string
+  #                     (prometheus.yml, file_sd JSON)
+  #     json .Meta      any value as JSON, e.g. a labels object for file_sd
+  #     shellquote "s"  a POSIX shell word '…', for a script
+  #     hclquote "s"    an HCL string "…", ${ and %{ escaped
+  #     join .Tags ","  strings.Join
+  #   nginx has no escape for $ in its strings: render only .Address and .Port there.
+  # - A meta key an instance lacks is "" ({{ .Meta.k }} as {{ index .Meta "k" }}), so
+  #   one instance registered without it does not fail the render for the others;
+  #   test it with {{ with .Meta.k }}…{{ end }}.
+  # - A render that fails (e.g. {{ index .Instances 0 }} with none healthy) keeps the
+  #   previous file and turns the check critical, naming the error, until a render
+  #   succeeds; so does a failed write or reload.
   template = <<-EOT
     # rendered by consul-rehydrate from the healthy instances of {{ .Service }}
     {{- range .Instances }}
-    target {{ .Node }} {{ .Address }}:{{ .Port }}{{ if .Tags }} tags={{ join .Tags "," }}{{ end }}
+    target {{ quote .Node }} {{ .Address }}:{{ .Port }}{{ if .Tags }} tags={{ quote (join .Tags ",") }}{{ end }}
     {{- end }}
     EOT
 

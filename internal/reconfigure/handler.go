@@ -105,18 +105,32 @@ func (h *handler) handle(env app.Env) int {
 		h.log.Error("refusing service payload", "error", err)
 		return app.ExitBadPayload
 	}
-	healthy := Healthy(entries)
+	healthy, refused := Screen(Healthy(entries))
+	for _, r := range refused {
+		h.log.Warn("refusing an instance: it is left out of the file", "error", r.String())
+	}
 
-	// Record what was seen first: the check judges it even if rendering fails.
 	prev, err := loadState(h.rc.StateFile)
 	if err != nil {
 		h.log.Warn("starting from an empty state", "error", err)
 	}
+	code, failure := h.update(healthy)
+
+	// The state records what was seen, what was refused, and whether the file is up
+	// to date: the check judges it, and stays critical until a run succeeds.
 	keys := make([]string, len(healthy))
 	for i, in := range healthy {
 		keys[i] = in.Key()
 	}
 	s := Observe(prev, h.rc.Service, keys, h.now(), h.rc.Probation)
+	s.Refused = refused
+	if failure != nil {
+		failure.Since = s.Seen
+		if prev.Failure != nil && prev.Service == s.Service {
+			failure.Since = prev.Failure.Since
+		}
+		s.Failure = failure
+	}
 	if err := saveState(h.rc.StateFile, s); err != nil {
 		h.log.Error("record state", "error", err)
 		return app.ExitError
@@ -124,30 +138,39 @@ func (h *handler) handle(env app.Env) int {
 	if v := Judge(s, h.now(), h.rc.ExpectReplacement, h.rc.Probation); v.Status != Passing {
 		h.log.Warn(v.Note)
 	}
+	return code
+}
 
+// update renders the file from healthy, and reloads when it changed. It returns the
+// exit code, and what failed, if anything: the file then is as the last good run
+// left it.
+func (h *handler) update(healthy []Instance) (int, *Failure) {
+	fail := func(step string, err error) *Failure {
+		return &Failure{Step: step, Error: printableError(err)}
+	}
 	content, err := Render(h.rc, Data{Service: h.rc.Service, Instances: healthy})
 	if err != nil {
 		h.log.Error("keeping the previous file", "file", h.rc.Destination, "error", err)
-		return app.ExitConfig
+		return app.ExitConfig, fail(StepRender, err)
 	}
 	old, mode, existed, err := current(h.rc.Destination)
 	if err != nil {
 		h.log.Error("read the current file", "error", err)
-		return app.ExitError
+		return app.ExitError, fail(StepWrite, fmt.Errorf("read the current file: %w", err))
 	}
 	if existed && bytes.Equal(old, content) {
 		h.log.Debug("unchanged", "file", h.rc.Destination, "healthy", len(healthy))
-		return app.ExitOK
+		return app.ExitOK, nil
 	}
 	// Mode 0 (unset) keeps the file's mode, or makes a new one 0644; either way the
 	// file keeps its owner and group.
 	if err := atomicfile.Write(h.rc.Destination, content, h.rc.Mode); err != nil {
 		h.log.Error("write the file", "error", err)
-		return app.ExitError
+		return app.ExitError, fail(StepWrite, fmt.Errorf("write the file: %w", err))
 	}
 	h.log.Info("rendered", "file", h.rc.Destination, "healthy", len(healthy))
 	if len(h.rc.ReloadCommand) == 0 {
-		return app.ExitOK
+		return app.ExitOK, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), h.rc.ReloadTimeout+10*time.Second)
 	defer cancel()
@@ -157,7 +180,7 @@ func (h *handler) handle(env app.Env) int {
 	})
 	if err == nil {
 		h.log.Info("reloaded")
-		return app.ExitOK
+		return app.ExitOK, nil
 	}
 	// Put the previous file back: what runs was loaded from it. The next change
 	// renders and reloads again.
@@ -170,5 +193,5 @@ func (h *handler) handle(env app.Env) int {
 		err = fmt.Errorf("%w; remove the new file: %w", err, rerr)
 	}
 	h.log.Error("reload failed", "error", err, "output", out)
-	return app.ExitFailed
+	return app.ExitFailed, fail(StepReload, err)
 }

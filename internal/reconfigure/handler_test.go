@@ -373,6 +373,8 @@ func mustRead(t *testing.T, path string) string {
 	return string(b)
 }
 
+// A render that fails keeps the previous file, and the check is critical, naming
+// the failure, until a render succeeds: a passing check must not hide a stale file.
 func TestHandler_ATemplateThatFailsKeepsThePreviousFile(t *testing.T) {
 	f := newFixture(t, "{{ (index .Instances 0).Address }}\n", "")
 	f.handle(t, t0, payloadOf(t, entry("n1", "10.0.0.1", "web-1", 8080, api.HealthPassing)), app.ExitOK)
@@ -391,9 +393,153 @@ func TestHandler_ATemplateThatFailsKeepsThePreviousFile(t *testing.T) {
 	require.NotNil(t, s.GoneSince, "the state records that none is healthy even though rendering failed")
 	assert.Equal(t, t0.Add(time.Hour), *s.GoneSince)
 	assert.Empty(t, s.Healthy)
+	require.NotNil(t, s.Failure, "the state records the failed render")
+	assert.Equal(t, StepRender, s.Failure.Step)
 	code, note := f.check(t, t0.Add(time.Hour+time.Minute))
-	assert.Equal(t, 1, code, note)
-	assert.Contains(t, note, "no healthy instance of web since 2026-11-23T11:00:00Z")
+	assert.Equal(t, 2, code, note)
+	assert.Contains(t, note, "the file is not up to date: the render has failed since 2026-11-23T11:00:00Z: ")
+	assert.Contains(t, note, "index out of range", "the failure")
+	assert.Contains(t, note, "no healthy instance of web since 2026-11-23T11:00:00Z", "and how the service stands")
+
+	// Failing again keeps the first failure's time; the check stays critical.
+	f.handle(t, t0.Add(2*time.Hour), payloadOf(t), app.ExitConfig)
+	code, note = f.check(t, t0.Add(2*time.Hour))
+	assert.Equal(t, 2, code, note)
+	assert.Contains(t, note, "the render has failed since 2026-11-23T11:00:00Z")
+
+	// A render that succeeds clears it.
+	f.handle(t, t0.Add(3*time.Hour), payloadOf(t, entry("n2", "10.0.0.2", "web-2", 8080, api.HealthPassing)), app.ExitOK)
+	assert.Equal(t, "10.0.0.2\n", f.content(t))
+	assert.Nil(t, f.loadState(t).Failure)
+	code, note = f.check(t, t0.Add(3*time.Hour))
+	assert.Equal(t, 0, code, note)
+}
+
+// A failed reload (or write) leaves the running configuration behind the
+// instances, as a failed render does: the check is critical until a run succeeds.
+func TestHandler_AFailedReloadTurnsTheCheckCriticalUntilOneSucceeds(t *testing.T) {
+	f := newFixture(t, lbTemplate, "")
+	failingReload(t, f, "")
+	f.handle(t, t0, threeInstances(t), app.ExitFailed)
+	code, note := f.check(t, t0.Add(time.Minute))
+	assert.Equal(t, 2, code, note)
+	assert.Contains(t, note, "the file is not up to date: the reload has failed since 2026-11-23T10:00:00Z: reload command /bin/sh: exit status 1")
+
+	f.writeConfig(t, strings.Replace(mustRead(t, f.cfg), "; echo config test failed >&2; exit 1", "", 1))
+	f.handle(t, t0.Add(2*time.Minute), threeInstances(t), app.ExitOK)
+	code, note = f.check(t, t0.Add(2*time.Minute))
+	assert.Equal(t, 0, code, note)
+
+	t.Run("write", func(t *testing.T) {
+		f := newFixture(t, lbTemplate, "")
+		require.NoError(t, os.Remove(filepath.Dir(f.dest)))
+		f.handle(t, t0, threeInstances(t), app.ExitError)
+		code, note := f.check(t, t0)
+		assert.Equal(t, 2, code, note)
+		assert.Contains(t, note, "the write has failed since 2026-11-23T10:00:00Z: write the file")
+	})
+}
+
+// An instance without a meta key renders "" where the template uses it, whether
+// through the field syntax or index: it does not fail the render of the others.
+func TestHandler_AMissingMetaKeyRendersEmpty(t *testing.T) {
+	f := newFixture(t, `{{ range .Instances }}{{ .Node }} w={{ .Meta.weight }} i={{ index .Meta "weight" }} r={{ .NodeMeta.rack }}{{ with .Meta.weight }} weight {{ . }}{{ end }}
+{{ end }}`, "")
+	weighted := entry("n1", "10.0.0.1", "web-1", 8080, api.HealthPassing)
+	weighted.Service.Meta["weight"] = "5"
+	without := entry("n2", "10.0.0.2", "web-2", 8080, api.HealthPassing)
+	noMeta := entry("n3", "10.0.0.3", "web-3", 8080, api.HealthPassing)
+	noMeta.Service.Meta, noMeta.Node.Meta = nil, nil
+	f.handle(t, t0, payloadOf(t, weighted, without, noMeta), app.ExitOK)
+	assert.Equal(t, "n1 w=5 i=5 r=r1 weight 5\nn2 w= i= r=r1\nn3 w= i= r=\n", f.content(t))
+	code, note := f.check(t, t0)
+	assert.Equal(t, 0, code, note)
+}
+
+// A field a template may reach that holds a control character, or an address that
+// is not one, refuses that instance: it is left out of the file and named, with
+// the field, in the log and the check's note. The others are rendered.
+func TestHandler_RefusesAnInstanceWithAHostileFieldAndRendersTheOthers(t *testing.T) {
+	tmpl := `{{ range .Instances }}target {{ .Node }} {{ .Address }}:{{ .Port }} {{ join .Tags "," }}{{ range $k, $v := .Meta }} {{ $k }}={{ $v }}{{ end }}
+{{ end }}`
+	good := entry("n1", "10.0.0.1", "web-1", 8080, api.HealthPassing)
+	tag := entry("n2", "10.0.0.2", "web-2", 8080, api.HealthPassing)
+	tag.Service.Tags = []string{"v1", "x\ntarget evil 203.0.113.66:9090\n# "}
+	meta := entry("n3", "10.0.0.3", "web-3", 8080, api.HealthPassing)
+	meta.Service.Meta["version"] = "1\r\ntarget evil 203.0.113.66:9090"
+	addr := entry("n4", "1.2.3.4\n", "web-4", 8080, api.HealthPassing)
+	svcAddr := entry("n5", "10.0.0.5", "web-5", 8080, api.HealthPassing)
+	svcAddr.Service.Address = "$(curl evil)"
+	node := entry("n6\ntarget evil 203.0.113.66:9090", "10.0.0.6", "web-6", 8080, api.HealthPassing)
+	nodeMeta := entry("n7", "10.0.0.7", "web-7", 8080, api.HealthPassing)
+	nodeMeta.Node.Meta["rack"] = "r1\u2028x"
+	sick := entry("n8", "a b", "web-8", 8080, api.HealthCritical) // not healthy: not rendered, not named
+
+	f := newFixture(t, tmpl, "")
+	stderr := f.handle(t, t0, payloadOf(t, good, tag, meta, addr, svcAddr, node, nodeMeta, sick), app.ExitOK)
+	assert.Equal(t, "target n1 10.0.0.1:8080 v1 version=1\n", f.content(t), "only the instance with plain fields")
+	assert.NotContains(t, f.content(t), "evil")
+	assert.Equal(t, []string{"1"}, f.reloadCounts(t))
+
+	wantRefused := []Refusal{
+		{Instance: "n2/web-2", Field: "Tags[1]", Problem: `"x\ntarget evil 203.0.113.66:9090\n# " holds the control character U+000A at byte 1`},
+		{Instance: "n3/web-3", Field: `Meta["version"]`, Problem: `"1\r\ntarget evil 203.0.113.66:9090" holds the control character U+000D at byte 1`},
+		{Instance: "n4/web-4", Field: "Address", Problem: `"1.2.3.4\n" holds the control character U+000A at byte 7`},
+		{Instance: "n5/web-5", Field: "Address", Problem: `"$(curl evil)" is neither an IP address nor a hostname`},
+		{Instance: `"n6\ntarget evil 203.0.113.66:9090/web-6"`, Field: "Node", Problem: `"n6\ntarget evil 203.0.113.66:9090" holds the control character U+000A at byte 2`},
+		{Instance: "n7/web-7", Field: `NodeMeta["rack"]`, Problem: `"r1\u2028x" holds the control character U+2028 at byte 2`},
+	}
+	s := f.loadState(t)
+	assert.Equal(t, wantRefused, s.Refused)
+	assert.Equal(t, map[string]time.Time{"n1/web-1": t0}, s.Healthy, "refused instances are not counted healthy")
+	for _, r := range wantRefused {
+		// hclog escapes the quotes of a value it quotes: compare up to the first.
+		assert.Contains(t, stderr, strings.SplitN(r.Field, `"`, 2)[0], "the log names the field")
+		assert.Contains(t, stderr, strings.Trim(strings.SplitN(r.Instance, `\n`, 2)[0], `"`), "and the instance")
+	}
+	assert.Contains(t, stderr, "refusing an instance: it is left out of the file")
+	assert.NotContains(t, stderr, "\ntarget evil", "the log holds no raw line break from a field")
+
+	code, note := f.check(t, t0.Add(time.Hour))
+	assert.Equal(t, 1, code, "a refused instance is a warning: %s", note)
+	assert.Equal(t, "1 healthy instance(s) of web: n1/web-1; 6 healthy instance(s) refused, left out of the file: "+
+		`n2/web-2 (Tags[1] "x\ntarget evil 203.0.113.66:9090\n# " holds the control character U+000A at byte 1), `+
+		`n3/web-3 (Meta["version"] "1\r\ntarget evil 203.0.113.66:9090" holds the control character U+000D at byte 1), `+
+		`n4/web-4 (Address "1.2.3.4\n" holds the control character U+000A at byte 7), `+
+		`n5/web-5 (Address "$(curl evil)" is neither an IP address nor a hostname), `+
+		`"n6\ntarget evil 203.0.113.66:9090/web-6" (Node "n6\ntarget evil 203.0.113.66:9090" holds the control character U+000A at byte 2), `+
+		"and 1 more\n", note)
+	assert.Equal(t, 1, strings.Count(note, "\n"), "one line")
+
+	// Once their fields are plain, they are rendered and the check passes.
+	tag.Service.Tags = []string{"v1", "v2"}
+	f.handle(t, t0.Add(2*time.Hour), payloadOf(t, good, tag), app.ExitOK)
+	assert.Equal(t, "target n1 10.0.0.1:8080 v1 version=1\ntarget n2 10.0.0.2:8080 v1,v2 version=1\n", f.content(t))
+	code, note = f.check(t, t0.Add(3*time.Hour))
+	assert.Equal(t, 0, code, note)
+}
+
+// The reload command runs with the allow-listed environment and the variables the
+// handler gives it: not the handler's Consul token.
+func TestHandler_TheReloadCommandDoesNotSeeTheHandlersToken(t *testing.T) {
+	t.Setenv("CONSUL_HTTP_TOKEN", "handler-secret")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "aws-secret")
+	f := newFixture(t, lbTemplate, "")
+	got := filepath.Join(f.dir, "env")
+	f.writeConfig(t, fmt.Sprintf(`reconfigure "lb" {
+  service        = "web"
+  template       = %q
+  destination    = %q
+  state_file     = %q
+  reload_command = ["/bin/sh", "-c", "env > %s"]
+}
+`, lbTemplate, f.dest, f.state, got))
+	f.handle(t, t0, threeInstances(t), app.ExitOK)
+	env := mustRead(t, got)
+	assert.NotContains(t, env, "secret")
+	assert.NotContains(t, env, "CONSUL_HTTP_TOKEN")
+	assert.Contains(t, env, "REHYDRATE_RECONFIGURE_INSTANCES=2\n")
+	assert.Contains(t, env, "PATH="+os.Getenv("PATH")+"\n")
 }
 
 func TestHandler_RefusesBadPayloadsWritingNothing(t *testing.T) {

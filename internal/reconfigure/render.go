@@ -17,12 +17,13 @@ import (
 
 	"github.com/consul-rehydrate/consul-rehydrate/config"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/atomicfile"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/reconfigure/tmplfunc"
 )
 
 // Data is what a template renders.
 type Data struct {
 	Service string
-	// Instances are the healthy ones, sorted by node, then ID.
+	// Instances are the healthy ones Screen let through, sorted by node, then ID.
 	Instances []Instance
 }
 
@@ -64,9 +65,17 @@ func Healthy(entries []*api.ServiceEntry) []Instance {
 	return out
 }
 
-// Render executes the block's template over data.
+// Render executes the block's template over data, with the functions of tmplfunc.
+//
+// A meta key an instance does not have is "": {{ .Meta.weight }} renders as
+// {{ index .Meta "weight" }} does (text/template's index returns the zero value for
+// a missing map key; missingkey=zero makes the field syntax do the same). With
+// missingkey=error, one instance registered without the key failed the whole
+// render, so anyone who may register the service could freeze the file for every
+// other instance; a template that needs a key tests it: {{ with .Meta.weight }}.
+// A misspelt field (.Adress) is still an error: missingkey applies to map keys only.
 func Render(rc *config.ReconfigureConfig, data Data) ([]byte, error) {
-	t, err := template.New(rc.TemplateName()).Funcs(config.TemplateFuncs).Option("missingkey=error").Parse(rc.Template)
+	t, err := template.New(rc.TemplateName()).Funcs(tmplfunc.Funcs()).Option("missingkey=zero").Parse(rc.Template)
 	if err != nil {
 		return nil, fmt.Errorf("parse template: %w", err)
 	}

@@ -1,7 +1,9 @@
 package reconfigure
 
 import (
+	"maps"
 	"os"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -9,7 +11,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-rehydrate/consul-rehydrate/config"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/reconfigure/tmplfunc"
 )
 
 // nobody is the uid and gid of nobody/nogroup on Linux.
@@ -67,4 +71,12 @@ func TestHandler_TheStateFileKeepsItsMode(t *testing.T) {
 	fi, err = os.Stat(f.state)
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+}
+
+// The configuration parses a template with config.TemplateFuncs to validate it, and
+// Render executes it with tmplfunc.Funcs: they must be the same functions, or a
+// template would load and then fail at every render (or the reverse).
+func TestRender_UsesTheFunctionsTheConfigurationValidatesWith(t *testing.T) {
+	assert.ElementsMatch(t, slices.Collect(maps.Keys(tmplfunc.Funcs())), slices.Collect(maps.Keys(config.TemplateFuncs)),
+		"config.TemplateFuncs must be tmplfunc.Funcs()")
 }

@@ -31,6 +31,29 @@ type State struct {
 	Flaps []Flap `json:"flaps,omitempty"`
 	// Seen is when the handler last ran.
 	Seen time.Time `json:"seen"`
+	// Refused are the healthy instances the last run left out of the file (see
+	// Screen), in instance order.
+	Refused []Refusal `json:"refused,omitempty"`
+	// Failure is why the last run could not bring the file up to date; nil when it
+	// did.
+	Failure *Failure `json:"failure,omitempty"`
+}
+
+// Steps of a run that can fail, leaving the file as the last good run wrote it.
+const (
+	StepRender = "render"
+	StepWrite  = "write"
+	StepReload = "reload"
+)
+
+// Failure is a run that could not bring the file up to date.
+type Failure struct {
+	// Step is what failed: StepRender, StepWrite or StepReload.
+	Step string `json:"step"`
+	// Error is why, printable (see printable).
+	Error string `json:"error"`
+	// Since is when the first of the runs failing in a row ran.
+	Since time.Time `json:"since"`
 }
 
 // Flap is an instance that became healthy and left again within its probation.
@@ -97,13 +120,44 @@ type Verdict struct {
 	Note   string
 }
 
-// Judge says, at now, how the service stands: critical when no healthy instance has
-// come within expect after the last went; warning while one is expected, or while an
-// instance flapped within the last probation; passing otherwise.
+// maxListed bounds the refused instances a note names, so that a flood of bad
+// registrations cannot fill the check's output (4 KiB by default, the agent's
+// check_output_max_size) and hide the rest of the note.
+const maxListed = 5
+
+// Judge says, at now, how the service stands: critical when the last run could not
+// bring the file up to date (its render, write or reload failed), or when no healthy
+// instance has come within expect after the last went; warning while one is
+// expected, while an instance flapped within the last probation, or while an
+// instance is refused (left out of the file); passing otherwise.
 func Judge(s State, now time.Time, expect, probation time.Duration) Verdict {
 	if s.Seen.IsZero() {
 		return Verdict{Passing, "no change of the service seen yet"}
 	}
+	v := judgeInstances(s, now, expect, probation)
+	if n := len(s.Refused); n > 0 {
+		if v.Status == Passing {
+			v.Status = Warning
+		}
+		listed := make([]string, 0, min(n, maxListed))
+		for _, r := range s.Refused[:min(n, maxListed)] {
+			listed = append(listed, r.String())
+		}
+		if n > maxListed {
+			listed = append(listed, fmt.Sprintf("and %d more", n-maxListed))
+		}
+		v.Note += fmt.Sprintf("; %d healthy instance(s) refused, left out of the file: %s", n, strings.Join(listed, ", "))
+	}
+	if f := s.Failure; f != nil {
+		v = Verdict{Critical, fmt.Sprintf("the file is not up to date: the %s has failed since %s: %s; %s",
+			f.Step, f.Since.UTC().Format(time.RFC3339), f.Error, v.Note)}
+	}
+	return v
+}
+
+// judgeInstances judges the healthy instances: what Judge says when every run
+// succeeded and none was refused.
+func judgeInstances(s State, now time.Time, expect, probation time.Duration) Verdict {
 	ts := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 	if s.GoneSince != nil {
 		deadline := s.GoneSince.Add(expect)

@@ -1,6 +1,7 @@
 package reconfigure
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -185,6 +186,45 @@ func TestJudge(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			v := Judge(tc.s, tc.now, expect, probation)
 			assert.Equal(t, Verdict{tc.status, tc.note}, v)
+		})
+	}
+}
+
+// A refused instance warns, naming it and the field, whatever else stands; a failed
+// run is critical, naming the step and the error, whatever else stands, and says
+// how the service stands as well.
+func TestJudge_RefusedInstancesWarnAndAFailureIsCritical(t *testing.T) {
+	settled := State{Service: "web", Healthy: map[string]time.Time{a: at(-time.Hour)}, Seen: at(-time.Hour)}
+	refused := settled
+	refused.Refused = []Refusal{{Instance: b, Field: "Tags[0]", Problem: `"x\ny" holds the control character U+000A at byte 1`}}
+	many := settled
+	for i := range maxListed + 2 {
+		many.Refused = append(many.Refused, Refusal{Instance: fmt.Sprintf("n%d/web", i), Field: "Address", Problem: "bad"})
+	}
+	failed := refused
+	failed.Failure = &Failure{Step: StepRender, Error: "render template: boom", Since: at(-2 * time.Hour)}
+	goneFailed := State{Service: "web", Healthy: map[string]time.Time{}, GoneSince: ptr(at(-time.Minute)), Seen: at(-time.Minute),
+		Failure: &Failure{Step: StepReload, Error: "reload command /bin/true: exit status 1", Since: at(-time.Minute)}}
+
+	tests := []struct {
+		name   string
+		s      State
+		status string
+		note   string
+	}{
+		{"one refused", refused, Warning, `1 healthy instance(s) of web: n1/web-1; 1 healthy instance(s) refused, left out of the file: ` +
+			`n2/web-2 (Tags[0] "x\ny" holds the control character U+000A at byte 1)`},
+		{"many refused: the first few named", many, Warning, "1 healthy instance(s) of web: n1/web-1; 7 healthy instance(s) refused, left out of the file: " +
+			"n0/web (Address bad), n1/web (Address bad), n2/web (Address bad), n3/web (Address bad), n4/web (Address bad), and 2 more"},
+		{"a failed render", failed, Critical, "the file is not up to date: the render has failed since 2026-11-23T08:00:00Z: render template: boom; " +
+			`1 healthy instance(s) of web: n1/web-1; 1 healthy instance(s) refused, left out of the file: ` +
+			`n2/web-2 (Tags[0] "x\ny" holds the control character U+000A at byte 1)`},
+		{"a failed reload while a replacement is expected", goneFailed, Critical, "the file is not up to date: the reload has failed since 2026-11-23T09:59:00Z: " +
+			"reload command /bin/true: exit status 1; no healthy instance of web since 2026-11-23T09:59:00Z: a replacement is expected by 2026-11-23T10:09:00Z"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, Verdict{tc.status, tc.note}, Judge(tc.s, t0, expect, probation))
 		})
 	}
 }

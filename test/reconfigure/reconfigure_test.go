@@ -23,8 +23,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-rehydrate/consul-rehydrate/config"
 	consuld "github.com/consul-rehydrate/consul-rehydrate/consul.d"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/runcmd"
 	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
 )
 
@@ -55,20 +57,32 @@ type env struct {
 	t        *testing.T
 	c        *testcluster.Cluster
 	dir      string
+	cfg      string // the consumer's handler configuration
 	dest     string
 	reloads  string
+	envFile  string // the reload command's environment, as it last ran
 	consumer *testcluster.Agent
+	api      *api.Client          // the consumer's: one client, so that polls reuse its connections
 	apps     map[string]*exec.Cmd // by "ip:port"
 	logStart int64                // handlers.log's size when the test began
 }
 
-func newEnv(t *testing.T) *env {
+// inlineTemplate is the template of the first test: one line per instance.
+const inlineTemplate = `# monitoring targets
+{{- range .Instances }}
+target {{ .Node }} {{ .Address }}:{{ .Port }}
+{{- end }}
+`
+
+// newEnv starts the cluster, with the consumer rendering tmpl.
+func newEnv(t *testing.T, tmpl string) *env {
 	e := &env{t: t, dir: t.TempDir(), apps: map[string]*exec.Cmd{}}
 	if fi, err := os.Stat(filepath.Join(binDir, "handlers.log")); err == nil {
 		e.logStart = fi.Size() // an earlier run's lines (go test -count) are not this one's
 	}
 	e.dest = filepath.Join(e.dir, "etc", "monitoring.conf")
 	e.reloads = filepath.Join(e.dir, "reloads")
+	e.envFile = filepath.Join(e.dir, "reload.env")
 	require.NoError(t, os.MkdirAll(filepath.Dir(e.dest), 0o755))
 	cfg := filepath.Join(e.dir, "reconfigure.hcl")
 	e.c = testcluster.Start(t, testcluster.Options{
@@ -78,21 +92,8 @@ func newEnv(t *testing.T) *env {
 			case "client-1", "client-2":
 				return map[string]string{"monitoring.hcl": strings.ReplaceAll(consuld.ReconfigureServiceHCL, "127.0.0.1", a.IP)}
 			case "client-3":
-				testcluster.WriteFile(t, cfg, fmt.Sprintf(`log_level = "debug"
-reconfigure "monitoring" {
-  template = <<-EOT
-    # monitoring targets
-    {{- range .Instances }}
-    target {{ .Node }} {{ .Address }}:{{ .Port }}
-    {{- end }}
-    EOT
-  destination        = %q
-  reload_command     = ["/bin/sh", "-c", "echo \"$REHYDRATE_RECONFIGURE_INSTANCES\" >> %s"]
-  expect_replacement = %q
-  probation          = %q
-  state_file         = %q
-}
-`, e.dest, e.reloads, expect, probation, filepath.Join(e.dir, "state.json")))
+				e.cfg = cfg
+				e.writeConfig(tmpl)
 				return map[string]string{"reconfigure.hcl": strings.NewReplacer(
 					consuld.BinDir, binDir,
 					consuld.ReconfigureConfigPath, cfg,
@@ -103,6 +104,7 @@ reconfigure "monitoring" {
 		},
 	})
 	e.consumer = e.c.Clients[2]
+	e.api = e.consumer.Client()
 	t.Cleanup(func() {
 		for addr := range e.apps {
 			e.stopApp(addr)
@@ -115,6 +117,22 @@ reconfigure "monitoring" {
 		}
 	})
 	return e
+}
+
+// writeConfig writes the consumer's handler configuration, rendering tmpl. The
+// reload command records its environment and appends the count of instances.
+func (e *env) writeConfig(tmpl string) {
+	e.t.Helper()
+	testcluster.WriteFile(e.t, e.cfg, fmt.Sprintf(`log_level = "debug"
+reconfigure "monitoring" {
+  template           = %q
+  destination        = %q
+  reload_command     = ["/bin/sh", "-c", "env > %s; echo \"$REHYDRATE_RECONFIGURE_INSTANCES\" >> %s"]
+  expect_replacement = %q
+  probation          = %q
+  state_file         = %q
+}
+`, tmpl, e.dest, e.envFile, e.reloads, expect, probation, filepath.Join(e.dir, "state.json")))
 }
 
 // startApp serves "monitoring" on addr until stopApp or the test's end.
@@ -181,7 +199,7 @@ func (e *env) waitReloads(n int) {
 // check returns the consumer's reconfigure check.
 func (e *env) check() *api.AgentCheck {
 	e.t.Helper()
-	checks, err := e.consumer.Client().Agent().Checks()
+	checks, err := e.api.Agent().Checks()
 	require.NoError(e.t, err)
 	return checks[checkID]
 }
@@ -202,7 +220,7 @@ func (e *env) waitCheck(status, note string, timeout time.Duration) *api.AgentCh
 // passing returns the addresses the health API gives as passing instances.
 func (e *env) passing() []string {
 	e.t.Helper()
-	entries, _, err := e.consumer.Client().Health().Service("monitoring", "", true, nil)
+	entries, _, err := e.api.Health().Service("monitoring", "", true, nil)
 	require.NoError(e.t, err)
 	var out []string
 	for _, en := range entries {
@@ -241,7 +259,7 @@ func (e *env) handlerLines(sub string) int {
 }
 
 func TestReconfigure_FollowsTheHealthyInstancesAndExpectsAReplacement(t *testing.T) {
-	e := newEnv(t)
+	e := newEnv(t, inlineTemplate)
 	c1, c2 := e.c.Clients[0], e.c.Clients[1]
 	a1, a2 := c1.IP+":9090", c2.IP+":9090"
 	e.startApp(a1)
@@ -322,4 +340,123 @@ func TestReconfigure_FollowsTheHealthyInstancesAndExpectsAReplacement(t *testing
 	// Every reload followed a change of the file; every change was reloaded.
 	assert.Equal(t, e.handlerLines("rendered:"), reloads, "reloads = renders")
 	assert.Positive(t, e.handlerLines("unchanged"))
+}
+
+// evil is the line an injection would add to the file.
+const evil = "target evil 203.0.113.66:9090"
+
+// The shipped example's template, rendering what any catalog writer may register:
+// an instance with a control character in any field, or an address that is no IP
+// or hostname, is left out of the file and named in the check's output, and every
+// other instance is rendered, quoted. A render that fails turns the check critical
+// until one succeeds. The reload command sees none of the handler's environment but
+// the allow-list and its own variables.
+func TestReconfigure_RefusesHostileInstancesAndRendersTheRest(t *testing.T) {
+	example, err := config.LoadFor("../../config/example-reconfigure.hcl", config.JobReconfigure, config.NoEnv)
+	require.NoError(t, err)
+	require.Len(t, example.Reconfigures, 1)
+	e := newEnv(t, example.Reconfigures[0].Template)
+	c1 := e.c.Clients[0]
+	a1 := c1.IP + ":9090"
+	e.startApp(a1)
+	good := fmt.Sprintf(`"client-1" %s tags="prometheus"`, a1)
+	e.waitTargets("the real instance rendered", good)
+	e.waitCheck(api.HealthPassing, "1 healthy instance(s) of monitoring", 20*time.Second)
+
+	// External nodes (no checks: healthy), registered straight into the catalog, as
+	// anyone with node and service write may.
+	catalog := e.c.Client(t).Catalog()
+	register := func(node, addr string, nodeMeta map[string]string, svc *api.AgentService) {
+		t.Helper()
+		svc.Service, svc.Port = "monitoring", 9100
+		if svc.ID == "" {
+			svc.ID = "monitoring"
+		}
+		_, err := catalog.Register(&api.CatalogRegistration{Node: node, Address: addr, NodeMeta: nodeMeta, Service: svc}, nil)
+		require.NoError(t, err, "register %q", node)
+	}
+	hostile := []struct {
+		node, addr string
+		nodeMeta   map[string]string
+		svc        *api.AgentService
+		field      string // as the log names it
+	}{
+		{"evil-tag", "127.0.0.1", nil, &api.AgentService{Tags: []string{"x\n" + evil + "\n# "}}, "Tags[0]"},
+		{"evil\n" + evil, "127.0.0.1", nil, &api.AgentService{}, "Node"},
+		{"evil-meta", "127.0.0.1", nil, &api.AgentService{Meta: map[string]string{"version": "1\n" + evil}}, `Meta[\"version\"]`},
+		{"evil-node-meta", "127.0.0.1", map[string]string{"rack": "r1\r\n" + evil}, &api.AgentService{}, `NodeMeta[\"rack\"]`},
+		{"evil-id", "127.0.0.1", nil, &api.AgentService{ID: "m\n" + evil}, "ID"},
+		{"evil-addr-newline", "1.2.3.4\n", nil, &api.AgentService{}, "Address"},
+		{"evil-addr-command", "127.0.0.1", nil, &api.AgentService{Address: "$(touch /tmp/pwned)"}, "Address"},
+		{"evil-addr-space", "127.0.0.1", nil, &api.AgentService{Address: "a b"}, "Address"},
+	}
+	for _, h := range hostile {
+		register(h.node, h.addr, h.nodeMeta, h.svc)
+	}
+	// Plain text, however awkward, is rendered: quoted by the template.
+	register("ext-ok", "web.example", map[string]string{"rack": "r2"}, &api.AgentService{Tags: []string{`a "b" # c`, "v2"}})
+
+	e.waitTargets("the hostile instances left out, the awkward one quoted", good, `"ext-ok" web.example:9100 tags="a \"b\" # c,v2"`)
+	b, err := os.ReadFile(e.dest)
+	require.NoError(t, err)
+	assert.NotContains(t, string(b), "evil", "no hostile instance, and no line of one")
+	chk := e.waitCheck(api.HealthWarning, "8 healthy instance(s) refused, left out of the file", 20*time.Second)
+	t.Logf("check: %s", chk.Output)
+	// The first five, by node; the log names every one (below).
+	assert.Contains(t, chk.Output, `"evil\ntarget evil 203.0.113.66:9090/monitoring" (Node "evil\ntarget evil 203.0.113.66:9090" holds the control character U+000A at byte 4)`)
+	assert.Contains(t, chk.Output, `evil-addr-command/monitoring (Address "$(touch /tmp/pwned)" is neither an IP address nor a hostname)`)
+	assert.Contains(t, chk.Output, `evil-addr-newline/monitoring (Address "1.2.3.4\n" holds the control character U+000A at byte 7)`)
+	assert.Contains(t, chk.Output, `evil-addr-space/monitoring (Address "a b" is neither an IP address nor a hostname)`)
+	assert.Contains(t, chk.Output, `"evil-id/m\ntarget evil 203.0.113.66:9090" (ID "m\ntarget evil 203.0.113.66:9090" holds the control character U+000A at byte 1)`)
+	assert.Contains(t, chk.Output, "and 3 more")
+	assert.NotContains(t, chk.Output, "\n"+evil, "the check's output holds no line of a hostile field")
+	for _, h := range hostile {
+		assert.Positive(t, e.handlerLines(strings.SplitN(h.node, "\n", 2)[0]), "the handler's log names %q", h.node)
+		assert.Positive(t, e.handlerLines(h.field), "the handler's log names the field %s", h.field)
+	}
+	assert.Zero(t, e.handlerLines("\n"+evil), "the handler's log holds no line of a hostile field")
+	assert.NoFileExists(t, "/tmp/pwned")
+
+	// The reload command ran with the allow-list and its own variables only: not
+	// REHYDRATE_LOG_FILE, which the agent and the handler have (TestMain sets it).
+	reloadEnv := map[string]string{}
+	for _, kv := range strings.Split(strings.TrimSpace(mustRead(t, e.envFile)), "\n") {
+		k, v, _ := strings.Cut(kv, "=")
+		reloadEnv[k] = v
+	}
+	assert.Equal(t, e.dest, reloadEnv["REHYDRATE_RECONFIGURE_FILE"])
+	assert.Equal(t, os.Getenv("PATH"), reloadEnv["PATH"])
+	assert.NotContains(t, reloadEnv, app.EnvLogFile, "the handler's environment is not the command's")
+	for k := range reloadEnv {
+		assert.True(t, len(runcmd.Environ([]string{k + "=x"}, nil)) == 1 || strings.HasPrefix(k, "REHYDRATE_RECONFIGURE_") ||
+			k == "PWD" || k == "SHLVL" || k == "_", "the reload command saw %s", k) // the last three /bin/sh sets itself
+	}
+
+	// Fixed, they are rendered and the check passes again.
+	for _, h := range hostile {
+		_, err := catalog.Deregister(&api.CatalogDeregistration{Node: h.node}, nil)
+		require.NoError(t, err)
+	}
+	e.waitTargets("the hostile instances gone", good, `"ext-ok" web.example:9100 tags="a \"b\" # c,v2"`)
+	e.waitCheck(api.HealthPassing, "2 healthy instance(s) of monitoring", 20*time.Second)
+
+	// A template that fails to render keeps the file, and the check turns critical
+	// until a render succeeds: a passing check must not hide a stale file.
+	before := mustRead(t, e.dest)
+	e.writeConfig(`{{ (index .Instances 5).Address }}`)
+	register("ext-more", "127.0.0.1", nil, &api.AgentService{}) // a change, for the watch to run the handler
+	chk = e.waitCheck(api.HealthCritical, "the file is not up to date: the render has failed since", 20*time.Second)
+	assert.Contains(t, chk.Output, "index out of range")
+	assert.Equal(t, before, mustRead(t, e.dest), "the previous file is kept")
+	e.writeConfig(example.Reconfigures[0].Template)
+	_, err = catalog.Deregister(&api.CatalogDeregistration{Node: "ext-more"}, nil)
+	require.NoError(t, err)
+	e.waitCheck(api.HealthPassing, "2 healthy instance(s) of monitoring", 20*time.Second)
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return string(b)
 }
