@@ -58,7 +58,7 @@ func (a *prog) localProvider() (*local.Provider, error) {
 	return local.New(local.Config{
 		StateDir: lp.StateDir, ConsulBinary: lp.ConsulBinary, Addresses: lp.Addresses,
 		BinDir: binDir, ConfigPath: a.configPath, LeaveTimeout: a.cfg.Roll.LeaveTimeout, Logger: a.log,
-		Getenv: a.env.Getenv,
+		Getenv: a.env.Getenv, Cluster: a.cfg.Cluster, EventName: a.cfg.Roll.EventName,
 	})
 }
 

@@ -93,7 +93,10 @@ func (a *prog) demo(servers int) int {
 		}
 	}()
 
-	fmt.Fprintf(out, "starting %d servers on image A\n", servers)
+	fmt.Fprintf(out, "starting %d servers on image A, secured as the shipped image is:\n", servers)
+	fmt.Fprintln(out, "  gossip encryption (verified both ways), TLS on RPC and HTTPS (verify_incoming, verify_outgoing,")
+	fmt.Fprintln(out, "  verify_server_hostname; no plain HTTP), ACLs on with default deny; each server's handlers hold")
+	fmt.Fprintln(out, "  only their node's rehydrate-handlers token; secrets in "+filepath.Join(a.cfg.Provider.Local.StateDir, "secrets"))
 	if err := ensureImage(ctx, p, "A"); err != nil {
 		a.log.Error("register image A", "error", err)
 		return app.ExitCloud

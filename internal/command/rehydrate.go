@@ -17,6 +17,7 @@ import (
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/plan"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/printable"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/roll"
 )
 
@@ -31,6 +32,14 @@ func (a *prog) cliConsul() (*api.Client, error) {
 		addr, err := p.ClientAddr()
 		if err != nil {
 			return nil, fmt.Errorf("local cluster: %w", err)
+		}
+		// The local cluster's own client agent, over HTTPS with its CA. The
+		// operator of a local cluster is whoever owns its state dir, which holds
+		// the management token: it is the token unless one is set.
+		cc := &a.cfg.Consul
+		cc.Scheme, cc.TLS = "https", config.TLSConfig{CAFile: p.CAFile()}
+		if cc.InlineToken == "" && cc.TokenFile == "" && cc.EnvToken == "" {
+			cc.TokenFile = p.ManagementTokenFile()
 		}
 		a.SetHTTPAddr(addr)
 	}
@@ -180,37 +189,42 @@ func (a *prog) withStatus(show func(*Status) int) int {
 	return show(st)
 }
 
+// printStatus prints st for a terminal. Every string in it may come from a KV,
+// catalog or event writer (node names and meta, the roll record, bad-image reasons,
+// the lock's session name), so each is escaped if it holds a control character: a
+// KV writer must not be able to drive the operator's terminal or forge a line.
 func printStatus(out io.Writer, st *Status, now time.Time) {
+	p := printable.String
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tINSTANCE\tIMAGE\tSTATE\tVOTER\tLEADER\tHEALTHY\tOUTDATED")
 	yes := map[bool]string{true: "yes", false: "-"}
 	for _, s := range st.Servers {
-		node := s.Node
+		node := p(s.Node)
 		if node == "" {
 			node = "(not in raft)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", node, s.Instance, s.Image, s.State, yes[s.Voter], yes[s.Leader], yes[s.Healthy], yes[s.Outdated])
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", node, p(s.Instance), p(s.Image), p(s.State), yes[s.Voter], yes[s.Leader], yes[s.Healthy], yes[s.Outdated])
 	}
 	tw.Flush()
 	if r := st.Roll; r != nil {
-		fmt.Fprintf(out, "\nroll: %s to %s, started %s ago", r.Phase, r.Target, now.Sub(r.Started).Round(time.Second))
+		fmt.Fprintf(out, "\nroll: %s to %s, started %s ago", p(r.Phase), p(r.Target), now.Sub(r.Started).Round(time.Second))
 		if r.Failure != "" {
-			fmt.Fprintf(out, "\nfailure: %s", r.Failure)
+			fmt.Fprintf(out, "\nfailure: %s", p(r.Failure))
 		}
 		fmt.Fprintln(out)
 		for _, e := range r.History {
-			fmt.Fprintf(out, "  %s  %-8s %s\n", e.Time.Format("15:04:05"), e.Step, e.Detail)
+			fmt.Fprintf(out, "  %s  %-8s %s\n", e.Time.Format("15:04:05"), p(e.Step), p(e.Detail))
 		}
 	} else {
 		fmt.Fprintln(out, "\nroll: none yet")
 	}
 	for img, why := range st.BadImages {
-		fmt.Fprintf(out, "bad image %s: %s\n", img, why)
+		fmt.Fprintf(out, "bad image %s: %s\n", p(img), p(why))
 	}
 	if st.LockedBy != "" {
-		fmt.Fprintf(out, "lock held by %s\n", st.LockedBy)
+		fmt.Fprintf(out, "lock held by %s\n", p(st.LockedBy))
 	}
-	fmt.Fprintf(out, "next: %s: %s\n", st.Next.Kind, st.Next.Reason)
+	fmt.Fprintf(out, "next: %s: %s\n", p(st.Next.Kind), p(st.Next.Reason))
 }
 
 func (a *prog) printJSON(v any) int {

@@ -416,11 +416,26 @@ feed:
 // the real binary and a real payload, against a proxy that counts its requests.
 func (b *bench) invocations(ctx context.Context, cl *cluster) (handlers, baselines []Invocation, err error) {
 	var count atomic.Int64
-	target, err := url.Parse("http://" + cl.clientAddr)
+	// The handlers run as a server's watches run them: on that server's agent (over
+	// HTTPS, verified with the cluster's CA), with its handler token, which may take
+	// sessions on that node only. The proxy counting their requests speaks plain HTTP
+	// to them on 127.0.0.1 and HTTPS to the agent.
+	insts, err := cl.p.Instances(ctx)
+	if err != nil || len(insts) == 0 {
+		return nil, nil, fmt.Errorf("a server for the handlers: %v (%d instances)", err, len(insts))
+	}
+	server := insts[0]
+	target, err := url.Parse("https://" + server.Address + ":8501")
+	if err != nil {
+		return nil, nil, err
+	}
+	tlsCfg, err := api.SetupTLSConfig(&api.TLSConfig{CAFile: cl.p.CAFile()})
 	if err != nil {
 		return nil, nil, err
 	}
 	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.Transport = &http.Transport{TLSClientConfig: tlsCfg}
+	handlerEnv := []string{"CONSUL_HTTP_TOKEN_FILE=" + cl.p.HandlerTokenFile(server.ID)}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, nil, err
@@ -444,11 +459,11 @@ func (b *bench) invocations(ctx context.Context, cl *cluster) (handlers, baselin
 	b.observe("invocations start")
 	defer b.observe("invocations end")
 	progress("invocations: %d x spindown (service payload of %d servers), %d x spinup (one event, no payload)", invocations, len(entries), invocations)
-	down, err := b.invoke(ctx, cl, "spindown", proxy, &count, func() ([]byte, string, error) { return services, "", nil })
+	down, err := b.invoke(ctx, cl, "spindown", proxy, handlerEnv, &count, func() ([]byte, string, error) { return services, "", nil })
 	if err != nil {
 		return nil, nil, err
 	}
-	up, err := b.invoke(ctx, cl, "spinup", proxy, &count, func() ([]byte, string, error) {
+	up, err := b.invoke(ctx, cl, "spinup", proxy, handlerEnv, &count, func() ([]byte, string, error) {
 		id, err := uuid()
 		if err != nil {
 			return nil, "", err
@@ -466,10 +481,10 @@ func (b *bench) invocations(ctx context.Context, cl *cluster) (handlers, baselin
 // invoke runs the handler invocations times in a row, with nothing to do. stdin
 // returns its input and, for an event, the event ID, whose handled record must then
 // say "nothing".
-func (b *bench) invoke(ctx context.Context, cl *cluster, handler, proxy string, count *atomic.Int64, stdin func() ([]byte, string, error)) (Invocation, error) {
+func (b *bench) invoke(ctx context.Context, cl *cluster, handler, proxy string, env []string, count *atomic.Int64, stdin func() ([]byte, string, error)) (Invocation, error) {
 	return b.timeRuns(ctx, handler, count, func() (runSpec, error) {
 		in, eventID, err := stdin()
-		spec := runSpec{args: []string{filepath.Join(b.binDir, handler), "-config", cl.cfgPath, "-http-addr", proxy}, stdin: in}
+		spec := runSpec{args: []string{filepath.Join(b.binDir, handler), "-config", cl.cfgPath, "-http-addr", proxy}, stdin: in, env: env}
 		if eventID != "" {
 			spec.check = func() error {
 				kv, _, err := cl.c.KV().Get(coord.New(cl.c, clusterName).Key("events/"+eventID), (&api.QueryOptions{}).WithContext(ctx))
@@ -556,6 +571,7 @@ func (b *bench) buildHelpers(ctx context.Context) error {
 // with, and a check of what it did.
 type runSpec struct {
 	args  []string
+	env   []string // added to the handler's own environment
 	stdin []byte
 	code  int
 	check func() error
@@ -569,7 +585,7 @@ func (b *bench) timeRuns(ctx context.Context, name string, count *atomic.Int64, 
 	// The handler's own environment: no Consul address, token or log file from ours.
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "CONSUL_HTTP_") && !strings.HasPrefix(kv, "REHYDRATE_") {
+		if !strings.HasPrefix(kv, "CONSUL_") && !strings.HasPrefix(kv, "REHYDRATE_") {
 			env = append(env, kv)
 		}
 	}
@@ -585,7 +601,7 @@ func (b *bench) timeRuns(ctx context.Context, name string, count *atomic.Int64, 
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		cmd := exec.CommandContext(rctx, filepath.Join(b.binDir, "launch"), append([]string{report}, spec.args...)...)
 		var out bytes.Buffer
-		cmd.Stdin, cmd.Stdout, cmd.Stderr, cmd.Env = bytes.NewReader(spec.stdin), &out, &out, env
+		cmd.Stdin, cmd.Stdout, cmd.Stderr, cmd.Env = bytes.NewReader(spec.stdin), &out, &out, append(slices.Clip(env), spec.env...)
 		count.Store(0)
 		err = cmd.Run()
 		cancel()

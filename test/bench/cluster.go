@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-cleanhttp"
 
+	"github.com/consul-rehydrate/consul-rehydrate/config"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/command"
@@ -76,6 +77,7 @@ func (b *bench) newCluster(ctx context.Context, name string, servers int, watche
 	lc := local.Config{StateDir: cl.state, Addresses: prefix}
 	if watches {
 		lc.BinDir, lc.ConfigPath = b.binDir, cl.cfgPath
+		lc.Cluster, lc.EventName = clusterName, config.DefaultRollEventName
 	}
 	if cl.p, err = local.New(lc); err != nil {
 		return cl, err
@@ -92,13 +94,14 @@ func (b *bench) newCluster(ctx context.Context, name string, servers int, watche
 	if cl.clientAddr, err = cl.p.ClientAddr(); err != nil {
 		return cl, err
 	}
-	if cl.c, err = newClient(cl.clientAddr, nil); err != nil {
+	// The workload is the cluster's operator: HTTPS with its CA, the management token.
+	if cl.c, err = cl.newClient(nil); err != nil {
 		return cl, err
 	}
-	if cl.writeC, err = newClient(cl.clientAddr, sources(cl.block, 200)); err != nil {
+	if cl.writeC, err = cl.newClient(sources(cl.block, 200)); err != nil {
 		return cl, err
 	}
-	if cl.readC, err = newClient(cl.clientAddr, sources(cl.block, 220)); err != nil {
+	if cl.readC, err = cl.newClient(sources(cl.block, 220)); err != nil {
 		return cl, err
 	}
 	return cl, nil
@@ -159,13 +162,17 @@ func sources(block, first int) []net.IP {
 	return out
 }
 
-// newClient returns a client of the agent at addr, plain HTTP, no token. Its
-// connections come from the addresses in from in turn (none: the kernel's choice):
-// Consul refuses more than 200 concurrent connections from one address (429), and a
-// load that stalls 15 s at 20 operations a second holds 300, as many clients would.
-func newClient(addr string, from []net.IP) (*api.Client, error) {
-	cfg := api.DefaultConfig()
-	cfg.Address, cfg.Scheme, cfg.Token, cfg.TokenFile, cfg.HttpAuth = addr, "http", "", "", nil
+// newClient returns a client of the cluster's client agent as its operator: HTTPS
+// verified with the cluster's CA, the management token. Its connections come from
+// the addresses in from in turn (none: the kernel's choice): Consul refuses more than
+// 200 concurrent connections from one address (429), and a load that stalls 15 s at
+// 20 operations a second holds 300, as many clients would.
+func (cl *cluster) newClient(from []net.IP) (*api.Client, error) {
+	cfg, err := cl.p.APIConfig()
+	if err != nil {
+		return nil, err
+	}
+	cfg.HttpAuth = nil
 	tr := cleanhttp.DefaultPooledTransport()
 	if len(from) > 0 {
 		var next atomic.Uint64

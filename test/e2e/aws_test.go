@@ -90,7 +90,8 @@ provider "aws" {
 	require.NoError(t, os.WriteFile(e.cfgPath, []byte(cfg), 0o644))
 
 	var err error
-	e.p, err = local.New(local.Config{StateDir: e.state, Addresses: block.Prefix(), ConsulBinary: "consul", BinDir: binDir, ConfigPath: e.cfgPath})
+	e.p, err = local.New(local.Config{StateDir: e.state, Addresses: block.Prefix(), ConsulBinary: "consul", BinDir: binDir, ConfigPath: e.cfgPath,
+		Cluster: "e2e-aws", EventName: "consul-rehydrate"})
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -120,13 +121,13 @@ provider "aws" {
 	fake.AddLaunchTemplate("consul-server", "ami-0aaaaaaaaaaaaaaaa")
 	fake.AddGroup(awsfake.Group{Name: "consul-servers", LaunchTemplate: "consul-server", Version: "1", Min: 3, Max: 3, Desired: 3})
 
-	addr, err := e.p.ClientAddr()
+	cfgAPI, err := e.p.APIConfig()
 	require.NoError(t, err)
-	e.httpAddr = addr
-	cfgAPI := api.DefaultConfig()
-	cfgAPI.Address = addr
 	e.client, err = api.NewClient(cfgAPI)
 	require.NoError(t, err)
+	// The operator's CLI talks to the client agent with the management token.
+	e.httpAddr = "https://" + cfgAPI.Address
+	e.operatorEnv = []string{"CONSUL_CACERT=" + e.p.CAFile(), "CONSUL_HTTP_TOKEN_FILE=" + e.p.ManagementTokenFile()}
 	testcluster.WaitFor(t, 30*time.Second, "the group to adopt the 3 servers", func() (bool, string) {
 		g := fake.Group("consul-servers")
 		inService := 0
@@ -222,12 +223,13 @@ func TestAWSRoll_ThroughTheAutoScalingGroup(t *testing.T) {
 	fmt.Println(string(line))
 }
 
-// runHandler runs a handler in-process with stdin, as a watch would, against the
-// cluster's client agent.
+// runHandler runs a handler in-process with stdin, as a server's watch would: on
+// that server's agent, with its handler token.
 func (e *env) runHandler(h func([]string, app.Env) int, stdin string) (int, string) {
 	var out strings.Builder
-	code := h([]string{"-config", e.cfgPath, "-http-addr", e.httpAddr}, app.Env{
-		Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &out, Getenv: e.getenv,
+	addr, env := e.asServer()
+	code := h([]string{"-config", e.cfgPath, "-http-addr", addr}, app.Env{
+		Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &out, Getenv: e.getenvWith(env),
 	})
 	return code, out.String()
 }

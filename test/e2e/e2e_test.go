@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -22,6 +23,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/command"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
@@ -62,8 +64,10 @@ type env struct {
 	// httpAddr, if set, is the Consul agent the CLI talks to (the local provider's
 	// client agent is found by itself).
 	httpAddr string
-	p        *local.Provider
-	client   *api.Client
+	// operatorEnv is added to the CLI's environment with httpAddr: its CA and token.
+	operatorEnv []string
+	p           *local.Provider
+	client      *api.Client
 }
 
 func newEnv(t *testing.T, servers int, extraHCL string) *env {
@@ -143,7 +147,7 @@ provider "local" {
 		defer cancel()
 		cmd := exec.CommandContext(ctx, filepath.Join(binDir, "rehydrate"), append([]string{"-config", e.cfgPath}, up...)...)
 		for _, kv := range os.Environ() {
-			if !strings.HasPrefix(kv, "CONSUL_HTTP_") {
+			if !strings.HasPrefix(kv, "CONSUL_") {
 				cmd.Env = append(cmd.Env, kv)
 			}
 		}
@@ -154,13 +158,34 @@ provider "local" {
 	var err error
 	e.p, err = local.New(local.Config{StateDir: e.state, Addresses: block.Prefix()})
 	require.NoError(t, err)
-	addr, err := e.p.ClientAddr()
+	// The operator's client: the client agent over HTTPS, with the management token.
+	cfgAPI, err := e.p.APIConfig()
 	require.NoError(t, err)
-	cfgAPI := api.DefaultConfig()
-	cfgAPI.Address = addr
 	e.client, err = api.NewClient(cfgAPI)
 	require.NoError(t, err)
 	return e
+}
+
+// asServer returns how a handler on a live server reaches Consul, as that server's
+// watches run it: the server's own agent over HTTPS (-http-addr) and the environment
+// with the cluster's CA and the server's handler token, which holds only the
+// rehydrate-handlers policy rendered for that node. It picks the newest running
+// server: during a roll, one on the target image, which the roll never retires (a
+// handler on a server that leaves loses its session with it).
+func (e *env) asServer() (httpAddr string, env []string) {
+	e.t.Helper()
+	insts, err := e.p.Instances(context.Background())
+	require.NoError(e.t, err)
+	for _, in := range slices.Backward(insts) {
+		if in.State == cloud.StateRunning {
+			return "https://" + in.Address + ":8501", []string{
+				"CONSUL_CACERT=" + e.p.CAFile(),
+				"CONSUL_HTTP_TOKEN_FILE=" + e.p.HandlerTokenFile(in.ID),
+			}
+		}
+	}
+	e.t.Fatalf("no running server: %v", insts)
+	return "", nil
 }
 
 // run runs the operator CLI in-process and returns its output and exit code.
@@ -171,7 +196,7 @@ func (e *env) run(args ...string) (string, int) {
 		pre = append(pre, "-http-addr", e.httpAddr)
 	}
 	code := command.Rehydrate(append(pre, args...), app.Env{
-		Stdin: strings.NewReader(""), Stdout: &out, Stderr: &out, Getenv: e.getenv,
+		Stdin: strings.NewReader(""), Stdout: &out, Stderr: &out, Getenv: e.getenvWith(e.operatorEnv),
 	})
 	return out.String(), code
 }
@@ -182,10 +207,23 @@ func (e *env) getenv(k string) string {
 	switch k {
 	case app.EnvBinDir:
 		return binDir
-	case api.HTTPAddrEnvName, api.HTTPTokenEnvName:
+	case api.HTTPAddrEnvName, api.HTTPTokenEnvName, api.HTTPTokenFileEnvName, api.HTTPCAFile, api.HTTPCAPath,
+		api.HTTPClientCert, api.HTTPClientKey, api.HTTPTLSServerName, api.HTTPSSLEnvName:
 		return ""
 	}
 	return os.Getenv(k)
+}
+
+// getenvWith is getenv with the KEY=value pairs of kvs on top.
+func (e *env) getenvWith(kvs []string) func(string) string {
+	return func(k string) string {
+		for _, kv := range kvs {
+			if name, v, _ := strings.Cut(kv, "="); name == k {
+				return v
+			}
+		}
+		return e.getenv(k)
+	}
 }
 
 func (e *env) status() command.Status {

@@ -32,8 +32,8 @@ func (e *env) storm(n int) []int {
 	require.NoError(e.t, err)
 	stdin, err := json.Marshal(entries)
 	require.NoError(e.t, err)
-	addr, err := e.p.ClientAddr()
-	require.NoError(e.t, err)
+	// As the servers' watches run it: on a server's agent, with its handler token.
+	addr, env := e.asServer()
 	codes := make([]int, n)
 	var wg sync.WaitGroup
 	for i := range codes {
@@ -42,6 +42,12 @@ func (e *env) storm(n int) []int {
 			defer cancel()
 			cmd := exec.CommandContext(ctx, filepath.Join(binDir, "spindown"), "-config", e.cfgPath, "-http-addr", addr)
 			cmd.Stdin = bytes.NewReader(stdin)
+			for _, kv := range os.Environ() {
+				if !strings.HasPrefix(kv, "CONSUL_") {
+					cmd.Env = append(cmd.Env, kv)
+				}
+			}
+			cmd.Env = append(cmd.Env, env...)
 			var out bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &out, &out
 			err := cmd.Run()
@@ -99,7 +105,9 @@ func TestRaces_EventStormsWatchStormsAndReplaysMakeExactlyOneRoll(t *testing.T) 
 				return
 			case <-time.After(3 * time.Second):
 			}
-			if storms >= 4 || len(e.live()) != e.servers+1 {
+			// The storm runs on the surge server (see asServer): wait until it runs.
+			live := e.live()
+			if storms >= 4 || len(live) != e.servers+1 || live[len(live)-1].State != cloud.StateRunning {
 				continue
 			}
 			for i, c := range e.storm(10) {

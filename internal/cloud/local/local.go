@@ -11,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -47,7 +46,6 @@ const (
 	execTimeout   = 10 * time.Second
 	execPollEvery = time.Millisecond
 	clientName    = "local-client"
-	httpPort      = "8500"
 )
 
 // ErrUnknownInstance is returned by Terminate for an ID this provider never launched.
@@ -76,13 +74,19 @@ type Config struct {
 	// Getenv reads the environment: PATH, and where the pinned Consul is cached
 	// (XDG_CACHE_HOME, HOME). Nil means os.Getenv.
 	Getenv func(string) string
+	// Cluster and EventName are the handler configuration's cluster and
+	// roll.event_name: each server's handler token is the rehydrate-handlers policy
+	// rendered with them. They are needed when BinDir is set.
+	Cluster   string
+	EventName string
 }
 
 // ImageOptions describe an image.
 type ImageOptions struct {
 	// ConsulBinary is the binary its servers run (default Config.ConsulBinary).
 	ConsulBinary string
-	// ExtraHCL is appended to the config of every server launched from the image.
+	// ExtraHCL is the image's own agent settings, loaded after every other file of a
+	// server launched from it, so they may override any setting (image.hcl).
 	ExtraHCL string
 }
 
@@ -117,6 +121,9 @@ func New(cfg Config) (*Provider, error) {
 	}
 	if cfg.BinDir != "" && cfg.ConfigPath == "" {
 		return nil, errors.New("new local provider: watches need a handler config path")
+	}
+	if cfg.BinDir != "" && (cfg.Cluster == "" || cfg.EventName == "") {
+		return nil, errors.New("new local provider: watches need the cluster and event name their handlers' tokens are for")
 	}
 	addrs, err := newAddrRange(cfg.Addresses)
 	if err != nil {
@@ -271,12 +278,21 @@ func (p *Provider) Launch(ctx context.Context, imageID, actionID string) (cloud.
 			}
 		}
 		in := &instanceRecord{ID: id, ImageID: imageID, Address: addr, State: cloud.StatePending, ActionID: actionID, Launched: time.Now().UTC()}
-		// Started under the lock, so no process runs unrecorded; starting takes
-		// milliseconds, joining (which we do not wait for) takes seconds.
-		in.PID, err = p.start(ctx, img.ConsulBinary, agentSpec{
+		spec := agentSpec{
 			name: id, addr: addr, dir: p.instanceDir(id), joins: joins,
 			server: true, expect: s.BootstrapExpect, imageID: imageID, extra: img.ExtraHCL,
-		})
+		}
+		// Its certificate and tokens exist before it starts, as an instance's
+		// provisioning gives them before its agent runs.
+		if err := p.prepareAgent(ctx, img.ConsulBinary, spec); err != nil {
+			return false, err
+		}
+		if err := p.mintVia(ctx, s.Client, spec); err != nil {
+			return false, err
+		}
+		// Started under the lock, so no process runs unrecorded; starting takes
+		// milliseconds, joining (which we do not wait for) takes seconds.
+		in.PID, err = p.start(ctx, img.ConsulBinary, spec)
 		if err != nil {
 			return false, err
 		}
@@ -483,7 +499,7 @@ func (p *Provider) clientAPI() *api.Client {
 		return nil
 	}
 	host, _, _ := strings.Cut(addr, ":")
-	c, err := apiClient(host, 2*time.Second)
+	c, err := p.managementClient(host, 2*time.Second)
 	if err != nil {
 		return nil
 	}
@@ -552,6 +568,7 @@ func (p *Provider) Up(ctx context.Context, servers int, imageID string) ([]cloud
 	}
 	var clientAddr string
 	var procs []agentProc
+	var specs []agentSpec      // the client's first
 	ids := map[string]string{} // instance ID -> image ID
 	err := p.withState(func(s *state) (bool, error) {
 		if s.Client != nil || slices.ContainsFunc(s.Instances, func(in *instanceRecord) bool { return in.State != cloud.StateTerminated }) {
@@ -563,6 +580,9 @@ func (p *Provider) Up(ctx context.Context, servers int, imageID string) ([]cloud
 		}
 		if p.addrs.count < servers+1 {
 			return false, fmt.Errorf("address range %s has room for %d agents", p.cfg.Addresses, p.addrs.count)
+		}
+		if err := p.initSecrets(ctx, img.ConsulBinary); err != nil {
+			return false, err
 		}
 		s.BootstrapExpect = servers
 		var ins []*instanceRecord
@@ -581,13 +601,23 @@ func (p *Provider) Up(ctx context.Context, servers int, imageID string) ([]cloud
 			ins = append(ins, in)
 			joins = append(joins, addr)
 		}
+		clientAddr = p.addrs.at(0)
+		specs = append(specs, agentSpec{name: clientName, addr: clientAddr, dir: p.clientDir(), joins: joins})
 		for _, in := range ins {
 			others := slices.DeleteFunc(slices.Clone(joins), func(a string) bool { return a == in.Address })
-			dir := p.instanceDir(in.ID)
-			pid, err := p.start(ctx, img.ConsulBinary, agentSpec{
-				name: in.ID, addr: in.Address, dir: dir, joins: others,
+			specs = append(specs, agentSpec{
+				name: in.ID, addr: in.Address, dir: p.instanceDir(in.ID), joins: others,
 				server: true, expect: servers, imageID: imageID, extra: img.ExtraHCL,
 			})
+		}
+		for _, a := range specs {
+			if err := p.prepareAgent(ctx, img.ConsulBinary, a); err != nil {
+				return false, err
+			}
+		}
+		for _, in := range ins {
+			dir := p.instanceDir(in.ID)
+			pid, err := p.start(ctx, img.ConsulBinary, specs[1+slices.Index(ins, in)])
 			if err != nil {
 				return false, err
 			}
@@ -595,8 +625,7 @@ func (p *Provider) Up(ctx context.Context, servers int, imageID string) ([]cloud
 			ids[in.ID] = imageID
 			procs = append(procs, agentProc{pid, configPath(dir)})
 		}
-		clientAddr = p.addrs.at(0)
-		pid, err := p.start(ctx, img.ConsulBinary, agentSpec{name: clientName, addr: clientAddr, dir: p.clientDir(), joins: joins})
+		pid, err := p.start(ctx, img.ConsulBinary, specs[0])
 		if err != nil {
 			return false, err
 		}
@@ -611,7 +640,7 @@ func (p *Provider) Up(ctx context.Context, servers int, imageID string) ([]cloud
 		return nil, fmt.Errorf("start cluster on image %q: %w", imageID, err)
 	}
 	p.log.Info("started cluster", "servers", servers, "image_id", imageID, "client_addr", clientAddr)
-	if err := p.waitHealthy(ctx, clientAddr, servers, ids, procs); err != nil {
+	if err := p.waitHealthy(ctx, clientAddr, servers, ids, procs, specs); err != nil {
 		return nil, fmt.Errorf("start cluster on image %q: %w", imageID, err)
 	}
 	return p.Instances(ctx)
@@ -620,9 +649,12 @@ func (p *Provider) Up(ctx context.Context, servers int, imageID string) ([]cloud
 // waitHealthy waits until autopilot, asked through the client agent, reports a healthy
 // cluster of servers voters, one of them leading, and the catalog has the node meta of
 // every server in ids.
-func (p *Provider) waitHealthy(ctx context.Context, clientAddr string, servers int, ids map[string]string, procs []agentProc) error {
+//
+// It creates the agents' tokens (see mintTokens) as soon as there is a leader to
+// create them: until then the agents' syncs and watches are refused, and retry.
+func (p *Provider) waitHealthy(ctx context.Context, clientAddr string, servers int, ids map[string]string, procs []agentProc, unminted []agentSpec) error {
 	// Every request is bounded by the client's timeout as well.
-	cl, err := apiClient(clientAddr, 5*time.Second)
+	cl, err := p.managementClient(clientAddr, 5*time.Second)
 	if err != nil {
 		return err
 	}
@@ -637,6 +669,13 @@ func (p *Provider) waitHealthy(ctx context.Context, clientAddr string, servers i
 				return false, fmt.Errorf("agent %s (pid %d) exited %s after the start (/proc: %s); see %s",
 					dir, a.pid, time.Since(start).Round(time.Millisecond), v.desc, filepath.Join(dir, "agent.log"))
 			}
+		}
+		for len(unminted) > 0 {
+			if err := p.mintTokens(ctx, cl, unminted[0]); err != nil {
+				last = err.Error()
+				return false, nil
+			}
+			unminted = unminted[1:]
 		}
 		h, err := cl.Operator().AutopilotServerHealth((&api.QueryOptions{}).WithContext(ctx))
 		switch {
@@ -738,33 +777,20 @@ func (p *Provider) Down(ctx context.Context) error {
 	return nil
 }
 
-// ClientAddr returns ip:port of the client agent's HTTP API.
+// ClientAddr returns ip:port of the client agent's HTTPS API.
 func (p *Provider) ClientAddr() (string, error) {
 	var addr string
 	err := p.withState(func(s *state) (bool, error) {
 		if s.Client == nil {
 			return false, errors.New("no cluster: run Up first")
 		}
-		addr = s.Client.Address + ":" + httpPort
+		addr = s.Client.Address + ":" + httpsPort
 		return false, nil
 	})
 	if err != nil {
 		return "", fmt.Errorf("client agent address: %w", err)
 	}
 	return addr, nil
-}
-
-// apiClient talks plain HTTP to the agent at ip, whatever CONSUL_HTTP_* says, with
-// every request bounded by timeout.
-func apiClient(ip string, timeout time.Duration) (*api.Client, error) {
-	c := api.DefaultNonPooledConfig()
-	c.Address, c.Scheme, c.Token, c.TokenFile = ip+":"+httpPort, "http", "", ""
-	c.HttpClient = &http.Client{Transport: c.Transport, Timeout: timeout}
-	cl, err := api.NewClient(c)
-	if err != nil {
-		return nil, fmt.Errorf("consul client for %s: %w", ip, err)
-	}
-	return cl, nil
 }
 
 func toImage(im imageRecord) cloud.Image {

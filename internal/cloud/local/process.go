@@ -24,7 +24,7 @@ type agentSpec struct {
 	server  bool
 	expect  int
 	imageID string
-	extra   string // the image's ExtraHCL
+	extra   string // the image's ExtraHCL, written to image.hcl
 }
 
 func (p *Provider) instanceDir(id string) string {
@@ -41,7 +41,9 @@ func (p *Provider) render(a agentSpec) string {
 	q := func(s string) string { return fmt.Sprintf("%q", s) }
 	fmt.Fprintf(&b, "node_name = %s\ndatacenter = %s\ndata_dir = %s\n", q(a.name), q(p.cfg.Datacenter), q(filepath.Join(a.dir, "data")))
 	fmt.Fprintf(&b, "bind_addr = %s\nclient_addr = %s\nadvertise_addr = %s\n", q(a.addr), q(a.addr), q(a.addr))
-	b.WriteString("ports {\n  grpc     = -1\n  grpc_tls = -1\n  https    = -1\n  serf_wan = -1\n  dns      = 8600\n}\n")
+	// The API on HTTPS only (secure.hcl has its TLS settings): a plain-HTTP
+	// request finds no listener.
+	b.WriteString("ports {\n  http     = -1\n  https    = " + httpsPort + "\n  grpc     = -1\n  grpc_tls = -1\n  serf_wan = -1\n  dns      = 8600\n}\n")
 	joins := make([]string, len(a.joins))
 	for i, j := range a.joins {
 		joins[i] = q(j)
@@ -58,9 +60,6 @@ func (p *Provider) render(a agentSpec) string {
 		w := strings.ReplaceAll(consuld.WatchesHCL, consuld.BinDir, p.cfg.BinDir)
 		b.WriteString(strings.ReplaceAll(w, consuld.ConfigPath, p.cfg.ConfigPath) + "\n")
 	}
-	if a.extra != "" {
-		b.WriteString(a.extra + "\n")
-	}
 	return b.String()
 }
 
@@ -73,6 +72,11 @@ func (p *Provider) start(ctx context.Context, binary string, a agentSpec) (int, 
 	}
 	if err := os.WriteFile(configPath(a.dir), []byte(p.render(a)), 0o644); err != nil {
 		return 0, fmt.Errorf("write agent config: %w", err)
+	}
+	// The image's own settings, loaded last, as a real image's files would be: they
+	// may override anything, the cluster's gossip key included (a bad image).
+	if err := os.WriteFile(filepath.Join(a.dir, imageConfigName), []byte(a.extra+"\n"), 0o644); err != nil {
+		return 0, fmt.Errorf("write image config: %w", err)
 	}
 	return p.startWith(ctx, binary, a.dir, a.addr)
 }
@@ -88,10 +92,14 @@ func (p *Provider) startWith(ctx context.Context, binary, dir, addr string) (int
 		return 0, fmt.Errorf("open agent log: %w", err)
 	}
 	defer logf.Close() // the child has its own copy
-	cmd := exec.Command(binary, "agent", "-config-file", cfgPath)
+	// acl.hcl and secure.hcl after config.hcl: ACLs, encryption, TLS and the agent's
+	// tokens; then the image's own settings.
+	cmd := exec.Command(binary, "agent", "-config-file", cfgPath,
+		"-config-file", filepath.Join(dir, aclConfigName), "-config-file", filepath.Join(dir, secureConfigName),
+		"-config-file", filepath.Join(dir, imageConfigName))
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = logf, logf // Stdin stays nil: /dev/null
-	cmd.Env = p.agentEnv(addr)
+	cmd.Env = p.agentEnv(dir, addr)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return 0, fmt.Errorf("start %s: %w", binary, err)
@@ -134,17 +142,26 @@ func (p *Provider) waitExec(ctx context.Context, pid int, cfgPath string) error 
 	return nil
 }
 
-// agentEnv points the watch handlers an agent runs at that agent. Inherited
-// CONSUL_HTTP_* settings (address, token, TLS) would point them elsewhere.
-func (p *Provider) agentEnv(addr string) []string {
+// agentEnv points the watch handlers an agent runs at that agent, over HTTPS
+// with the cluster's CA and the node's handler token (when it has one). Inherited
+// CONSUL_* settings (address, token, TLS) would point them elsewhere. The agent's
+// watches themselves read with the same token: a watch without a token of its own
+// uses CONSUL_HTTP_TOKEN_FILE of the agent's environment (api.NewClient, which
+// the agent's watch plans call with an empty token).
+func (p *Provider) agentEnv(dir, addr string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "CONSUL_HTTP_") {
+		if !strings.HasPrefix(kv, "CONSUL_") {
 			env = append(env, kv)
 		}
 	}
-	return append(env,
-		"CONSUL_HTTP_ADDR="+addr+":8500",
+	env = append(env,
+		"CONSUL_HTTP_ADDR=https://"+addr+":"+httpsPort,
+		"CONSUL_CACERT="+p.CAFile(),
 		"REHYDRATE_LOG_FILE="+filepath.Join(p.cfg.StateDir, "handlers.log"),
 	)
+	if tf := filepath.Join(dir, handlerTokenName); fileExists(tf) {
+		env = append(env, "CONSUL_HTTP_TOKEN_FILE="+tf)
+	}
+	return env
 }
