@@ -73,6 +73,8 @@ const (
 	AttrDeployTimeout        = "timeout"
 	AttrDeployHealthTimeout  = "health_timeout"
 	AttrDeployMinHealthyTime = "min_healthy_time"
+	AttrDeployArtifacts      = "artifacts"
+	AttrDeployRequireSHA256  = "require_sha256"
 
 	// A reconfigure block's keys are reconfigure.<name>.<attribute>.
 	KeyReconfigure                   = "reconfigure"
@@ -233,6 +235,17 @@ type DeployConfig struct {
 	// node counts as healthy: at least one check interval, so that a check that
 	// passed before the deploy has run again since.
 	MinHealthyTime time.Duration
+	// Artifacts, when set, is the allow-list of the artifacts a desired value may
+	// name: patterns in path.Match syntax ("*" matches within one path segment),
+	// e.g. "https://releases.example.com/web/*". A desired value must then name an
+	// artifact that matches one of them. Empty: any artifact, as the desired key's
+	// writer chooses.
+	Artifacts []string
+	// RequireSHA256 makes a desired value without a "sha256" (the artifact's SHA-256,
+	// 64 hex digits) refused. The handler does not download the artifact: it hands
+	// the digest to the command in $REHYDRATE_DEPLOY_SHA256, and the command must
+	// check what it downloads against it.
+	RequireSHA256 bool
 }
 
 // Deploy returns the deploy block of service, or nil.
@@ -252,19 +265,26 @@ type ConsulConfig struct {
 	// The file's consul.address wins; CONSUL_HTTP_ADDR applies only when the
 	// file does not set it; DefaultConsulAddress applies when neither does.
 	Address string
-	// Scheme is http or https.
+	// Scheme is http or https. Unset in the file, it is https when Address starts
+	// with https:// or $CONSUL_HTTP_SSL is true, as the consul CLI has it.
 	Scheme string
 	// Datacenter is empty for the agent's own datacenter.
 	Datacenter string
 	// InlineToken is consul.token, the ACL token written in the file itself.
 	// Prefer TokenFile; use Token to get the effective token.
 	InlineToken Secret
-	// TokenFile is an absolute path to a file holding the ACL token.
+	// TokenFile is an absolute path to a file holding the ACL token:
+	// consul.token_file, else $CONSUL_HTTP_TOKEN_FILE when the file sets neither
+	// token nor token_file. The file must be readable and writable by its owner
+	// only (mode 0600 or tighter): it holds a secret.
 	TokenFile string
 	// EnvToken is $CONSUL_HTTP_TOKEN as the program's environment had it when the
 	// configuration was loaded: the token when the file names none.
 	EnvToken Secret
-	// TLS configures HTTPS; all paths are absolute.
+	// TLS configures HTTPS; all paths are absolute. Each setting the file leaves
+	// unset comes from the consul CLI's variable, when set: $CONSUL_CACERT,
+	// $CONSUL_CLIENT_CERT with $CONSUL_CLIENT_KEY (only when the file sets neither
+	// cert_file nor key_file), $CONSUL_TLS_SERVER_NAME.
 	TLS TLSConfig
 }
 
@@ -418,7 +438,9 @@ func defaultAWS() *AWSProvider {
 }
 
 // Token returns the ACL token to use: consul.token, else the trimmed contents
-// of consul.token_file, else EnvToken ($CONSUL_HTTP_TOKEN), else "" (anonymous).
+// of TokenFile (consul.token_file, else $CONSUL_HTTP_TOKEN_FILE), else EnvToken
+// ($CONSUL_HTTP_TOKEN), else "" (anonymous): the consul CLI's order, in which a
+// token file wins over a token in the environment.
 func (c ConsulConfig) Token() (string, error) {
 	if c.InlineToken != "" {
 		return string(c.InlineToken), nil

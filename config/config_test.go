@@ -363,6 +363,8 @@ func TestExamples_LoadWithTheValuesTheyShow(t *testing.T) {
 				Timeout:         5 * time.Minute,
 				HealthTimeout:   2 * time.Minute,
 				MinHealthyTime:  10 * time.Second,
+				Artifacts:       []string{"https://releases.example.com/web/*"},
+				RequireSHA256:   true,
 			}}
 			return c
 		}},
@@ -373,7 +375,7 @@ func TestExamples_LoadWithTheValuesTheyShow(t *testing.T) {
 				Service: "prometheus",
 				Template: `# rendered by consul-rehydrate from the healthy instances of {{ .Service }}
 {{- range .Instances }}
-target {{ .Node }} {{ .Address }}:{{ .Port }}{{ if .Tags }} tags={{ join .Tags "," }}{{ end }}
+target {{ quote .Node }} {{ .Address }}:{{ .Port }}{{ if .Tags }} tags={{ quote (join .Tags ",") }}{{ end }}
 {{- end }}
 `,
 				Destination:       "/etc/app/monitoring.conf",
@@ -475,7 +477,7 @@ func TestKeys_MatchTheFileSchema(t *testing.T) {
 		keys = append(keys, KeyReconfigure+"."+attr)
 	}
 	for _, attr := range []string{AttrDeployCommand, AttrDeployRollback, AttrDeployTimeout,
-		AttrDeployHealthTimeout, AttrDeployMinHealthyTime} {
+		AttrDeployHealthTimeout, AttrDeployMinHealthyTime, AttrDeployArtifacts, AttrDeployRequireSHA256} {
 		keys = append(keys, KeyDeploy+"."+attr)
 	}
 	slices.Sort(schema)

@@ -2,6 +2,7 @@ package config
 
 import (
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -122,4 +123,51 @@ deploy "web" {
 	assert.Equal(t, "main", c.Cluster)
 	assert.Equal(t, 30*time.Second, c.Deploy("web").Timeout)
 	assert.Equal(t, time.Minute, c.Deploy("web").HealthTimeout)
+}
+
+func TestParseFor_DeployArtifactsAllowListAndRequireSHA256(t *testing.T) {
+	c, err := parseFor(t, JobDeploy, `
+deploy "web" {
+  command        = ["d"]
+  artifacts      = ["https://releases.example.com/web/*", "s3://releases/web/*.tar.gz", "file:///srv/web/*", "/srv/web/*"]
+  require_sha256 = true
+}
+deploy "api" {
+  command = ["d"]
+}
+`)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"https://releases.example.com/web/*", "s3://releases/web/*.tar.gz", "file:///srv/web/*", "/srv/web/*"},
+		c.Deploy("web").Artifacts)
+	assert.True(t, c.Deploy("web").RequireSHA256)
+	assert.Nil(t, c.Deploy("api").Artifacts, "unset: no allow-list")
+	assert.False(t, c.Deploy("api").RequireSHA256)
+
+	bad := []struct{ pattern, want string }{
+		{"https://*.example.com/web/*", "the host must be spelled out, without wildcards"},
+		{"https://releases.example.com?/web/*", "the host must be spelled out, without wildcards"},
+		{"https:///web/*", "the host must be spelled out"},
+		{"*://releases.example.com/web/*", "the scheme must be spelled out"},
+		{"https://releases.example.com", "the host must be followed by a path"},
+		{"https://releases.example.com/web/[", "not a path.Match pattern"},
+		{"https://releases.example.com/web/../*", `".." is not allowed`},
+		{"", "want a URL or path pattern"},
+		{"https://releases.example.com/web/ *", "want a URL or path pattern"},
+		{"https://releases.example.com/web/\t*", "want a URL or path pattern"},
+	}
+	for _, b := range bad {
+		t.Run(b.pattern, func(t *testing.T) {
+			_, err := ParseFor([]byte(`deploy "web" {
+  command   = ["d"]
+  artifacts = ["https://releases.example.com/ok/*", `+strconv.Quote(b.pattern)+`]
+}`), "deploy.hcl", JobDeploy, nil)
+			assertLines(t, []string{`deploy.hcl:3:3: deploy.web.artifacts[1] ` + strconv.Quote(b.pattern) + `: ` + b.want}, err)
+		})
+	}
+
+	_, err = ParseFor([]byte(`deploy "web" {
+  command        = ["d"]
+  require_sha256 = "yes"
+}`), "deploy.hcl", JobDeploy, nil)
+	assertLines(t, []string{`deploy.hcl:3:21: invalid value for deploy.web.require_sha256: a bool is required`}, err)
 }

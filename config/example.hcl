@@ -18,10 +18,14 @@ log_level = "info"
 # How handlers reach the local Consul agent's HTTP API. The block is optional.
 consul {
   # host:port (or http://, https://, unix:// addresses). If this line is
-  # absent, $CONSUL_HTTP_ADDR is used when set; the file wins over it.
+  # absent, $CONSUL_HTTP_ADDR is used when set; the file wins over it. So it
+  # is for every setting of this block: each one the file leaves out comes from
+  # the consul CLI's variable when that is set (the agent hands a watch handler
+  # its own), and the file wins.
   address = "127.0.0.1:8500"
 
-  # http or https.
+  # http or https. Left out: https when the address starts with https:// or
+  # $CONSUL_HTTP_SSL is true.
   scheme = "http"
 
   # Empty means the agent's own datacenter.
@@ -29,10 +33,15 @@ consul {
 
   # The ACL token. Prefer token_file: a token written here ends up in backups
   # and diffs. token and token_file are mutually exclusive; with neither,
-  # $CONSUL_HTTP_TOKEN is used, else no token.
+  # $CONSUL_HTTP_TOKEN_FILE is used, else $CONSUL_HTTP_TOKEN, else no token.
+  # The token file must be readable and writable by its owner only (chmod 600):
+  # one that group or others may read or write is refused.
   # token_file = "/etc/consul-rehydrate/consul.token"
 
-  # TLS for the HTTP API, when scheme = "https". Files must exist.
+  # TLS for the HTTP API, when scheme = "https". Files must exist. Left out:
+  # ca_file from $CONSUL_CACERT, cert_file and key_file from $CONSUL_CLIENT_CERT
+  # and $CONSUL_CLIENT_KEY (as a pair, only when the file sets neither), and
+  # server_name from $CONSUL_TLS_SERVER_NAME.
   # tls {
   #   ca_file              = "/etc/consul.d/tls/consul-agent-ca.pem"
   #   cert_file            = "/etc/consul.d/tls/client.pem"

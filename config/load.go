@@ -39,8 +39,9 @@ func LoadFor(path string, jobs Jobs, getenv Getenv) (*Config, error) {
 }
 
 // FromEnv is the configuration of a program that runs without a file (e.g.
-// `rehydrate deploy status`): the defaults, with $CONSUL_HTTP_ADDR and
-// $CONSUL_HTTP_TOKEN read through getenv, as the consul CLI reads them.
+// `rehydrate deploy status`): the defaults, with the consul CLI's variables
+// ($CONSUL_HTTP_ADDR, $CONSUL_HTTP_TOKEN, $CONSUL_HTTP_TOKEN_FILE, $CONSUL_CACERT,
+// ...; see ConsulConfig) read through getenv, as the consul CLI reads them.
 func FromEnv(getenv Getenv) (*Config, error) {
 	return ParseFor(nil, "(environment)", 0, getenv)
 }
@@ -53,7 +54,8 @@ func Parse(src []byte, filename string) (*Config, error) {
 
 // ParseFor parses src, the contents of the configuration file filename, for the
 // jobs a program does, reading the environment only through getenv (nil: an empty
-// one; it supplies $CONSUL_HTTP_ADDR and $CONSUL_HTTP_TOKEN): HCL native syntax, or HCL's JSON syntax when filename ends
+// one; it supplies the consul CLI's variables for what the file leaves unset, see
+// ConsulConfig): HCL native syntax, or HCL's JSON syntax when filename ends
 // in ".json". It starts from Default, overlays what the file sets and validates
 // the result: every block the file has, and the settings jobs require.
 // Relative paths in the file resolve against filename's directory. A file
@@ -141,6 +143,8 @@ type fileDeploy struct {
 	Timeout         *string   `hcl:"timeout,optional"`
 	HealthTimeout   *string   `hcl:"health_timeout,optional"`
 	MinHealthyTime  *string   `hcl:"min_healthy_time,optional"`
+	Artifacts       *[]string `hcl:"artifacts,optional"`
+	RequireSHA256   *bool     `hcl:"require_sha256,optional"`
 	DefRange        hcl.Range `hcl:",def_range"`
 }
 
@@ -242,13 +246,7 @@ func (d *decoder) config(body hcl.Body) *Config {
 			set(&c.Consul.TLS.InsecureSkipVerify, t.InsecureSkipVerify)
 		}
 	}
-	if _, inFile := d.pos[KeyConsulAddress]; !inFile {
-		if addr := d.getenv(api.HTTPAddrEnvName); addr != "" {
-			c.Consul.Address = addr
-			d.fromEnv[KeyConsulAddress] = api.HTTPAddrEnvName
-		}
-	}
-	c.Consul.EnvToken = Secret(d.getenv(api.HTTPTokenEnvName))
+	d.consulEnv(&c.Consul)
 	if f.Lock != nil {
 		d.duration(&c.Lock.SessionTTL, f.Lock.SessionTTL, KeyLockSessionTTL)
 		d.duration(&c.Lock.LockDelay, f.Lock.LockDelay, KeyLockLockDelay)
@@ -271,6 +269,65 @@ func (d *decoder) config(body hcl.Body) *Config {
 	c.Deploys = d.deploys(f.Deploys)
 	c.Reconfigures = d.reconfigures(f.Reconfigs)
 	return c
+}
+
+// consulEnv fills in what the file leaves unset of the consul block from the consul
+// CLI's variables, read through the program's getenv, as api.DefaultConfig reads
+// them (hashicorp/consul api/api.go): a watch handler that the agent starts with
+// CONSUL_HTTP_ADDR=https://..., CONSUL_CACERT and CONSUL_HTTP_TOKEN_FILE talks
+// HTTPS with that CA and token even when its file has no consul block. The file
+// wins over each variable.
+func (d *decoder) consulEnv(cc *ConsulConfig) {
+	fromEnv := func(key, name string, dst *string, abs bool) {
+		if _, inFile := d.pos[key]; inFile {
+			return
+		}
+		v := d.getenv(name)
+		if v == "" {
+			return
+		}
+		if abs {
+			// A path from the environment means what it means to the program: relative
+			// to its working directory, not to the file's.
+			if a, err := filepath.Abs(v); err == nil {
+				v = a
+			}
+		}
+		*dst, d.fromEnv[key] = v, name
+	}
+	fromEnv(KeyConsulAddress, api.HTTPAddrEnvName, &cc.Address, false)
+	if _, inFile := d.pos[KeyConsulScheme]; !inFile {
+		// consul CLI: an https:// address, or CONSUL_HTTP_SSL=true, means HTTPS
+		// (api.NewClient and api.DefaultConfig).
+		if strings.HasPrefix(cc.Address, "https://") {
+			cc.Scheme = "https"
+		} else if v := d.getenv(api.HTTPSSLEnvName); v != "" {
+			on, err := strconv.ParseBool(v)
+			switch {
+			case err != nil:
+				d.errorf(KeyConsulScheme, "$%s %q must be true or false", api.HTTPSSLEnvName, v)
+			case on:
+				cc.Scheme, d.fromEnv[KeyConsulScheme] = "https", api.HTTPSSLEnvName
+			}
+		}
+	}
+	// The token: the file's token or token_file, else $CONSUL_HTTP_TOKEN_FILE, else
+	// $CONSUL_HTTP_TOKEN (see ConsulConfig.Token).
+	_, inlineSet := d.pos[KeyConsulToken]
+	if !inlineSet {
+		fromEnv(KeyConsulTokenFile, api.HTTPTokenFileEnvName, &cc.TokenFile, true)
+	}
+	cc.EnvToken = Secret(d.getenv(api.HTTPTokenEnvName))
+	fromEnv(KeyConsulTLSCAFile, api.HTTPCAFile, &cc.TLS.CAFile, true)
+	fromEnv(KeyConsulTLSServerName, api.HTTPTLSServerName, &cc.TLS.ServerName, false)
+	// A client certificate and its key come as a pair: the file's, or the
+	// environment's, never one of each.
+	_, certSet := d.pos[KeyConsulTLSCertFile]
+	_, keySet := d.pos[KeyConsulTLSKeyFile]
+	if !certSet && !keySet {
+		fromEnv(KeyConsulTLSCertFile, api.HTTPClientCert, &cc.TLS.CertFile, true)
+		fromEnv(KeyConsulTLSKeyFile, api.HTTPClientKey, &cc.TLS.KeyFile, true)
+	}
 }
 
 func (d *decoder) reconfigures(blocks []fileReconfig) []*ReconfigureConfig {
@@ -350,6 +407,10 @@ func (d *decoder) deploys(blocks []fileDeploy) []*DeployConfig {
 		d.duration(&dc.Timeout, b.Timeout, key+AttrDeployTimeout)
 		d.duration(&dc.HealthTimeout, b.HealthTimeout, key+AttrDeployHealthTimeout)
 		d.duration(&dc.MinHealthyTime, b.MinHealthyTime, key+AttrDeployMinHealthyTime)
+		if b.Artifacts != nil {
+			dc.Artifacts = slices.Clone(*b.Artifacts)
+		}
+		set(&dc.RequireSHA256, b.RequireSHA256)
 		out = append(out, dc)
 	}
 	return out

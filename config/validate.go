@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path"
 	"regexp"
 	"slices"
 	"strconv"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/reconfigure/tmplfunc"
 )
 
 // Limits that Validate enforces.
@@ -87,14 +90,25 @@ func (c *Config) validate(jobs Jobs) []problem {
 	if err := checkAddress(cc.Address); err != nil {
 		add(KeyConsulAddress, "invalid %s %q: %v", KeyConsulAddress, cc.Address, err)
 	}
-	if !slices.Contains(schemes, cc.Scheme) {
+	switch {
+	case !slices.Contains(schemes, cc.Scheme):
 		add(KeyConsulScheme, "%s %q must be http or https", KeyConsulScheme, cc.Scheme)
+	case cc.Scheme == "http" && strings.HasPrefix(cc.Address, "https://"):
+		// The client would talk HTTPS anyway (api.NewClient): say so rather than
+		// leave the file saying one thing and the program doing another.
+		add(KeyConsulScheme, "%s \"http\" contradicts the https:// of %s %q: drop one", KeyConsulScheme, KeyConsulAddress, cc.Address)
 	}
 	if cc.Datacenter != "" && !datacenterName.MatchString(cc.Datacenter) {
 		add(KeyConsulDatacenter, "%s %q must be characters of a-z, 0-9, - and _", KeyConsulDatacenter, cc.Datacenter)
 	}
 	if cc.InlineToken != "" && cc.TokenFile != "" {
 		add(KeyConsulToken, "%s and %s are mutually exclusive: keep %s", KeyConsulToken, KeyConsulTokenFile, KeyConsulTokenFile)
+	}
+	if cc.InlineToken == "" {
+		// (With both set, the one problem is that both are.)
+		if err := checkSecretFile(cc.TokenFile); err != nil {
+			add(KeyConsulTokenFile, "%s: %v", KeyConsulTokenFile, err)
+		}
 	}
 	for _, f := range []struct{ key, path string }{
 		{KeyConsulTokenFile, cc.TokenFile},
@@ -214,10 +228,9 @@ func (r *ReconfigureConfig) validate(add func(key, format string, args ...any)) 
 }
 
 // TemplateFuncs are the functions a reconfigure template may call besides
-// text/template's own.
-var TemplateFuncs = template.FuncMap{
-	"join": strings.Join,
-}
+// text/template's own: the reconfigure handler's (join, quote, json, shellquote,
+// hclquote; see tmplfunc), so that a template that loads here renders there.
+var TemplateFuncs = tmplfunc.Funcs()
 
 func (d *DeployConfig) validate(add func(key, format string, args ...any)) {
 	key := KeyDeploy + "." + d.Service
@@ -247,6 +260,11 @@ func (d *DeployConfig) validate(add func(key, format string, args ...any)) {
 			add(key+"."+r.attr, "%s.%s must be positive, got %s", key, r.attr, short(r.d))
 		}
 	}
+	for i, p := range d.Artifacts {
+		if err := checkArtifactPattern(p); err != nil {
+			add(key+"."+AttrDeployArtifacts, "%s.%s[%d] %q: %v", key, AttrDeployArtifacts, i, p, err)
+		}
+	}
 	switch {
 	case d.MinHealthyTime < 0:
 		add(key+"."+AttrDeployMinHealthyTime, "%s.%s must not be negative, got %s", key, AttrDeployMinHealthyTime, short(d.MinHealthyTime))
@@ -254,6 +272,38 @@ func (d *DeployConfig) validate(add func(key, format string, args ...any)) {
 		add(key+"."+AttrDeployMinHealthyTime, "%s.%s (%s) must be shorter than %s (%s)",
 			key, AttrDeployMinHealthyTime, short(d.MinHealthyTime), AttrDeployHealthTimeout, short(d.HealthTimeout))
 	}
+}
+
+// artifactPatternChars are the characters an artifact pattern may have: a URL's or a
+// path's, and path.Match's wildcards.
+var artifactPatternChars = regexp.MustCompile(`^[A-Za-z0-9._~:/?=&%+*\[\]^!,-]+$`)
+
+// checkArtifactPattern reports a pattern of deploy.<service>.artifacts that does not
+// parse, or whose scheme://host part has a wildcard: "https://*.example.com/*"
+// would let "https://evil.test?.example.com/x" through, whose host is evil.test.
+// The artifact's host must be spelled out.
+func checkArtifactPattern(p string) error {
+	if !artifactPatternChars.MatchString(p) {
+		return fmt.Errorf("want a URL or path pattern of A-Z, a-z, 0-9 and . _ ~ : / ? = & %% + - with path.Match wildcards * ? [ ]")
+	}
+	if _, err := path.Match(p, ""); err != nil {
+		return fmt.Errorf("not a path.Match pattern: %w", err)
+	}
+	if scheme, rest, ok := strings.Cut(p, "://"); ok {
+		host, _, _ := strings.Cut(rest, "/")
+		switch {
+		case scheme == "" || strings.ContainsAny(scheme, "*?[]"):
+			return fmt.Errorf("the scheme must be spelled out")
+		case (host == "" && scheme != "file") || strings.ContainsAny(host, "*?[]"):
+			return fmt.Errorf("the host must be spelled out, without wildcards")
+		case !strings.Contains(rest, "/"):
+			return fmt.Errorf("the host must be followed by a path (%s/<path>)", p)
+		}
+	}
+	if strings.Contains(p, "..") {
+		return fmt.Errorf(`".." is not allowed`)
+	}
+	return nil
 }
 
 func (p *LocalProvider) validate(servers int, add func(key, format string, args ...any)) {
@@ -329,6 +379,24 @@ func checkAddress(addr string) error {
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 		return fmt.Errorf("invalid port %q", port)
+	}
+	return nil
+}
+
+// checkSecretFile reports a token file that others than its owner may read or
+// write: whoever can read it acts with the token, and whoever can write it picks
+// the token the handlers act with. Like ssh with a private key, the file is
+// refused rather than used. A missing file is checkFile's to report.
+func checkSecretFile(path string) error {
+	if path == "" {
+		return nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("%s is readable or writable by group or others (mode %#o): it holds an ACL token; chmod 600 %s", path, perm, path)
 	}
 	return nil
 }

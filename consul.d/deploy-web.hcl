@@ -9,6 +9,12 @@
 # waits for the check below to pass. Load balancers that follow Consul (DNS
 # web.service.consul, consul-template, a service mesh) stop sending traffic to the
 # node as soon as it enters maintenance.
+#
+# Whoever may write this node's desired key may run code on it: the deploy command
+# runs with the version, artifact and sha256 they choose. The handler holds them to
+# the deploy block (a plain version; the artifacts allow-list and require_sha256, see
+# config/example-deploy.hcl), and consul.d/acl/deploy-handler.hcl, rendered for this
+# node, lets this node's token only read its own desired key.
 
 service {
   name = "web"

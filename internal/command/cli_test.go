@@ -24,7 +24,7 @@ var ownFlags = map[string][]string{
 	"local image register": {"consul-binary", "extra-hcl"},
 	"local down":           nil,
 	"local demo":           {"servers"},
-	"deploy start":         {"artifact", "batch", "max-unavailable", "node-timeout", "service", "version"},
+	"deploy start":         {"artifact", "batch", "max-unavailable", "node-filter", "node-timeout", "service", "sha256", "version"},
 	"deploy status":        {"json", "service"},
 	"spindown":             nil,
 }

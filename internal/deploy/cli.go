@@ -20,6 +20,7 @@ import (
 	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/printable"
 )
 
 // healthPoll is how often the handler re-checks the service's health.
@@ -72,6 +73,10 @@ func exitCode(err error) int {
 		return app.ExitOK
 	case errors.Is(err, ErrBadDesired):
 		return app.ExitBadPayload
+	case errors.Is(err, ErrRefused):
+		return app.ExitRefused
+	case errors.Is(err, ErrBadFilter):
+		return app.ExitUsage
 	// A lost lock and a deadline are told apart before what failed under them.
 	case errors.Is(err, ErrLockLost):
 		return app.ExitLockLost
@@ -91,19 +96,22 @@ func exitCode(err error) int {
 
 // StartFlags adds the flags of `rehydrate deploy start` to f and returns its run.
 // Without -config, Consul is reached as the consul CLI does ($CONSUL_HTTP_ADDR,
-// $CONSUL_HTTP_TOKEN).
+// $CONSUL_HTTP_TOKEN, ...). With one that has a deploy block for the service, a
+// version its handlers would refuse (Allowed) is refused before anything is written.
 func StartFlags(f *app.Flags) func(*app.Flags, []string) int {
 	service := f.String("service", "", "the Consul service to deploy")
-	version := f.String("version", "", "the version to deploy")
+	version := f.String("version", "", "the version to deploy: A-Z, a-z, 0-9 and . _ + -, starting with a letter or digit")
 	artifact := f.String("artifact", "", "where the version comes from, handed to the deploy command")
+	sha := f.String("sha256", "", "the artifact's SHA-256 (64 hex digits), handed to the deploy command to check its download")
+	nodeFilter := f.String("node-filter", "", "deploy only to the service's nodes this Consul filter expression selects, e.g. 'Node matches \"^web-\"'")
 	batch := f.Int("batch", 1, "nodes deployed at once")
 	maxUnavailable := f.Int("max-unavailable", 1, "most of the service's nodes out of passing at once")
 	nodeTimeout := f.Duration("node-timeout", 15*time.Minute, "how long a batch may take")
 	return func(f *app.Flags, _ []string) int {
 		var problems []string
 		problems = checkService(problems, *service)
-		if err := (Desired{ID: "x", Version: *version, Artifact: *artifact}).Check(); err != nil {
-			problems = append(problems, "--version/--artifact: "+strings.TrimPrefix(err.Error(), ErrBadDesired.Error()+": "))
+		if err := (Desired{ID: "x", Version: *version, Artifact: *artifact, SHA256: *sha}).Check(); err != nil {
+			problems = append(problems, "--version/--artifact/--sha256: "+strings.TrimPrefix(err.Error(), ErrBadDesired.Error()+": "))
 		}
 		if *batch < 1 {
 			problems = append(problems, fmt.Sprintf("--batch must be at least 1, got %d", *batch))
@@ -116,7 +124,8 @@ func StartFlags(f *app.Flags) func(*app.Flags, []string) int {
 		}
 		return withClient(f, problems, func(p *app.Program, c *api.Client) error {
 			r := &Rollout{
-				Client: c, Service: *service, Version: *version, Artifact: *artifact, Batch: *batch,
+				Client: c, Service: *service, Version: *version, Artifact: *artifact, SHA256: *sha,
+				NodeFilter: *nodeFilter, Policy: p.Config.Deploy(*service), Batch: *batch,
 				MaxUnavailable: *maxUnavailable, NodeTimeout: *nodeTimeout, Poll: healthPoll,
 				Lock: coord.LockOptions{TTL: p.Config.Lock.SessionTTL, Delay: p.Config.Lock.LockDelay, Wait: time.Second},
 				Out:  p.Env.Stdout, Now: time.Now,
@@ -140,7 +149,7 @@ func StatusFlags(f *app.Flags) func(*app.Flags, []string) int {
 		return withClient(f, checkService(nil, *service), func(p *app.Program, c *api.Client) error {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			return Show(ctx, c, *service, p.Env.Stdout, *asJSON)
+			return Show(ctx, c, *service, p.Config.Deploy(*service), p.Env.Stdout, *asJSON)
 		})
 	}
 }
@@ -188,18 +197,27 @@ type View struct {
 
 // NodeView is one node in `deploy status`.
 type NodeView struct {
-	Node    string   `json:"node"`
-	Current string   `json:"current"`
-	Desired *Desired `json:"desired,omitempty"`
-	// DesiredError says why the desired value is not one the handler acts on.
+	Node    string `json:"node"`
+	Current string `json:"current"`
+	// CurrentError says why the current version is not one a handler acts on.
+	CurrentError string   `json:"current_error,omitempty"`
+	Desired      *Desired `json:"desired,omitempty"`
+	// DesiredError says why the desired value is not one the handler acts on: it
+	// does not parse, or (given the service's deploy block) the block refuses it.
 	DesiredError string  `json:"desired_error,omitempty"`
 	Status       *Status `json:"status,omitempty"`
-	Health       string  `json:"health"`
+	// StatusError says why the status's versions are not ones a handler acts on
+	// (a resumed deployment rolls back to its previous version).
+	StatusError string `json:"status_error,omitempty"`
+	Health      string `json:"health"`
 }
 
-// Show prints every node of the service that is in the catalog or has keys.
-func Show(ctx context.Context, c *api.Client, service string, w io.Writer, asJSON bool) error {
-	v, err := Look(ctx, c, service)
+// Show prints every node of the service that is in the catalog or has keys. dc,
+// when set, is the service's deploy block: desired values it refuses show as
+// refused. Text output escapes every string it did not make itself (printable.String); JSON
+// escapes control characters anyway.
+func Show(ctx context.Context, c *api.Client, service string, dc *config.DeployConfig, w io.Writer, asJSON bool) error {
+	v, err := Look(ctx, c, service, dc)
 	if err != nil {
 		return err
 	}
@@ -209,13 +227,16 @@ func Show(ctx context.Context, c *api.Client, service string, w io.Writer, asJSO
 		return enc.Encode(v)
 	}
 	if r := v.Rollout; r != nil {
-		fmt.Fprintf(w, "rollout %s: %s to %s, %s (started %s", r.ID, service, r.Version, r.State, r.Started.Format(time.RFC3339))
+		fmt.Fprintf(w, "rollout %s: %s to %s, %s (started %s", printable.String(r.ID), service, printable.String(r.Version), printable.String(r.State), r.Started.Format(time.RFC3339))
 		if r.Finished != nil {
 			fmt.Fprintf(w, ", finished %s", r.Finished.Format(time.RFC3339))
 		}
 		fmt.Fprintln(w, ")")
 		if r.Error != "" {
-			fmt.Fprintf(w, "  %s\n", r.Error)
+			fmt.Fprintf(w, "  %s\n", printable.String(r.Error))
+		}
+		for _, nr := range r.Refused {
+			fmt.Fprintf(w, "  refused node %s: %s\n", printable.String(nr.Node), printable.String(nr.Error))
 		}
 	} else {
 		fmt.Fprintf(w, "no rollout of %s yet\n", service)
@@ -223,30 +244,40 @@ func Show(ctx context.Context, c *api.Client, service string, w io.Writer, asJSO
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tCURRENT\tDESIRED\tSTATE\tATTEMPTS\tFINISHED\tHEALTH")
 	for _, n := range v.Nodes {
-		desired, state, attempts, finished := "-", "-", "-", "-"
+		current, desired, state, attempts, finished := or(printable.String(n.Current), "-"), "-", "-", "-", "-"
+		if n.CurrentError != "" {
+			current = "invalid"
+		}
 		switch {
 		case n.DesiredError != "":
 			desired = "invalid"
 		case n.Desired != nil:
-			desired = n.Desired.Version
+			desired = printable.String(n.Desired.Version)
 		}
 		if s := n.Status; s != nil {
-			state, attempts = s.State, fmt.Sprint(s.Attempts)
+			state, attempts = printable.String(s.State), fmt.Sprint(s.Attempts)
 			if s.Finished != nil {
 				finished = s.Finished.Format(time.RFC3339)
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Node, or(n.Current, "-"), desired, state, attempts, finished, n.Health)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", printable.String(n.Node), current, desired, state, attempts, finished, n.Health)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	for _, n := range v.Nodes {
+		node := printable.String(n.Node)
+		if n.CurrentError != "" {
+			fmt.Fprintf(w, "%s: current version refused: %s\n", node, printable.String(n.CurrentError))
+		}
 		if n.DesiredError != "" {
-			fmt.Fprintf(w, "%s: desired value refused: %s\n", n.Node, n.DesiredError)
+			fmt.Fprintf(w, "%s: desired value refused: %s\n", node, printable.String(n.DesiredError))
+		}
+		if n.StatusError != "" {
+			fmt.Fprintf(w, "%s: status refused: %s\n", node, printable.String(n.StatusError))
 		}
 		if n.Status != nil && n.Status.Error != "" {
-			fmt.Fprintf(w, "%s: %s\n", n.Node, n.Status.Error)
+			fmt.Fprintf(w, "%s: %s\n", node, printable.String(n.Status.Error))
 		}
 	}
 	return nil
@@ -259,8 +290,10 @@ func or(s, def string) string {
 	return s
 }
 
-// Look reads what `deploy status` shows: three requests.
-func Look(ctx context.Context, c *api.Client, service string) (*View, error) {
+// Look reads what `deploy status` shows: three requests. dc, when set, is the
+// service's deploy block, whose allow-list and require_sha256 desired values are
+// also held to.
+func Look(ctx context.Context, c *api.Client, service string, dc *config.DeployConfig) (*View, error) {
 	v := &View{Service: service}
 	store := kv{c}
 	var rec Record
@@ -295,10 +328,32 @@ func Look(ctx context.Context, c *api.Client, service string) (*View, error) {
 	for node, k := range keys {
 		nv := get(node)
 		nv.Current, nv.Status = k.current, k.status
+		if k.current != "" {
+			if err := CheckVersion(k.current); err != nil {
+				nv.CurrentError = err.Error()
+			}
+		}
+		if st := k.status; st != nil {
+			for _, ver := range []struct{ name, v string }{{"", st.Version}, {"previous ", st.Previous}} {
+				if ver.v == "" {
+					continue
+				}
+				if err := CheckVersion(ver.v); err != nil && nv.StatusError == "" {
+					nv.StatusError = ver.name + err.Error()
+				}
+			}
+		}
 		if k.hasDesired {
-			if d, err := ParseDesired(k.desired); err != nil {
+			d, err := ParseDesired(k.desired)
+			if err == nil && dc != nil {
+				err = Allowed(dc, d)
+			}
+			switch {
+			case errors.Is(err, ErrBadDesired):
 				nv.DesiredError = strings.TrimPrefix(err.Error(), ErrBadDesired.Error()+": ")
-			} else {
+			case err != nil:
+				nv.DesiredError, nv.Desired = strings.TrimPrefix(err.Error(), ErrRefused.Error()+": "), &d
+			default:
 				nv.Desired = &d
 			}
 		}

@@ -4,7 +4,7 @@
 //
 // Everything lives under deploy/<service>/:
 //
-//	nodes/<node>/desired   what the node should run: {"id", "version", "artifact"}
+//	nodes/<node>/desired   what the node should run: {"id", "version", "artifact", "sha256"}
 //	nodes/<node>/status    the node's last deployment: id, version, state, times, output
 //	nodes/<node>/current   the version the node runs, as plain text
 //	nodes/<node>/lock      held by the node's handler while it deploys
@@ -21,12 +21,12 @@ import (
 	"regexp"
 	"strings"
 	"time"
-	"unicode"
 
 	"github.com/hashicorp/consul/api"
 
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/printable"
 )
 
 // Prefix is where deployments live in KV.
@@ -58,6 +58,13 @@ func Final(state string) bool {
 var (
 	// ErrBadDesired means a desired value or its key is not one the handler acts on.
 	ErrBadDesired = errors.New("bad desired value")
+	// ErrRefused means a well-formed request was refused: its artifact is not on the
+	// deploy block's allow-list, it lacks the sha256 the block requires, or a version
+	// it would run (the node's current, a resumed deployment's previous) is not a
+	// version. Nothing ran.
+	ErrRefused = errors.New("refused")
+	// ErrBadFilter means Consul refused the rollout's --node-filter expression.
+	ErrBadFilter = errors.New("bad node filter")
 	// ErrConsul means Consul could not be read or written.
 	ErrConsul = errors.New("consul")
 	// ErrFailed means a deployment did not succeed (it may have rolled back).
@@ -107,6 +114,11 @@ func ServiceKey(service, name string) string { return Prefix + service + "/" + n
 // and service names, and nothing that walks out of the prefix.
 var segment = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
 
+// nodeName reports whether s is a node name the deploy keys may hold: a segment
+// without "..". Catalog node names are chosen by whoever registers them (the
+// catalog takes nearly any string), so the rollout refuses the others.
+func nodeName(s string) bool { return segment.MatchString(s) && !strings.Contains(s, "..") }
+
 // ParseDesiredKey splits deploy/<service>/nodes/<node>/desired.
 func ParseDesiredKey(key string) (service, node string, err error) {
 	parts := strings.Split(key, "/")
@@ -125,6 +137,9 @@ type Desired struct {
 	Version string `json:"version"`
 	// Artifact optionally says where the version comes from (a URL, a path).
 	Artifact string `json:"artifact,omitempty"`
+	// SHA256 optionally pins the artifact's content: 64 hex digits, which the
+	// command gets in $REHYDRATE_DEPLOY_SHA256 to check its download against.
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 // Limits on a desired value.
@@ -135,10 +150,34 @@ const (
 	maxArtifactLen  = 2048
 )
 
-var deploymentID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]*$`)
+var (
+	deploymentID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]*$`)
+	// versionGrammar is what a version may be. A version reaches the deploy and
+	// rollback commands (REHYDRATE_DEPLOY_VERSION, _PREVIOUS_VERSION), which put it in
+	// paths, URLs and argv, often through a shell: so no "/", no shell
+	// metacharacters, no spaces or control characters, no leading "-" (an option),
+	// and no ".." (checked apart). Semantic versions (1.4.2-rc.1+build.5) and tags
+	// (v2, 2026.01.15_1) fit.
+	versionGrammar = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
+	sha256Grammar  = regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
+)
+
+// CheckVersion reports what is wrong with v as a version: desired, current and a
+// deployment's previous version are all held to it.
+func CheckVersion(v string) error {
+	if v == "" {
+		return errors.New("missing version")
+	}
+	if !versionGrammar.MatchString(v) || strings.Contains(v, "..") {
+		return fmt.Errorf("version %q must be 1 to %d characters of A-Z, a-z, 0-9 and . _ + -, starting with a letter or digit, without \"..\"",
+			v, maxVersionLen)
+	}
+	return nil
+}
 
 // ParseDesired decodes and checks a desired value: JSON with a non-empty id and
-// version and nothing else but an artifact. Every problem is an ErrBadDesired.
+// version and nothing else but an artifact and its sha256. Every problem is an
+// ErrBadDesired.
 func ParseDesired(value []byte) (Desired, error) {
 	var d Desired
 	if len(value) > maxDesiredBytes {
@@ -147,7 +186,7 @@ func ParseDesired(value []byte) (Desired, error) {
 	dec := json.NewDecoder(bytes.NewReader(value))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&d); err != nil {
-		return Desired{}, fmt.Errorf("%w: not a JSON object of id, version and artifact: %w", ErrBadDesired, err)
+		return Desired{}, fmt.Errorf("%w: not a JSON object of id, version, artifact and sha256: %w", ErrBadDesired, err)
 	}
 	if dec.More() {
 		return Desired{}, fmt.Errorf("%w: more than one JSON value", ErrBadDesired)
@@ -165,23 +204,17 @@ func (d Desired) Check() error {
 		return fmt.Errorf("%w: missing id", ErrBadDesired)
 	case len(d.ID) > maxIDLen || !deploymentID.MatchString(d.ID):
 		return fmt.Errorf("%w: id %q must be up to %d characters of A-Z, a-z, 0-9, _ . : -", ErrBadDesired, d.ID, maxIDLen)
-	case d.Version == "":
-		return fmt.Errorf("%w: missing version", ErrBadDesired)
-	case len(d.Version) > maxVersionLen || !printable(d.Version) || strings.ContainsRune(d.Version, ' '):
-		return fmt.Errorf("%w: version %q must be up to %d printable characters without spaces", ErrBadDesired, d.Version, maxVersionLen)
-	case len(d.Artifact) > maxArtifactLen || !printable(d.Artifact):
+	}
+	if err := CheckVersion(d.Version); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadDesired, err)
+	}
+	switch {
+	case len(d.Artifact) > maxArtifactLen || !printable.Is(d.Artifact):
 		return fmt.Errorf("%w: artifact must be up to %d printable characters", ErrBadDesired, maxArtifactLen)
+	case d.SHA256 != "" && !sha256Grammar.MatchString(d.SHA256):
+		return fmt.Errorf("%w: sha256 %q must be 64 hex digits (a SHA-256 as sha256sum prints it)", ErrBadDesired, d.SHA256)
 	}
 	return nil
-}
-
-func printable(s string) bool {
-	for _, r := range s {
-		if !unicode.IsPrint(r) {
-			return false
-		}
-	}
-	return true
 }
 
 // Status is a node's last deployment: the value of its status key.
@@ -189,6 +222,10 @@ type Status struct {
 	ID       string `json:"id"`
 	Version  string `json:"version"`
 	Previous string `json:"previous,omitempty"` // the version before, for the rollback
+	// Artifact and SHA256 are the desired value's: a rollout that rolls the node
+	// back to this version later asks for them again.
+	Artifact string `json:"artifact,omitempty"`
+	SHA256   string `json:"sha256,omitempty"`
 	State    string `json:"state"`
 	// Started and Finished are when the deployment started and ended (zero while
 	// it runs).
@@ -229,7 +266,7 @@ func retry(ctx context.Context, op func() error) error {
 // transient says whether another try may succeed: a server error (5xx) or a failed
 // connection, not a refusal (403, 400) or the end of ctx.
 func transient(ctx context.Context, err error) bool {
-	if ctx.Err() != nil || errors.Is(err, coord.ErrLockHeld) || errors.Is(err, coord.ErrLockLost) {
+	if ctx.Err() != nil || errors.Is(err, coord.ErrLockHeld) || errors.Is(err, coord.ErrLockLost) || errors.Is(err, ErrBadFilter) {
 		return false
 	}
 	var se api.StatusError
@@ -357,6 +394,35 @@ func (s kv) nodes(ctx context.Context, service string) (map[string]*nodeKeys, er
 		}
 	}
 	return out, nil
+}
+
+// previous returns the version a deployment of id on node rolls back to: the one
+// the node's status records, when st is an unfinished deployment of id being
+// resumed, else the node's current version ("" when there is none). Both keys are
+// the node's to write, and the version becomes REHYDRATE_DEPLOY_VERSION of the
+// rollback command: one that is not a version (CheckVersion) refuses the
+// deployment with ErrRefused, before anything runs.
+func (s kv) previous(ctx context.Context, service, node string, st *Status, id string) (string, error) {
+	if st != nil && st.ID == id {
+		if st.Previous != "" {
+			if err := CheckVersion(st.Previous); err != nil {
+				return "", fmt.Errorf("%w: %s: previous %v; it is what the unfinished deployment %s would roll back to: fix or delete the key",
+					ErrRefused, NodeKey(service, node, KeyStatus), err, id)
+			}
+		}
+		return st.Previous, nil
+	}
+	cur, err := s.current(ctx, service, node)
+	if err != nil {
+		return "", err
+	}
+	if cur != "" {
+		if err := CheckVersion(cur); err != nil {
+			return "", fmt.Errorf("%w: %s: %v; it is the version the node runs, which a failed deployment rolls back to: fix the key, or delete it to deploy with no version to roll back to",
+				ErrRefused, NodeKey(service, node, KeyCurrent), err)
+		}
+	}
+	return cur, nil
 }
 
 // current reads the version a node runs; "" when it is not known.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -20,6 +21,7 @@ const (
 	EnvVersion         = "REHYDRATE_DEPLOY_VERSION"
 	EnvID              = "REHYDRATE_DEPLOY_ID"
 	EnvArtifact        = "REHYDRATE_DEPLOY_ARTIFACT"
+	EnvSHA256          = "REHYDRATE_DEPLOY_SHA256"
 	EnvPreviousVersion = "REHYDRATE_DEPLOY_PREVIOUS_VERSION"
 	EnvRollback        = "REHYDRATE_DEPLOY_ROLLBACK"
 	EnvService         = "REHYDRATE_DEPLOY_SERVICE"
@@ -47,7 +49,11 @@ type Node struct {
 // Handle acts on a key watch payload: pair is the desired key, nil when it does
 // not exist. A deployment whose ID the node's status already records as final is
 // a replay and does nothing. A bad payload is refused before anything talks to
-// Consul, except a key that names another node, which only the agent can tell.
+// Consul, except a key that names another node, which only the agent can tell; a
+// desired value the deploy block does not allow (Allowed) is refused as early. A
+// node whose current version, or whose unfinished deployment's previous one, is
+// not a version is refused before the node lock is taken (ErrRefused): it writes
+// nothing and runs nothing.
 // A lost lock stops it with ErrLockLost, running out of time with ErrTimedOut,
 // each with its own log line; neither rolls back.
 func (n *Node) Handle(ctx context.Context, pair *api.KVPair) error {
@@ -75,6 +81,9 @@ func (n *Node) handle(ctx context.Context, pair *api.KVPair) error {
 		return fmt.Errorf("%w: key %s is for service %q, which has no deploy block in the configuration", ErrBadDesired, pair.Key, service)
 	}
 	want, err := ParseDesired(pair.Value)
+	if err == nil {
+		err = Allowed(dc, want)
+	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", pair.Key, err)
 	}
@@ -98,6 +107,11 @@ func (n *Node) handle(ctx context.Context, pair *api.KVPair) error {
 	if st != nil && st.ID == want.ID && Final(st.State) {
 		log.Info("deployment already handled", "state", st.State)
 		return nil
+	}
+	// Refused before the lock, so that a refusal writes nothing; checked again
+	// under it (run), where it counts.
+	if _, err := store.previous(ctx, service, node, st, want.ID); err != nil {
+		return err
 	}
 
 	held, err := store.lock(ctx, NodeKey(service, node, KeyLock), n.Lock)
@@ -125,7 +139,10 @@ func (n *Node) handle(ctx context.Context, pair *api.KVPair) error {
 		log.Info("desired key deleted meanwhile: nothing to deploy")
 		return nil
 	}
-	if want, err = ParseDesired(now.Value); err != nil {
+	if want, err = ParseDesired(now.Value); err == nil {
+		err = Allowed(dc, want)
+	}
+	if err != nil {
 		return fmt.Errorf("%s: %w", pair.Key, err)
 	}
 	if st, err = store.status(ctx, service, node); err != nil {
@@ -153,16 +170,18 @@ type deployment struct {
 }
 
 func (d *deployment) run(ctx context.Context, last *Status) error {
-	previous, err := d.store.current(ctx, d.dc.Service, d.node)
+	// A resumed deployment keeps its previous version: the dead handler may have
+	// written current already.
+	previous, err := d.store.previous(ctx, d.dc.Service, d.node, last, d.want.ID)
 	if err != nil {
 		return err
 	}
-	d.st = Status{ID: d.want.ID, Version: d.want.Version, Previous: previous, State: StateDeploying,
-		Started: d.n.Now().UTC(), Attempts: 1}
+	d.st = Status{ID: d.want.ID, Version: d.want.Version, Previous: previous, Artifact: d.want.Artifact,
+		SHA256: d.want.SHA256, State: StateDeploying, Started: d.n.Now().UTC(), Attempts: 1}
 	if last != nil && last.ID == d.want.ID {
 		// A handler that started this deployment died before it ended: start over,
 		// from the same previous version.
-		d.st.Previous, d.st.Started, d.st.Attempts = last.Previous, last.Started, last.Attempts+1
+		d.st.Started, d.st.Attempts = last.Started, last.Attempts+1
 		d.log.Warn("resuming a deployment a handler did not finish", "attempt", d.st.Attempts, "state", last.State)
 	}
 	if err := d.save(ctx); err != nil {
@@ -329,10 +348,10 @@ func (d *deployment) command(ctx context.Context, argv []string, version string,
 		}
 		return "", fmt.Errorf("%w: %w", ErrConsul, err)
 	}
-	artifact := d.want.Artifact
+	artifact, sha := d.want.Artifact, strings.ToLower(d.want.SHA256)
 	what := "deploy command"
 	if rollback {
-		artifact = "" // the artifact is the failed version's
+		artifact, sha = "", "" // they are the failed version's
 		what = "rollback command"
 	}
 	return runcmd.Run(ctx, runcmd.Spec{
@@ -342,6 +361,7 @@ func (d *deployment) command(ctx context.Context, argv []string, version string,
 			EnvVersion + "=" + version,
 			EnvID + "=" + d.want.ID,
 			EnvArtifact + "=" + artifact,
+			EnvSHA256 + "=" + sha,
 			EnvPreviousVersion + "=" + d.st.Previous,
 			EnvRollback + "=" + strconv.FormatBool(rollback),
 			EnvService + "=" + d.dc.Service,

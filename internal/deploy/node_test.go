@@ -19,6 +19,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
@@ -58,6 +59,13 @@ func TestNode(t *testing.T) {
 		{"Handle_LockLostBeforeTheRollbackIsErrLockLostNotErrTimedOut", testHandle_LockLostBeforeTheRollbackIsErrLockLostNotErrTimedOut},
 		{"Rollout_OutOfTimeAwaitingANodeIsErrTimedOutNotLockLostAndRollsNothingBack", testRollout_OutOfTimeAwaitingANodeIsErrTimedOutNotLockLostAndRollsNothingBack},
 		{"Rollout_LockLostAwaitingANodeIsErrLockLostNotErrTimedOut", testRollout_LockLostAwaitingANodeIsErrLockLostNotErrTimedOut},
+		{"Handle_CurrentThatIsNotAVersionIsRefusedBeforeTheLockAndRunsNothing", testHandle_CurrentThatIsNotAVersionIsRefusedBeforeTheLockAndRunsNothing},
+		{"Handle_ResumedPreviousThatIsNotAVersionIsRefusedAndRunsNothing", testHandle_ResumedPreviousThatIsNotAVersionIsRefusedAndRunsNothing},
+		{"Handle_ArtifactAllowListAndRequiredSHA256RefuseOrPassTheDigestOn", testHandle_ArtifactAllowListAndRequiredSHA256RefuseOrPassTheDigestOn},
+		{"Rollout_AFakeCatalogRegistrationDoesNotJoinTheRollout", testRollout_AFakeCatalogRegistrationDoesNotJoinTheRollout},
+		{"Rollout_NodeFilterSelectsTheNodesAndABadOneIsAUsageError", testRollout_NodeFilterSelectsTheNodesAndABadOneIsAUsageError},
+		{"Rollout_NodeWhoseCurrentIsNotAVersionIsRefusedAndAsksAgainForThePreviousArtifact", testRollout_NodeWhoseCurrentIsNotAVersionIsRefusedAndAsksAgainForThePreviousArtifact},
+		{"Show_EscapesTerminalControlsInEveryNodeWritableString", testShow_EscapesTerminalControlsInEveryNodeWritableString},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -128,9 +136,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 // log, then runs body, in the fixture's directory.
 func (f *fixture) script(body string) []string {
 	return []string{"/bin/sh", "-c", fmt.Sprintf(`cd '%s' || exit 99
-printf 'version=%%s id=%%s artifact=%%s previous=%%s rollback=%%s service=%%s\n' \
-  "$%s" "$%s" "$%s" "$%s" "$%s" "$%s" >> runs
-%s`, f.dir, EnvVersion, EnvID, EnvArtifact, EnvPreviousVersion, EnvRollback, EnvService, body)}
+printf 'version=%%s id=%%s artifact=%%s sha256=%%s previous=%%s rollback=%%s service=%%s\n' \
+  "$%s" "$%s" "$%s" "$%s" "$%s" "$%s" "$%s" >> runs
+%s`, f.dir, EnvVersion, EnvID, EnvArtifact, EnvSHA256, EnvPreviousVersion, EnvRollback, EnvService, body)}
 }
 
 // gate is script body that stops at a gate: it creates name.started and waits (at
@@ -297,7 +305,7 @@ func testHandle_DeploysTheVersionInMaintenanceThenRecordsSuccessAndTheNewCurrent
 	runs := f.runs()
 	require.Len(t, runs, 1, "one run of the deploy command")
 	assert.Equal(t, map[string]string{
-		"version": "v2", "id": "d-success", "artifact": "file:///srv/web-v2.tar.gz",
+		"version": "v2", "id": "d-success", "artifact": "file:///srv/web-v2.tar.gz", "sha256": "",
 		"previous": "v1", "rollback": "false", "service": "success",
 	}, runs[0])
 
@@ -353,7 +361,7 @@ func testHandle_UnhealthyAfterTheDeployAndAfterTheRollbackEndsFailedAndInMainten
 	assert.Equal(t, "v2", runs[0]["version"])
 	assert.Equal(t, "false", runs[0]["rollback"])
 	assert.Equal(t, map[string]string{
-		"version": "v1", "id": "d-unhealthy", "artifact": "", "previous": "v1",
+		"version": "v1", "id": "d-unhealthy", "artifact": "", "sha256": "", "previous": "v1",
 		"rollback": "true", "service": "unhealthy",
 	}, runs[1], "the rollback runs with the previous version and without the failed version's artifact")
 
@@ -759,3 +767,296 @@ func waitInCatalog(t *testing.T, f *fixture) {
 type writerFunc func([]byte) (int, error)
 
 func (w writerFunc) Write(p []byte) (int, error) { return w(p) }
+
+// ---------------------------------------------------------------------------
+// Whoever writes a node's keys chooses what its commands run with: what they may
+// choose.
+
+func testHandle_CurrentThatIsNotAVersionIsRefusedBeforeTheLockAndRunsNothing(t *testing.T) {
+	f := newFixture(t, "badcurrent", api.HealthPassing, `echo ok`, `exit 0`)
+	f.put(KeyCurrent, []byte("$(touch pwned)"))
+	pair := f.desire(Desired{ID: "d-badcurrent", Version: "v2"})
+
+	err := f.node.Handle(f.ctx(), pair)
+	require.ErrorIs(t, err, ErrRefused)
+	assert.Equal(t, 17, exitCode(err), "exit 17, refused")
+	assert.Contains(t, err.Error(), f.key(KeyCurrent)+`: version "$(touch pwned)" must be 1 to 128 characters`)
+	assert.Empty(t, f.runs(), "nothing ran")
+	assert.Nil(t, f.get(KeyStatus), "nothing recorded")
+	assert.Nil(t, f.get(KeyLock), "refused before the node lock was taken")
+	assert.Nil(t, f.maintenance())
+	_, err = os.Stat(filepath.Join(f.dir, "pwned"))
+	assert.ErrorIs(t, err, os.ErrNotExist)
+
+	// Deleted, the node deploys with no version to roll back to.
+	_, err = f.c.KV().Delete(f.key(KeyCurrent), nil)
+	require.NoError(t, err)
+	require.NoError(t, f.node.Handle(f.ctx(), pair))
+	require.Len(t, f.runs(), 1)
+	assert.Equal(t, "", f.runs()[0]["previous"])
+}
+
+func testHandle_ResumedPreviousThatIsNotAVersionIsRefusedAndRunsNothing(t *testing.T) {
+	f := newFixture(t, "badprevious", api.HealthCritical, `echo deployed`, `echo rolled back`)
+	f.put(KeyCurrent, []byte("v2"))
+	// A status of an unfinished deployment, as a hostile writer left it: its previous
+	// version would become the rollback command's REHYDRATE_DEPLOY_VERSION.
+	f.putJSON(KeyStatus, Status{ID: "d-badprevious", Version: "v2", Previous: "../../etc/cron.d/x", State: StateDeploying,
+		Started: time.Now().UTC().Add(-time.Minute), Attempts: 1})
+	before := f.get(KeyStatus)
+	pair := f.desire(Desired{ID: "d-badprevious", Version: "v2"})
+
+	err := f.node.Handle(f.ctx(), pair)
+	require.ErrorIs(t, err, ErrRefused)
+	assert.Contains(t, err.Error(), f.key(KeyStatus)+`: previous version "../../etc/cron.d/x" must be`)
+	assert.Empty(t, f.runs(), "nothing ran: not the deploy, not the rollback")
+	after := f.get(KeyStatus)
+	require.NotNil(t, after)
+	assert.Equal(t, before.ModifyIndex, after.ModifyIndex, "the status is left as it was")
+	assert.Nil(t, f.get(KeyLock))
+	assert.Equal(t, "v2", f.current())
+}
+
+func testHandle_ArtifactAllowListAndRequiredSHA256RefuseOrPassTheDigestOn(t *testing.T) {
+	f := newFixture(t, "pinned", api.HealthPassing, `echo ok`, `exit 0`)
+	f.dc.Artifacts = []string{"https://releases.example.com/pinned/*"}
+	f.dc.RequireSHA256 = true
+	f.put(KeyCurrent, []byte("v1"))
+	sum := strings.Repeat("AB", 32)
+
+	refused := []struct {
+		d    Desired
+		want string
+	}{
+		{Desired{ID: "d-nosum", Version: "v2", Artifact: "https://releases.example.com/pinned/v2.tgz"}, "no sha256, and deploy.pinned.require_sha256 is set"},
+		{Desired{ID: "d-elsewhere", Version: "v2", Artifact: "https://evil.test/pinned/v2.tgz", SHA256: sum}, "matches none of deploy.pinned.artifacts"},
+		{Desired{ID: "d-noartifact", Version: "v2", SHA256: sum}, "no artifact, and deploy.pinned.artifacts is set"},
+		{Desired{ID: "d-dotdot", Version: "v2", Artifact: "https://releases.example.com/pinned/../admin/x", SHA256: sum}, `has ".."`},
+	}
+	for _, r := range refused {
+		pair := f.desire(r.d)
+		err := f.node.Handle(f.ctx(), pair)
+		require.ErrorIs(t, err, ErrRefused, r.d.ID)
+		assert.Equal(t, 17, exitCode(err))
+		assert.Contains(t, err.Error(), r.want, r.d.ID)
+		assert.Empty(t, f.runs(), "%s ran a command", r.d.ID)
+		assert.Nil(t, f.get(KeyStatus), "%s recorded something", r.d.ID)
+		assert.Nil(t, f.get(KeyLock), "%s took the lock", r.d.ID)
+	}
+	// A malformed digest is a bad desired value, whatever the block says.
+	pair := f.desire(Desired{ID: "d-badsum", Version: "v2", Artifact: "https://releases.example.com/pinned/v2.tgz", SHA256: "abc"})
+	err := f.node.Handle(f.ctx(), pair)
+	require.ErrorIs(t, err, ErrBadDesired)
+	assert.Contains(t, err.Error(), `sha256 "abc" must be 64 hex digits`)
+	assert.Empty(t, f.runs())
+
+	// Allowed: the command gets the digest (lowercase) to check its download.
+	pair = f.desire(Desired{ID: "d-pinned", Version: "v2", Artifact: "https://releases.example.com/pinned/v2.tgz", SHA256: sum})
+	require.NoError(t, f.node.Handle(f.ctx(), pair))
+	runs := f.runs()
+	require.Len(t, runs, 1)
+	assert.Equal(t, strings.ToLower(sum), runs[0]["sha256"])
+	assert.Equal(t, "https://releases.example.com/pinned/v2.tgz", runs[0]["artifact"])
+	st := f.status()
+	require.NotNil(t, st)
+	assert.Equal(t, StateSucceeded, st.State)
+	assert.Equal(t, sum, st.SHA256, "the status keeps what was asked, for a later rollback to ask again")
+	assert.Equal(t, "https://releases.example.com/pinned/v2.tgz", st.Artifact)
+}
+
+// registerFake registers, through the catalog API alone, a node with no agent behind
+// it that runs svc, as any holder of node and service write for those names can.
+func registerFake(t *testing.T, c *api.Client, node, svc string) {
+	t.Helper()
+	_, err := c.Catalog().Register(&api.CatalogRegistration{
+		Node: node, Address: "127.0.0.1",
+		Service: &api.AgentService{ID: svc, Service: svc, Port: 8080},
+	}, nil)
+	require.NoError(t, err, "register %q", node)
+	t.Cleanup(func() { _, _ = c.Catalog().Deregister(&api.CatalogDeregistration{Node: node}, nil) })
+}
+
+func testRollout_AFakeCatalogRegistrationDoesNotJoinTheRollout(t *testing.T) {
+	f := newFixture(t, "fake", api.HealthPassing, `echo ok`, `exit 0`)
+	// The real node runs the version already: the rollout has nothing to wait for.
+	f.put(KeyCurrent, []byte("v2"))
+	fin := time.Now().UTC()
+	f.putJSON(KeyStatus, Status{ID: "d-earlier", Version: "v2", State: StateSucceeded, Started: fin, Finished: &fin, Attempts: 1})
+	fakes := []string{"fake-web-1", "fake..web", "fake web\x1b[2J"}
+	for _, n := range fakes {
+		registerFake(t, f.c, n, f.svc)
+	}
+	testcluster.WaitFor(t, waitLimit, "the real node and the fakes in the catalog", func() (bool, string) {
+		svcs, _, err := f.c.Catalog().Service(f.svc, "", nil)
+		return err == nil && len(svcs) == 1+len(fakes), fmt.Sprintf("%d instances, error %v", len(svcs), err)
+	})
+
+	var out bytes.Buffer
+	r := newRollout(f.c, f.svc, "v2")
+	r.Out = &out
+	rec, err := r.Run(f.ctx())
+	require.NoError(t, err, "output:\n%s", out.String())
+	assert.Equal(t, RolloutDone, rec.State)
+	assert.Equal(t, []NodeRecord{{Node: f.agent.Name, Previous: "v2", State: NodeSkipped}}, rec.Nodes, "only the real node")
+	require.Len(t, rec.Refused, len(fakes))
+	why := map[string]string{}
+	for _, nr := range rec.Refused {
+		assert.Equal(t, NodeRefused, nr.State)
+		why[nr.Node] = nr.Error
+	}
+	assert.Contains(t, why["fake-web-1"], "not a member of the gossip pool")
+	assert.Contains(t, why["fake..web"], "not a node name")
+	assert.Contains(t, why["fake web\x1b[2J"], "not a node name")
+	assert.Contains(t, out.String(), `refusing node fake-web-1: in the catalog but not a member of the gossip pool`)
+	assert.Contains(t, out.String(), `refusing node fake web\x1b[2J: not a node name`, "the output escapes the name")
+	assert.NotContains(t, out.String(), "\x1b")
+
+	pairs, _, err := f.c.KV().List(NodesPrefix(f.svc), nil)
+	require.NoError(t, err)
+	for _, p := range pairs {
+		assert.True(t, strings.HasPrefix(p.Key, NodesPrefix(f.svc)+f.agent.Name+"/"), "a key for a node that is not the real one: %q", p.Key)
+	}
+
+	// A rollout to only fake nodes is refused before it takes the lock: it writes
+	// nothing, not even its record.
+	g := newFixture(t, "onlyfake", api.HealthPassing, `echo ok`, `exit 0`)
+	require.NoError(t, g.c.Agent().ServiceDeregister(g.svc))
+	registerFake(t, g.c, "fake-only", g.svc)
+	testcluster.WaitFor(t, waitLimit, "only the fake in the catalog", func() (bool, string) {
+		svcs, _, err := g.c.Catalog().Service(g.svc, "", nil)
+		return err == nil && len(svcs) == 1 && svcs[0].Node == "fake-only", fmt.Sprintf("%d instances, error %v", len(svcs), err)
+	})
+	rec, err = newRollout(g.c, g.svc, "v2").Run(g.ctx())
+	require.ErrorIs(t, err, ErrRefused)
+	assert.Equal(t, 17, exitCode(err))
+	assert.Contains(t, err.Error(), `no node of service onlyfake to deploy to; refused "fake-only": in the catalog but not a member of the gossip pool`)
+	assert.Nil(t, rec)
+	pairs, _, err = g.c.KV().List(Prefix+g.svc+"/", nil)
+	require.NoError(t, err)
+	assert.Empty(t, pairs, "nothing written")
+}
+
+func testRollout_NodeFilterSelectsTheNodesAndABadOneIsAUsageError(t *testing.T) {
+	f := newFixture(t, "filtered", api.HealthPassing, `echo ok`, `exit 0`)
+	waitInCatalog(t, f)
+
+	// A filter that leaves the node out: nothing to deploy to, nothing written.
+	r := newRollout(f.c, f.svc, "v2")
+	r.NodeFilter = fmt.Sprintf("Node != %q", f.agent.Name)
+	rec, err := r.Run(f.ctx())
+	require.ErrorIs(t, err, ErrRefused)
+	assert.Nil(t, rec)
+	assert.Contains(t, err.Error(), fmt.Sprintf(`no instance of service filtered in the catalog that --node-filter %q selects`, r.NodeFilter))
+	pairs, _, err := f.c.KV().List(Prefix+f.svc+"/", nil)
+	require.NoError(t, err)
+	assert.Empty(t, pairs, "nothing written")
+
+	// A filter Consul cannot evaluate is a usage error, naming the filter.
+	r = newRollout(f.c, f.svc, "v2")
+	r.NodeFilter = "Node ==="
+	_, err = r.Run(f.ctx())
+	require.ErrorIs(t, err, ErrBadFilter)
+	assert.Equal(t, 11, exitCode(err), "a usage error")
+	assert.Contains(t, err.Error(), `--node-filter "Node ==="`)
+
+	// A filter that selects the node: it is deployed to (the node runs the version
+	// already, so the rollout has nothing to wait for) and the record keeps the filter.
+	f.put(KeyCurrent, []byte("v2"))
+	fin := time.Now().UTC()
+	f.putJSON(KeyStatus, Status{ID: "d-earlier", Version: "v2", State: StateSucceeded, Started: fin, Finished: &fin, Attempts: 1})
+	registerFake(t, f.c, "fake-filtered", f.svc)
+	r = newRollout(f.c, f.svc, "v2")
+	r.NodeFilter = fmt.Sprintf("Node == %q", f.agent.Name)
+	rec, err = r.Run(f.ctx())
+	require.NoError(t, err)
+	assert.Equal(t, []NodeRecord{{Node: f.agent.Name, Previous: "v2", State: NodeSkipped}}, rec.Nodes)
+	assert.Empty(t, rec.Refused, "the filter left the fake out before any other check")
+	assert.Equal(t, r.NodeFilter, rec.NodeFilter)
+}
+
+func testRollout_NodeWhoseCurrentIsNotAVersionIsRefusedAndAsksAgainForThePreviousArtifact(t *testing.T) {
+	f := newFixture(t, "rollout-badcurrent", api.HealthPassing, `echo ok`, `exit 0`)
+	f.put(KeyCurrent, []byte("v1;reboot"))
+	waitInCatalog(t, f)
+	r := newRollout(f.c, f.svc, "v2")
+	r.store = kv{f.c}
+	_, err := r.Run(f.ctx())
+	require.ErrorIs(t, err, ErrRefused, "its only node is refused")
+	assert.Contains(t, err.Error(), f.key(KeyCurrent)+`: version "v1;reboot" must be`)
+	assert.Nil(t, f.get(KeyDesired), "nothing written")
+
+	// A node whose last deployment succeeded: the rollout would roll it back with the
+	// artifact and digest it was deployed with, so that an allow-list and
+	// require_sha256 take the rollback too.
+	sum := strings.Repeat("cd", 32)
+	f.put(KeyCurrent, []byte("v1"))
+	fin := time.Now().UTC()
+	f.putJSON(KeyStatus, Status{ID: "d-v1", Version: "v1", Artifact: "https://releases.example.com/web/v1.tgz", SHA256: sum,
+		State: StateSucceeded, Started: fin, Finished: &fin, Attempts: 1})
+	p, err := r.plan(f.ctx(), "id-1")
+	require.NoError(t, err)
+	assert.Equal(t, []NodeRecord{{Node: f.agent.Name, Previous: "v1", PreviousArtifact: "https://releases.example.com/web/v1.tgz",
+		PreviousSHA256: sum, State: NodePending}}, p.records)
+	assert.Equal(t, []item{{f.agent.Name, Desired{ID: "id-1", Version: "v2"}}}, p.todo)
+
+	// A policy the rollout is given refuses before anything is written.
+	r.Policy = &config.DeployConfig{Service: f.svc, RequireSHA256: true}
+	_, err = r.Run(f.ctx())
+	require.ErrorIs(t, err, ErrRefused)
+	assert.Contains(t, err.Error(), "no sha256")
+	assert.Nil(t, f.get(KeyDesired))
+	p2, _, err := f.c.KV().Get(ServiceKey(f.svc, "rollout"), nil)
+	require.NoError(t, err)
+	assert.Nil(t, p2)
+}
+
+func testShow_EscapesTerminalControlsInEveryNodeWritableString(t *testing.T) {
+	f := newFixture(t, "hostile", api.HealthPassing, `echo ok`, `exit 0`)
+	esc := "\x1b[2J\x1b]0;owned\x07"
+	f.put(KeyCurrent, []byte("v1"+esc))
+	fin := time.Now().UTC()
+	f.putJSON(KeyStatus, Status{ID: "d" + esc, Version: "v2" + esc, Previous: "v0\n" + esc, State: "failed" + esc,
+		Error: "boom" + esc, Started: fin, Finished: &fin, Attempts: 1})
+	f.put(KeyDesired, []byte(`{"id":"x","version":"v3\u001b[31m"}`))
+	// A node in the catalog only, its name itself hostile (Consul refuses such a KV
+	// key, but the catalog takes the name).
+	registerFake(t, f.c, "evil\x1b[5m", f.svc)
+	testcluster.WaitFor(t, waitLimit, "the fake in the catalog", func() (bool, string) {
+		svcs, _, err := f.c.Catalog().Service(f.svc, "", nil)
+		return err == nil && len(svcs) == 2, fmt.Sprintf("%d instances, error %v", len(svcs), err)
+	})
+	rec, err := json.Marshal(Record{ID: "r" + esc, Version: "v2" + esc, State: "halted" + esc, Error: "halted" + esc,
+		Started: fin, Refused: []NodeRecord{{Node: "fake" + esc, State: NodeRefused, Error: "no" + esc}}})
+	require.NoError(t, err)
+	_, err = f.c.KV().Put(&api.KVPair{Key: ServiceKey(f.svc, "rollout"), Value: rec}, nil)
+	require.NoError(t, err)
+
+	var out bytes.Buffer
+	require.NoError(t, Show(f.ctx(), f.c, f.svc, nil, &out, false))
+	text := out.String()
+	t.Logf("deploy status:\n%s", text)
+	for _, r := range text {
+		require.True(t, r == '\n' || unicode.IsPrint(r), "deploy status printed %q", r)
+	}
+	for _, want := range []string{
+		`rollout r\x1b[2J\x1b]0;owned\a: hostile to v2\x1b[2J\x1b]0;owned\a, halted\x1b[2J\x1b]0;owned\a`,
+		`refused node fake\x1b[2J\x1b]0;owned\a: no\x1b[2J`,
+		`evil\x1b[5m`,
+		f.agent.Name + `: current version refused: version "v1\x1b[2J\x1b]0;owned\a" must be`,
+		f.agent.Name + `: desired value refused: version "v3\x1b[31m" must be`,
+		f.agent.Name + `: status refused: version "v2\x1b[2J`,
+		f.agent.Name + `: boom\x1b[2J\x1b]0;owned\a`,
+	} {
+		assert.Contains(t, text, want)
+	}
+	assert.Regexp(t, f.agent.Name+`\s+invalid\s+invalid\s+failed\\x1b`, text, "the columns hold")
+
+	// JSON is escaped by the encoder: no raw control character either.
+	out.Reset()
+	require.NoError(t, Show(f.ctx(), f.c, f.svc, nil, &out, true))
+	assert.NotContains(t, out.String(), "\x1b")
+	assert.Contains(t, out.String(), `\u001b[2J`)
+	var v View
+	require.NoError(t, json.Unmarshal(out.Bytes(), &v))
+	require.Len(t, v.Nodes, 2)
+}

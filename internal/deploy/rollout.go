@@ -9,13 +9,16 @@ import (
 	"io"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/consul-rehydrate/consul-rehydrate/config"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/printable"
 )
 
 // Rollout states, and the states of a node within one.
@@ -31,6 +34,7 @@ const (
 	NodeReverting  = "reverting"
 	NodeReverted   = "reverted" // the rollout rolled it back after another node failed
 	NodeRevertFail = "revert_failed"
+	NodeRefused    = "refused" // the rollout would not deploy to it; its Error says why
 )
 
 // Record is a rollout, kept at deploy/<service>/rollout.
@@ -38,21 +42,31 @@ type Record struct {
 	ID             string       `json:"id"`
 	Version        string       `json:"version"`
 	Artifact       string       `json:"artifact,omitempty"`
+	SHA256         string       `json:"sha256,omitempty"`
+	NodeFilter     string       `json:"node_filter,omitempty"`
 	State          string       `json:"state"`
 	Batch          int          `json:"batch"`
 	MaxUnavailable int          `json:"max_unavailable"`
 	Started        time.Time    `json:"started"`
 	Finished       *time.Time   `json:"finished,omitempty"`
 	Nodes          []NodeRecord `json:"nodes"`
-	Error          string       `json:"error,omitempty"`
+	// Refused are the nodes the catalog has the service on that the rollout did not
+	// deploy to (state NodeRefused), each with why.
+	Refused []NodeRecord `json:"refused,omitempty"`
+	Error   string       `json:"error,omitempty"`
 }
 
 // NodeRecord is one node's part in a rollout.
 type NodeRecord struct {
 	Node     string `json:"node"`
 	Previous string `json:"previous,omitempty"`
-	State    string `json:"state"`
-	Error    string `json:"error,omitempty"`
+	// PreviousArtifact and PreviousSHA256 are what the node's last deployment of
+	// Previous was asked with: a rollback asks for them again, so that a deploy block
+	// with an allow-list or require_sha256 takes it.
+	PreviousArtifact string `json:"previous_artifact,omitempty"`
+	PreviousSHA256   string `json:"previous_sha256,omitempty"`
+	State            string `json:"state"`
+	Error            string `json:"error,omitempty"`
 }
 
 // Rollout deploys a version to every node of a service, a batch at a time.
@@ -61,6 +75,16 @@ type Rollout struct {
 	Service  string
 	Version  string
 	Artifact string
+	SHA256   string
+	// NodeFilter is a Consul filter expression on the catalog's nodes of the service
+	// (the fields of /v1/catalog/service/:service, as `consul catalog nodes -service
+	// web -filter` takes), e.g. `Node matches "^web-"` or `NodeMeta.pool == "blue"`;
+	// only the nodes it selects are deployed to. Empty: every node of the service.
+	// Whatever it selects, a node must also pass eligibleNodes.
+	NodeFilter string
+	// Policy, when set, is the service's deploy block: the rollout refuses a desired
+	// value its handlers would refuse (Allowed) before it writes anything.
+	Policy *config.DeployConfig
 	// Batch is how many nodes deploy at once.
 	Batch int
 	// MaxUnavailable is how many of the service's nodes may be out of passing at
@@ -88,8 +112,25 @@ type item struct {
 
 // Run runs the rollout. It halts at the first node whose deployment does not
 // succeed, and rolls the nodes it updated back to the version each ran before.
+// It deploys only to the nodes plan accepts, and records the others as refused; a
+// rollout with no node to deploy to is refused (ErrRefused) before it takes the
+// lock, and writes nothing.
 func (r *Rollout) Run(ctx context.Context) (*Record, error) {
 	r.store = kv{r.Client}
+	want := Desired{ID: "check", Version: r.Version, Artifact: r.Artifact, SHA256: r.SHA256}
+	if err := want.Check(); err != nil {
+		return nil, err
+	}
+	if r.Policy != nil {
+		if err := Allowed(r.Policy, want); err != nil {
+			return nil, err
+		}
+	}
+	// Planned before the lock too, so that a rollout refused for want of nodes writes
+	// nothing; planned again under it, where it counts.
+	if _, err := r.plan(ctx, ""); err != nil {
+		return nil, err
+	}
 	id, err := newID(r.Now())
 	if err != nil {
 		return nil, err
@@ -107,33 +148,19 @@ func (r *Rollout) Run(ctx context.Context) (*Record, error) {
 	defer held.Release()
 	ctx = held.Context()
 
-	nodes, err := serviceNodes(ctx, r.Client, r.Service)
+	p, err := r.plan(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	r.rec = Record{ID: id, Version: r.Version, Artifact: r.Artifact, State: RolloutRunning, Batch: r.Batch,
-		MaxUnavailable: r.MaxUnavailable, Started: r.Now().UTC()}
-	keys, err := r.store.nodes(ctx, r.Service)
-	if err != nil {
-		return nil, err
-	}
-	var todo []item
-	for _, n := range nodes {
-		var cur string
-		var st *Status
-		if k := keys[n]; k != nil {
-			cur, st = k.current, k.status
-		}
-		nr := NodeRecord{Node: n, Previous: cur, State: NodePending}
-		if cur == r.Version && st != nil && st.State == StateSucceeded && st.Version == r.Version {
-			nr.State = NodeSkipped
-		} else {
-			todo = append(todo, item{n, Desired{ID: id, Version: r.Version, Artifact: r.Artifact}})
-		}
-		r.rec.Nodes = append(r.rec.Nodes, nr)
-	}
+	nodes, todo := p.nodes, p.todo
+	r.rec = Record{ID: id, Version: r.Version, Artifact: r.Artifact, SHA256: r.SHA256, NodeFilter: r.NodeFilter,
+		State: RolloutRunning, Batch: r.Batch, MaxUnavailable: r.MaxUnavailable, Started: r.Now().UTC(),
+		Nodes: p.records, Refused: p.refused}
 	if err := r.save(ctx); err != nil {
 		return nil, err
+	}
+	for _, nr := range p.refused {
+		r.printf("refusing node %s: %s", nr.Node, nr.Error)
 	}
 	r.printf("rollout %s: %s %s to %d of %d nodes (batch %d, max unavailable %d)",
 		id, r.Service, r.Version, len(todo), len(nodes), r.Batch, r.MaxUnavailable)
@@ -170,7 +197,8 @@ func (r *Rollout) Run(ctx context.Context) (*Record, error) {
 	var back []item
 	for _, nr := range r.rec.Nodes {
 		if nr.State == StateSucceeded && nr.Previous != "" && nr.Previous != r.Version {
-			back = append(back, item{nr.Node, Desired{ID: id + "-rollback", Version: nr.Previous}})
+			back = append(back, item{nr.Node, Desired{ID: id + "-rollback", Version: nr.Previous,
+				Artifact: nr.PreviousArtifact, SHA256: nr.PreviousSHA256}})
 		}
 	}
 	if len(back) > 0 {
@@ -349,33 +377,155 @@ func (r *Rollout) end(ctx context.Context, errText string) error {
 	return r.save(ctx)
 }
 
+// printf prints a line of the rollout's progress. Node names, versions and errors
+// come from the catalog and from nodes' keys: the line is shown escaped, so that none
+// of them can drive the terminal.
 func (r *Rollout) printf(format string, args ...any) {
 	if r.Out != nil {
-		fmt.Fprintf(r.Out, "%s %s\n", r.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+		fmt.Fprintf(r.Out, "%s %s\n", r.Now().Format("15:04:05"), printable.String(fmt.Sprintf(format, args...)))
 	}
 }
 
-// serviceNodes returns the names of the nodes the catalog has the service on.
-func serviceNodes(ctx context.Context, c *api.Client, service string) ([]string, error) {
+// plan is what a rollout deploys, and to which nodes.
+type plan struct {
+	nodes   []string     // the nodes it deploys to, sorted
+	records []NodeRecord // one per node of nodes
+	todo    []item       // the nodes of nodes not on the version yet, with their desired values
+	refused []NodeRecord // the service's nodes it does not deploy to, with why
+}
+
+// plan reads which of the service's nodes the rollout deploys to, what each runs,
+// and which of them need the version (the desired values get the rollout id id).
+// A node is refused if eligibleNodes refuses it, or if its current key is not a
+// version: it would become the node's rollback version, and its handler would refuse
+// the deployment anyway. A rollout left with no node is refused (ErrRefused).
+func (r *Rollout) plan(ctx context.Context, id string) (*plan, error) {
+	nodes, refused, err := eligibleNodes(ctx, r.Client, r.Service, r.NodeFilter)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := r.store.nodes(ctx, r.Service)
+	if err != nil {
+		return nil, err
+	}
+	p := &plan{refused: refused}
+	for _, n := range nodes {
+		var cur string
+		var st *Status
+		if k := keys[n]; k != nil {
+			cur, st = k.current, k.status
+		}
+		if cur != "" {
+			if err := CheckVersion(cur); err != nil {
+				p.refused = append(p.refused, NodeRecord{Node: n, State: NodeRefused,
+					Error: fmt.Sprintf("%s: %v", NodeKey(r.Service, n, KeyCurrent), err)})
+				continue
+			}
+		}
+		nr := NodeRecord{Node: n, Previous: cur, State: NodePending}
+		if st != nil && st.State == StateSucceeded && cur != "" && st.Version == cur {
+			// Asked for again if the rollout rolls the node back; the node wrote them,
+			// so only well-formed ones, and only to the node itself.
+			if (Desired{ID: "check", Version: cur, Artifact: st.Artifact, SHA256: st.SHA256}).Check() == nil {
+				nr.PreviousArtifact, nr.PreviousSHA256 = st.Artifact, st.SHA256
+			}
+		}
+		if cur == r.Version && st != nil && st.State == StateSucceeded && st.Version == r.Version {
+			nr.State = NodeSkipped
+		} else {
+			p.todo = append(p.todo, item{n, Desired{ID: id, Version: r.Version, Artifact: r.Artifact, SHA256: r.SHA256}})
+		}
+		p.nodes = append(p.nodes, n)
+		p.records = append(p.records, nr)
+	}
+	if len(p.nodes) == 0 {
+		why := make([]string, len(p.refused))
+		for i, nr := range p.refused {
+			why[i] = fmt.Sprintf("%s: %s", strconv.Quote(nr.Node), nr.Error)
+		}
+		return nil, fmt.Errorf("%w: no node of service %s to deploy to; refused %s", ErrRefused, r.Service, strings.Join(why, "; "))
+	}
+	return p, nil
+}
+
+// LAN gossip member states (api.AgentMember.Status, serf.MemberStatus).
+const memberLeft = 3
+
+// eligibleNodes returns the nodes the catalog has the service on that a rollout
+// may deploy to, sorted, and those it refuses, each with why. The catalog is
+// anyone's to write who holds node or service write for some name: a node must
+// also
+//
+//   - be selected by filter (a Consul filter expression, evaluated by the catalog;
+//     empty selects every node),
+//   - have a name fit for a key (nodeName), and
+//   - be a member of the LAN gossip pool of the agent the rollout talks to, and not
+//     one that has left. A node registered through /v1/catalog/register alone has
+//     no agent behind it, and the leader keeps such a node in the catalog (it
+//     deregisters only nodes that have a serfHealth check and are not members:
+//     reconcileReaped in hashicorp/consul agent/consul/leader.go), so the catalog
+//     alone cannot tell a fake registration from a node. With gossip encryption,
+//     joining the pool takes the key. Names compare case-insensitively, as there.
+func eligibleNodes(ctx context.Context, c *api.Client, service, filter string) ([]string, []NodeRecord, error) {
 	var svcs []*api.CatalogService
 	err := retry(ctx, func() (err error) {
-		svcs, _, err = c.Catalog().Service(service, "", (&api.QueryOptions{}).WithContext(ctx))
+		svcs, _, err = c.Catalog().Service(service, "", (&api.QueryOptions{Filter: filter}).WithContext(ctx))
+		// Consul refuses a filter that does not parse or names no field with go-bexpr's
+		// "Failed to create boolean expression evaluator" (hashicorp/go-bexpr
+		// filter.go): a 400 from a server, a 500 through a client agent's RPC.
+		var se api.StatusError
+		if filter != "" && errors.As(err, &se) && strings.Contains(se.Body, "Failed to create boolean expression evaluator") {
+			return fmt.Errorf("%w: --node-filter %q: %s", ErrBadFilter, filter, strings.TrimSpace(se.Body))
+		}
+		return err
+	})
+	if errors.Is(err, ErrBadFilter) {
+		return nil, nil, err
+	}
+	if err != nil {
+		return nil, nil, consulErr(ctx, fmt.Errorf("catalog of service %s: %w", service, err))
+	}
+	if len(svcs) == 0 {
+		if filter != "" {
+			return nil, nil, fmt.Errorf("%w: no instance of service %s in the catalog that --node-filter %q selects", ErrRefused, service, filter)
+		}
+		return nil, nil, fmt.Errorf("%w: no instance of service %s in the catalog", ErrRefused, service)
+	}
+	var members []*api.AgentMember
+	err = retry(ctx, func() (err error) {
+		members, err = c.Agent().Members(false)
 		return err
 	})
 	if err != nil {
-		return nil, consulErr(ctx, fmt.Errorf("catalog of service %s: %w", service, err))
+		return nil, nil, consulErr(ctx, fmt.Errorf("LAN members: %w", err))
+	}
+	status := map[string]int{}
+	for _, m := range members {
+		status[strings.ToLower(m.Name)] = m.Status
 	}
 	var nodes []string
+	var refused []NodeRecord
+	seen := map[string]bool{}
 	for _, s := range svcs {
-		if !slices.Contains(nodes, s.Node) {
+		if seen[s.Node] {
+			continue
+		}
+		seen[s.Node] = true
+		st, member := status[strings.ToLower(s.Node)]
+		switch {
+		case !nodeName(s.Node):
+			refused = append(refused, NodeRecord{Node: s.Node, State: NodeRefused,
+				Error: "not a node name: want 1 to 128 characters of A-Z, a-z, 0-9 and _ . -, starting with a letter or digit, without \"..\""})
+		case !member || st == memberLeft:
+			refused = append(refused, NodeRecord{Node: s.Node, State: NodeRefused,
+				Error: "in the catalog but not a member of the gossip pool: a registration with no agent behind it"})
+		default:
 			nodes = append(nodes, s.Node)
 		}
 	}
-	if len(nodes) == 0 {
-		return nil, fmt.Errorf("no instance of service %s in the catalog", service)
-	}
 	sort.Strings(nodes)
-	return nodes, nil
+	slices.SortFunc(refused, func(a, b NodeRecord) int { return strings.Compare(a.Node, b.Node) })
+	return nodes, refused, nil
 }
 
 // newID names a rollout: sortable by time, unique by its random part.

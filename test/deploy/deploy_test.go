@@ -460,4 +460,37 @@ func TestDeploy_ReplaysAndBadDesiredValuesChangeNothing(t *testing.T) {
 	out, code = e.rehydrate("status", "--service", "web")
 	require.Equal(t, app.ExitOK, code, out)
 	assert.Contains(t, out, a.Name+": desired value refused: missing id")
+
+	// Whoever can write the catalog registers a node that runs web, with no agent
+	// behind it; the operator limits the rollout to two nodes with --node-filter. Only
+	// those two are deployed to: the fake is refused and never gets a desired value.
+	_, err = e.client.Catalog().Register(&api.CatalogRegistration{
+		Node: "fake-web", Address: "127.0.0.1",
+		Service: &api.AgentService{ID: "web", Service: "web", Port: appPort},
+	}, nil)
+	require.NoError(t, err)
+	left := e.c.Clients[2]
+	filter := fmt.Sprintf("Node != %q", left.Name)
+	out, code = e.rehydrate("start", "--service", "web", "--version", "v2", "--node-filter", filter)
+	require.Equal(t, app.ExitOK, code, out)
+	assert.Contains(t, out, "refusing node fake-web: in the catalog but not a member of the gossip pool")
+	assert.Contains(t, out, "to 2 of 2 nodes")
+	assert.Nil(t, e.kv(deploy.NodeKey("web", "fake-web", deploy.KeyDesired)), "the fake node got a desired value")
+	for _, n := range e.c.Clients[:2] {
+		assert.Equal(t, "v2", e.current(n.Name), n.Name)
+		assert.Equal(t, "v2", e.served(n), n.Name)
+	}
+	assert.Equal(t, "v1", e.current(left.Name), "the node the filter leaves out is not deployed to")
+	assert.Equal(t, "v1", e.served(left))
+	leftDesired, err := deploy.ParseDesired(e.kv(deploy.NodeKey("web", left.Name, deploy.KeyDesired)).Value)
+	require.NoError(t, err)
+	assert.Equal(t, "v1", leftDesired.Version, "the left-out node's desired value is the bootstrap's")
+	var rec deploy.Record
+	require.NoError(t, json.Unmarshal(e.kv(deploy.ServiceKey("web", "rollout")).Value, &rec))
+	assert.Equal(t, filter, rec.NodeFilter)
+	require.Len(t, rec.Refused, 1)
+	assert.Equal(t, "fake-web", rec.Refused[0].Node)
+	out, code = e.rehydrate("status", "--service", "web")
+	require.Equal(t, app.ExitOK, code, out)
+	assert.Contains(t, out, "refused node fake-web: in the catalog but not a member of the gossip pool")
 }
