@@ -26,23 +26,23 @@ func spinupTrigger(a *prog) (roll.Trigger, int) {
 		return roll.Trigger{}, app.ExitOK
 	}
 	// On its first run the watch hands over the agent's whole buffer; earlier
-	// events had their turn, and the roll is level-triggered: the newest well-formed
-	// one is enough. Every malformed event is refused with a line of its own, and
+	// events had their turn, and the roll is level-triggered: one event is enough,
+	// the newest that requests something (a continuation only when none does; see
+	// payload.Pick). Every malformed event is refused with a line of its own, and
 	// does not hide a good one: events fired through different servers may reach
 	// this agent in any order.
-	var trig *roll.Trigger
-	for _, ev := range events {
-		req, err := payload.ParseRequest(ev, a.cfg.Roll.EventName)
-		if err != nil {
-			a.log.Error("refusing event", "event_id", ev.ID, "error", err)
-			continue
+	picked, ok, refused := payload.Pick(events, a.cfg.Roll.EventName)
+	for _, r := range refused {
+		id := ""
+		if r.Event != nil {
+			id = r.Event.ID
 		}
-		trig = &roll.Trigger{EventID: ev.ID, Image: req.ImageID}
+		a.log.Error("refusing event", "event_id", id, "error", r.Err)
 	}
-	if trig == nil {
+	if !ok {
 		return roll.Trigger{}, app.ExitBadPayload
 	}
-	return *trig, -1
+	return roll.Trigger{EventID: picked.Event.ID, Image: picked.Request.ImageID, Continue: picked.Request.Continue}, -1
 }
 
 // Spindown is the service watch handler (service "consul"): membership or health of

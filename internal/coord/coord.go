@@ -11,9 +11,12 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
 )
 
@@ -29,6 +32,36 @@ const (
 	MaxHistory = 100 // roll history entries
 	MaxEvents  = 256 // handled event IDs, as many as an agent's event buffer replays
 )
+
+// ErrBadKey is wrapped by the error for a name that may not be part of a key.
+var ErrBadKey = errors.New("not a valid key segment")
+
+// CheckKeyPath checks a name (an action ID, an image ID) that becomes the end of
+// a key under the cluster's prefix. It may hold "/" (action IDs do, and so may a
+// local image's name), but no empty, "." or ".." segment: Consul's HTTP server
+// cleans such a path, redirecting the request to another key (agent/http.go serves
+// the API from an http.ServeMux, which "takes care of sanitizing the URL request
+// path ..., redirecting any request containing . or .. segments or repeated
+// slashes to an equivalent, cleaner URL"); and no control characters or invalid
+// UTF-8, which would end up in the key's name as it is logged and listed.
+// Errors wrap ErrBadKey.
+func CheckKeyPath(name string) error {
+	if !utf8.ValidString(name) {
+		return fmt.Errorf("%w: %q is not valid UTF-8", ErrBadKey, name)
+	}
+	for i, r := range name {
+		if unicode.IsControl(r) {
+			return fmt.Errorf("%w: %q has %q at byte %d", ErrBadKey, name, r, i)
+		}
+	}
+	for _, seg := range strings.Split(name, "/") {
+		switch seg {
+		case "", ".", "..":
+			return fmt.Errorf("%w: %q has an empty, \".\" or \"..\" segment", ErrBadKey, name)
+		}
+	}
+	return nil
+}
 
 // ErrLockHeld means another handler holds the lock; it will take the step.
 var ErrLockHeld = errors.New("lock held by another handler")
@@ -219,12 +252,58 @@ func HolderOf(ctx context.Context, c *api.Client, key string) (string, error) {
 
 // Roll is the record of the current or last roll.
 type Roll struct {
-	Target  string    `json:"target_image"`
-	Phase   string    `json:"phase"`
-	Started time.Time `json:"started"`
-	Updated time.Time `json:"updated"`
-	Failure string    `json:"failure,omitempty"`
-	History []Entry   `json:"history"`
+	Target string `json:"target_image"`
+	// TargetCreated is the target image's creation time as the provider listed it
+	// when the roll started: the roll's completion is recorded with it even if the
+	// image has left the filter since.
+	TargetCreated time.Time `json:"target_created,omitzero"`
+	Phase         string    `json:"phase"`
+	Started       time.Time `json:"started"`
+	Updated       time.Time `json:"updated"`
+	Failure       string    `json:"failure,omitempty"`
+	History       []Entry   `json:"history"`
+	// Completed is the target of the last roll that completed. A new roll's record
+	// carries it over, and a failed roll leaves it alone: no request may take the
+	// cluster to an older image than this one unless roll.allow_downgrade is set,
+	// whatever the image filter lists now.
+	Completed *Completed `json:"completed,omitempty"`
+}
+
+// Completed names the target of a roll that completed.
+type Completed struct {
+	Image string `json:"image"`
+	// Created is the image's creation time; zero if it was never known (a record
+	// written before it was kept).
+	Created time.Time `json:"image_created,omitzero"`
+	Done    time.Time `json:"done"`
+}
+
+// LastCompleted returns the target of the last roll that completed, nil if none
+// did. A record written before Completed was kept names its target as completed
+// only by its phase; its age is then unknown.
+func (r *Roll) LastCompleted() *Completed {
+	switch {
+	case r == nil:
+		return nil
+	case r.Phase == PhaseDone && (r.Completed == nil || r.Completed.Image != r.Target):
+		// A done record whose Completed lags (written by an older version).
+		return &Completed{Image: r.Target, Created: r.TargetCreated, Done: r.Updated}
+	}
+	return r.Completed
+}
+
+// Next returns the record of a new roll to target, created at created, starting
+// at now: it carries over the last completed target of r, the record it replaces
+// (which may be nil).
+func (r *Roll) Next(target string, created, now time.Time) *Roll {
+	return &Roll{Target: target, TargetCreated: created, Phase: PhaseRolling, Started: now, Completed: r.LastCompleted()}
+}
+
+// Complete marks r, a roll in progress, done at now, and its target the last
+// completed one.
+func (r *Roll) Complete(now time.Time) {
+	r.Phase = PhaseDone
+	r.Completed = &Completed{Image: r.Target, Created: r.TargetCreated, Done: now}
 }
 
 // Entry is one step in a roll's history.
@@ -270,6 +349,9 @@ type Receipt struct {
 
 // Receipt reads the receipt of an action; nil if there is none.
 func (s *Store) Receipt(ctx context.Context, actionID string) (*Receipt, error) {
+	if err := CheckKeyPath(actionID); err != nil {
+		return nil, fmt.Errorf("read receipt: action ID: %w", err)
+	}
 	var r *Receipt
 	ok, err := s.getJSON(ctx, "actions/"+actionID, &r)
 	if err != nil || !ok {
@@ -280,11 +362,17 @@ func (s *Store) Receipt(ctx context.Context, actionID string) (*Receipt, error) 
 
 // PutReceipt writes the receipt of an action.
 func (s *Store) PutReceipt(ctx context.Context, actionID string, r *Receipt) error {
+	if err := CheckKeyPath(actionID); err != nil {
+		return fmt.Errorf("write receipt: action ID: %w", err)
+	}
 	return s.putJSON(ctx, "actions/"+actionID, r)
 }
 
 // DeleteReceipt removes the receipt of an action that did not happen.
 func (s *Store) DeleteReceipt(ctx context.Context, actionID string) error {
+	if err := CheckKeyPath(actionID); err != nil {
+		return fmt.Errorf("delete receipt: action ID: %w", err)
+	}
 	if _, err := s.c.KV().Delete(s.Key("actions/"+actionID), (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		return fmt.Errorf("delete receipt %s: %w", actionID, err)
 	}
@@ -293,6 +381,9 @@ func (s *Store) DeleteReceipt(ctx context.Context, actionID string) error {
 
 // Handled reports whether the event was already handled.
 func (s *Store) Handled(ctx context.Context, eventID string) (bool, error) {
+	if err := payload.CheckEventID(eventID); err != nil {
+		return false, fmt.Errorf("read handled event: %w", err)
+	}
 	kv, _, err := s.c.KV().Get(s.Key("events/"+eventID), (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return false, fmt.Errorf("read %s: %w", s.Key("events/"+eventID), err)
@@ -303,6 +394,9 @@ func (s *Store) Handled(ctx context.Context, eventID string) (bool, error) {
 // MarkHandled records the event as handled and prunes the oldest records beyond
 // MaxEvents. One request, unless there is something to prune.
 func (s *Store) MarkHandled(ctx context.Context, eventID, result string) error {
+	if err := payload.CheckEventID(eventID); err != nil {
+		return fmt.Errorf("record event: %w", err)
+	}
 	resp, err := s.txn(ctx, api.TxnOps{
 		{KV: &api.KVTxnOp{Verb: api.KVSet, Key: s.Key("events/" + eventID), Value: []byte(result)}},
 		{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: s.Key("events/")}},
@@ -337,6 +431,9 @@ func (s *Store) MarkHandled(ctx context.Context, eventID, result string) error {
 // Peek reads, in one request, what a handler needs to decide whether it has a step
 // to take at all: the roll record, whether eventID was handled, and the bad images.
 func (s *Store) Peek(ctx context.Context, eventID string) (*Roll, bool, map[string]string, error) {
+	if err := payload.CheckEventID(eventID); err != nil {
+		return nil, false, nil, fmt.Errorf("read %s: %w", s.prefix, err)
+	}
 	resp, err := s.txn(ctx, api.TxnOps{
 		{KV: &api.KVTxnOp{Verb: api.KVGetOrEmpty, Key: s.Key("roll")}},
 		{KV: &api.KVTxnOp{Verb: api.KVGetOrEmpty, Key: s.Key("events/" + eventID)}},
@@ -409,6 +506,9 @@ func (s *Store) BadImages(ctx context.Context) (map[string]string, error) {
 
 // MarkBad marks an image bad so that no roll uses it again.
 func (s *Store) MarkBad(ctx context.Context, image, reason string) error {
+	if err := CheckKeyPath(image); err != nil {
+		return fmt.Errorf("mark image bad: image ID: %w", err)
+	}
 	_, err := s.c.KV().Put(&api.KVPair{Key: s.Key("bad-images/" + image), Value: []byte(reason)}, (&api.WriteOptions{}).WithContext(ctx))
 	if err != nil {
 		return fmt.Errorf("mark image %s bad: %w", image, err)

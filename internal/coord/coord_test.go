@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
 	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
 )
@@ -144,15 +146,15 @@ func TestCoord(t *testing.T) {
 		s := coord.New(cl, "events")
 		ctx := context.Background()
 		for i := 0; i < coord.MaxEvents+3; i++ {
-			require.NoError(t, s.MarkHandled(ctx, fmt.Sprintf("ev-%03d", i), "ok"))
+			require.NoError(t, s.MarkHandled(ctx, eventID(i), "ok"))
 		}
 		keys, _, err := cl.KV().Keys(s.Key("events/"), "", nil)
 		require.NoError(t, err)
 		assert.Len(t, keys, coord.MaxEvents)
-		old, err := s.Handled(ctx, "ev-000")
+		old, err := s.Handled(ctx, eventID(0))
 		require.NoError(t, err)
 		assert.False(t, old)
-		recent, err := s.Handled(ctx, fmt.Sprintf("ev-%03d", coord.MaxEvents+2))
+		recent, err := s.Handled(ctx, eventID(coord.MaxEvents+2))
 		require.NoError(t, err)
 		assert.True(t, recent)
 	})
@@ -183,26 +185,58 @@ func TestCoord(t *testing.T) {
 	t.Run("PeekReadsRollHandledAndBadImagesAtOnce", func(t *testing.T) {
 		s := coord.New(cl, "peek")
 		ctx := context.Background()
-		r, handled, bad, err := s.Peek(ctx, "ev-1")
+		r, handled, bad, err := s.Peek(ctx, eventID(1))
 		require.NoError(t, err)
 		assert.Nil(t, r, "no roll yet")
 		assert.False(t, handled)
 		assert.Empty(t, bad)
 
 		require.NoError(t, s.PutRoll(ctx, &coord.Roll{Target: "B", Phase: coord.PhaseRolling}))
-		require.NoError(t, s.MarkHandled(ctx, "ev-1", "nothing"))
+		require.NoError(t, s.MarkHandled(ctx, eventID(1), "nothing"))
 		require.NoError(t, s.MarkBad(ctx, "C", "never joined"))
 		require.NoError(t, s.MarkBad(ctx, "D", "never a voter"))
-		r, handled, bad, err = s.Peek(ctx, "ev-1")
+		r, handled, bad, err = s.Peek(ctx, eventID(1))
 		require.NoError(t, err)
 		require.NotNil(t, r)
 		assert.Equal(t, "B", r.Target)
 		assert.True(t, r.InProgress())
 		assert.True(t, handled)
 		assert.Equal(t, map[string]string{"C": "never joined", "D": "never a voter"}, bad)
-		_, handled, _, err = s.Peek(ctx, "ev-2")
+		_, handled, _, err = s.Peek(ctx, eventID(2))
 		require.NoError(t, err)
 		assert.False(t, handled)
+	})
+
+	t.Run("ForgedEventIDsAndKeyPathsAreRefusedAndChangeNothing", func(t *testing.T) {
+		s := coord.New(cl, "forged")
+		ctx := context.Background()
+		require.NoError(t, s.PutRoll(ctx, &coord.Roll{Target: "B", Phase: coord.PhaseDone}))
+		before, _, err := cl.KV().List(s.Key(""), nil)
+		require.NoError(t, err)
+		// "../roll" would be events/../roll, which Consul's HTTP server cleans to the
+		// roll record's key.
+		for _, id := range []string{"../roll", "", "e1", "2ac2ac71-4be1-989d-1ac5-3c5dd0e61b6/", strings.ToUpper("2ac2ac71-4be1-989d-1ac5-3c5dd0e61b63")} {
+			_, err := s.Handled(ctx, id)
+			assert.ErrorIs(t, err, payload.ErrBadPayload, "Handled(%q)", id)
+			assert.ErrorIs(t, s.MarkHandled(ctx, id, "forged"), payload.ErrBadPayload, "MarkHandled(%q)", id)
+			_, _, _, err = s.Peek(ctx, id)
+			assert.ErrorIs(t, err, payload.ErrBadPayload, "Peek(%q)", id)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), "is not a UUID")
+		}
+		for _, name := range []string{"launch/../../roll", "../lock", "retire//i-1", "retire/", ".", "", "x\ny", "\xff"} {
+			err := s.PutReceipt(ctx, name, &coord.Receipt{Intent: "forged"})
+			assert.ErrorIs(t, err, coord.ErrBadKey, "PutReceipt(%q)", name)
+			_, err = s.Receipt(ctx, name)
+			assert.ErrorIs(t, err, coord.ErrBadKey, "Receipt(%q)", name)
+			assert.ErrorIs(t, s.DeleteReceipt(ctx, name), coord.ErrBadKey, "DeleteReceipt(%q)", name)
+			assert.ErrorIs(t, s.MarkBad(ctx, name, "forged"), coord.ErrBadKey, "MarkBad(%q)", name)
+		}
+		after, _, err := cl.KV().List(s.Key(""), nil)
+		require.NoError(t, err)
+		assert.Equal(t, before, after, "nothing under the prefix changed")
+		// A local image's name may hold a "/".
+		require.NoError(t, coord.CheckKeyPath("consul-1.21.4+ent/2"))
 	})
 
 	t.Run("UnreachableConsulIsAnError", func(t *testing.T) {
@@ -216,6 +250,39 @@ func TestCoord(t *testing.T) {
 		require.Error(t, err)
 		assert.False(t, errors.Is(err, coord.ErrLockHeld))
 	})
+}
+
+// eventID returns the n-th of a series of well-formed event IDs.
+func eventID(n int) string { return fmt.Sprintf("00000000-0000-0000-0000-%012x", n) }
+
+// TestRoll_CompletedTargetIsCarriedOverUntilAnotherCompletes: the last completed
+// target survives a new roll's record and a failed roll, and moves only when a
+// roll completes.
+func TestRoll_CompletedTargetIsCarriedOverUntilAnotherCompletes(t *testing.T) {
+	t0 := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	var none *coord.Roll
+	assert.Nil(t, none.LastCompleted(), "no record: nothing completed")
+
+	a := none.Next("A", t0.Add(-72*time.Hour), t0)
+	assert.True(t, a.InProgress())
+	assert.Nil(t, a.LastCompleted(), "a roll in progress has not completed")
+	a.Complete(t0.Add(time.Hour))
+	assert.Equal(t, &coord.Completed{Image: "A", Created: t0.Add(-72 * time.Hour), Done: t0.Add(time.Hour)}, a.LastCompleted())
+
+	b := a.Next("B", t0.Add(-time.Hour), t0.Add(2*time.Hour))
+	assert.Equal(t, "A", b.LastCompleted().Image, "a new roll carries the last completed target over")
+	b.Phase, b.Failure = coord.PhaseFailed, "never became a voter"
+	assert.Equal(t, "A", b.LastCompleted().Image, "a failed roll completes nothing")
+
+	c := b.Next("C", t0, t0.Add(3*time.Hour))
+	c.Complete(t0.Add(4 * time.Hour))
+	assert.Equal(t, "C", c.LastCompleted().Image)
+
+	// A done record written before Completed was kept: its target is the last
+	// completed one, of unknown age unless the record knew it.
+	old := &coord.Roll{Target: "B", Phase: coord.PhaseDone, Updated: t0}
+	assert.Equal(t, &coord.Completed{Image: "B", Done: t0}, old.LastCompleted())
+	assert.Equal(t, "B", old.Next("C", t0, t0).LastCompleted().Image)
 }
 
 // ended is a poll condition: the held lock's context has ended.

@@ -72,13 +72,14 @@ func FuzzParseRequest(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, p []byte) {
-		req, err := ParseRequest(&api.UserEvent{ID: "id", Name: eventName, Payload: p}, eventName)
+		req, err := ParseRequest(&api.UserEvent{ID: evID, Name: eventName, Payload: p}, eventName)
 		if err != nil {
 			require.ErrorIs(t, err, ErrBadPayload)
-			require.True(t, strings.HasPrefix(err.Error(), `parse rehydrate request in event "id": `), err.Error())
+			require.True(t, strings.HasPrefix(err.Error(), `parse rehydrate request in event "`+evID+`": `), err.Error())
 			return
 		}
 		require.LessOrEqual(t, len(p), MaxRequestBytes)
+		require.False(t, req.Continue && req.ImageID != "", "a continuation names no image")
 		if req.ImageID == "" {
 			return
 		}
@@ -86,7 +87,7 @@ func FuzzParseRequest(f *testing.F) {
 		// What the CLI would build for this request parses back to it.
 		built, err := NewRequestPayload(req.ImageID)
 		require.NoError(t, err)
-		again, err := ParseRequest(&api.UserEvent{Name: eventName, Payload: built}, eventName)
+		again, err := ParseRequest(&api.UserEvent{ID: evID, Name: eventName, Payload: built}, eventName)
 		require.NoError(t, err)
 		require.Equal(t, req, again)
 	})

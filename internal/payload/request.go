@@ -21,21 +21,40 @@ const MaxRequestBytes = 512
 // MaxImageIDLen is the most characters (runes) an image_id may have.
 const MaxImageIDLen = 128
 
-// Request is the payload of the rehydrate event, e.g. {"image_id":"ami-0abc"}.
-// The zero Request (an empty payload) asks for the newest allowed image.
+// Request is the payload of the rehydrate event. It is one of three kinds:
+//
+//	{"image_id":"ami-0abc"}  a request: roll to that image (it must be allowed)
+//	empty, or {}             a request: roll to the newest allowed image
+//	                         (`rehydrate fire`, the image-published Lambda)
+//	{"continue":true}        a continuation: requests nothing, asks some handler
+//	                         to take the step due in the roll in progress
+//
+// The handlers fire a continuation after a launch, after a retire, when they
+// give up waiting and when they hand a step to another server: the roll in
+// progress, not the event, names the target then. A handler that finds a
+// newer image once a roll is done fires a plain request instead, since that
+// starts a roll. The zero Request asks for the newest allowed image.
 type Request struct {
 	// ImageID names the image to roll to. Empty means the newest image the
 	// configured filter allows; a named image must also be allowed.
 	ImageID string `json:"image_id,omitempty"`
+	// Continue marks a continuation, which requests nothing; it names no image.
+	Continue bool `json:"continue,omitempty"`
 }
+
+// Requests reports whether r asks for a roll (to a named image or to the newest
+// allowed one), as opposed to a continuation of the roll in progress.
+func (r Request) Requests() bool { return !r.Continue }
 
 // ParseRequest returns the request carried by ev, a rehydrate event.
 //
+// ev.ID must be a UUID (see CheckEventID): it becomes a KV key segment.
 // ev.Name must equal wantName. An empty Payload yields the zero Request.
 // Otherwise the payload must be at most MaxRequestBytes of valid UTF-8 holding
-// exactly one JSON object whose only field may be "image_id" (spelled exactly
-// so, at most once), a non-empty string of at most MaxImageIDLen printable
-// characters without whitespace. Every error wraps ErrBadPayload.
+// exactly one JSON object whose fields (each spelled exactly so, at most once)
+// may be "image_id", a non-empty string of at most MaxImageIDLen printable
+// characters without whitespace, or "continue", which must be true and comes
+// alone. Every error wraps ErrBadPayload.
 func ParseRequest(ev *api.UserEvent, wantName string) (Request, error) {
 	if ev == nil {
 		return Request{}, mark(errors.New("parse rehydrate request: no event"))
@@ -43,6 +62,9 @@ func ParseRequest(ev *api.UserEvent, wantName string) (Request, error) {
 	req, err := parseRequest(ev, wantName)
 	if err != nil {
 		return Request{}, mark(fmt.Errorf("parse rehydrate request in event %q: %w", ev.ID, err))
+	}
+	if err := CheckEventID(ev.ID); err != nil {
+		return Request{}, mark(fmt.Errorf("parse rehydrate request: %w", err))
 	}
 	return req, nil
 }
@@ -104,32 +126,49 @@ func parseRequest(ev *api.UserEvent, wantName string) (Request, error) {
 		return Request{}, fmt.Errorf("expected JSON object, got %s", kindOf(trimSpace(p)))
 	}
 	var req Request
-	seen := false
+	seen := map[string]bool{}
 	for dec.More() {
 		tok, err := next(dec)
 		if err != nil {
 			return Request{}, syntaxError(err)
 		}
 		key, _ := tok.(string) // inside an object, Token returns keys as strings
-		if key != "image_id" {
+		if key != "image_id" && key != "continue" {
 			return Request{}, fmt.Errorf("unknown field %q at offset %d", key, dec.InputOffset())
 		}
-		if seen {
+		if seen[key] {
 			return Request{}, fmt.Errorf("duplicate field %q at offset %d", key, dec.InputOffset())
 		}
-		seen = true
+		seen[key] = true
 		tok, err = next(dec)
 		if err != nil {
 			return Request{}, syntaxError(err)
 		}
-		id, ok := tok.(string)
-		if !ok {
-			return Request{}, fmt.Errorf("field \"image_id\": expected string, got %s", tokenKind(tok))
+		switch key {
+		case "image_id":
+			id, ok := tok.(string)
+			if !ok {
+				return Request{}, fmt.Errorf("field \"image_id\": expected string, got %s", tokenKind(tok))
+			}
+			if err := checkImageID(id); err != nil {
+				return Request{}, err
+			}
+			req.ImageID = id
+		case "continue":
+			// Only true: a false continuation would read as a request to an
+			// operator and as nothing to the handlers.
+			if b, ok := tok.(bool); !ok || !b {
+				got := tokenKind(tok)
+				if ok {
+					got = "false"
+				}
+				return Request{}, fmt.Errorf("field \"continue\": expected true, got %s; omit the field to request a roll", got)
+			}
+			req.Continue = true
 		}
-		if err := checkImageID(id); err != nil {
-			return Request{}, err
-		}
-		req.ImageID = id
+	}
+	if req.Continue && req.ImageID != "" {
+		return Request{}, errors.New("a continuation (\"continue\") names no image; send \"image_id\" alone to request one")
 	}
 	tok, err = next(dec)
 	if err != nil {

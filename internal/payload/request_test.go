@@ -11,6 +11,9 @@ import (
 
 const eventName = "consul-rehydrate"
 
+// evID is a well-formed event ID, as Consul makes them.
+const evID = "2ac2ac71-4be1-989d-1ac5-3c5dd0e61b63"
+
 // requestCases are rehydrate event payloads; FuzzParseRequest seeds from them.
 var requestCases = []struct {
 	name    string
@@ -26,6 +29,7 @@ var requestCases = []struct {
 	{name: "escaped key", payload: []byte(`{"image\u005fid":"ami-1"}`), want: Request{ImageID: "ami-1"}},
 	{name: "local image name", payload: []byte(`{"image_id":"consul-1.21.4+ent/2"}`), want: Request{ImageID: "consul-1.21.4+ent/2"}},
 	{name: "printable unicode", payload: []byte(`{"image_id":"образ-1"}`), want: Request{ImageID: "образ-1"}},
+	{name: "continuation", payload: []byte(`{"continue":true}`), want: Request{Continue: true}},
 	{name: "longest image id", payload: []byte(`{"image_id":"` + strings.Repeat("a", MaxImageIDLen) + `"}`), want: Request{ImageID: strings.Repeat("a", MaxImageIDLen)}},
 
 	{name: "whitespace only", payload: []byte(" \n"), wantErr: "payload is only whitespace"},
@@ -49,6 +53,12 @@ var requestCases = []struct {
 	{name: "nul in image id", payload: []byte(`{"image_id":"ami\u0000"}`), wantErr: `image_id has '\x00' at byte 3`},
 	{name: "no-break space in image id", payload: []byte("{\"image_id\":\"ami\u00a01\"}"), wantErr: `image_id has '\u00a0' at byte 3`},
 	{name: "image id too long", payload: []byte(`{"image_id":"` + strings.Repeat("a", MaxImageIDLen+1) + `"}`), wantErr: "image_id has 129 characters, more than 128"},
+	{name: "continue false", payload: []byte(`{"continue":false}`), wantErr: `field "continue": expected true, got false`},
+	{name: "continue as string", payload: []byte(`{"continue":"yes"}`), wantErr: `field "continue": expected true, got string`},
+	{name: "continue null", payload: []byte(`{"continue":null}`), wantErr: `field "continue": expected true, got null`},
+	{name: "duplicate continue", payload: []byte(`{"continue":true,"continue":true}`), wantErr: `duplicate field "continue"`},
+	{name: "continuation naming an image", payload: []byte(`{"continue":true,"image_id":"ami-1"}`), wantErr: `a continuation ("continue") names no image`},
+	{name: "image then continuation", payload: []byte(`{"image_id":"ami-1","continue":true}`), wantErr: `a continuation ("continue") names no image`},
 	{name: "invalid utf-8", payload: []byte("{\"image_id\":\"ami-\xff\"}"), wantErr: "payload is not valid UTF-8"},
 	{name: "over size limit", payload: []byte(`{"image_id":"ami-1"}` + strings.Repeat(" ", MaxRequestBytes)), wantErr: "payload is 532 bytes, exceeds 512 bytes"},
 }
@@ -56,12 +66,12 @@ var requestCases = []struct {
 func TestParseRequest(t *testing.T) {
 	for _, tc := range requestCases {
 		t.Run(tc.name, func(t *testing.T) {
-			ev := &api.UserEvent{ID: "ev-1", Name: eventName, Payload: tc.payload}
+			ev := &api.UserEvent{ID: evID, Name: eventName, Payload: tc.payload}
 			got, err := ParseRequest(ev, eventName)
 			if tc.wantErr != "" {
 				require.Error(t, err)
 				assert.ErrorIs(t, err, ErrBadPayload)
-				assert.Contains(t, err.Error(), `parse rehydrate request in event "ev-1": `+tc.wantErr)
+				assert.Contains(t, err.Error(), `parse rehydrate request in event "`+evID+`": `+tc.wantErr)
 				return
 			}
 			require.NoError(t, err)
@@ -71,10 +81,10 @@ func TestParseRequest(t *testing.T) {
 }
 
 func TestParseRequest_RejectsOtherEventName(t *testing.T) {
-	ev := &api.UserEvent{ID: "ev-1", Name: "deploy", Payload: []byte(`{}`)}
+	ev := &api.UserEvent{ID: evID, Name: "deploy", Payload: []byte(`{}`)}
 	_, err := ParseRequest(ev, eventName)
 	require.ErrorIs(t, err, ErrBadPayload)
-	assert.Equal(t, `parse rehydrate request in event "ev-1": event name "deploy", want "consul-rehydrate"`, err.Error())
+	assert.Equal(t, `parse rehydrate request in event "`+evID+`": event name "deploy", want "consul-rehydrate"`, err.Error())
 }
 
 func TestParseRequest_RejectsNilEvent(t *testing.T) {
@@ -83,7 +93,7 @@ func TestParseRequest_RejectsNilEvent(t *testing.T) {
 }
 
 func TestParseRequest_OverLimitIsTooLarge(t *testing.T) {
-	ev := &api.UserEvent{Name: eventName, Payload: make([]byte, MaxRequestBytes+1)}
+	ev := &api.UserEvent{ID: evID, Name: eventName, Payload: make([]byte, MaxRequestBytes+1)}
 	_, err := ParseRequest(ev, eventName)
 	assert.ErrorIs(t, err, ErrTooLarge)
 	assert.ErrorIs(t, err, ErrBadPayload)
@@ -93,7 +103,7 @@ func TestNewRequestPayload(t *testing.T) {
 	for _, id := range []string{"ami-0a1b2c3d4e5f60718", "a<b>&c", `quote"back\slash`, "образ-1", strings.Repeat("x", MaxImageIDLen)} {
 		p, err := NewRequestPayload(id)
 		require.NoError(t, err, id)
-		got, err := ParseRequest(&api.UserEvent{Name: eventName, Payload: p}, eventName)
+		got, err := ParseRequest(&api.UserEvent{ID: evID, Name: eventName, Payload: p}, eventName)
 		require.NoError(t, err, id)
 		assert.Equal(t, Request{ImageID: id}, got)
 	}

@@ -58,8 +58,17 @@ type Input struct {
 
 	// RollTarget is the target of the roll in progress, "" if none.
 	RollTarget string
+	// Completed is the target of the last roll that completed (ID "" if none): no
+	// request may roll the cluster back to an older image unless AllowDowngrade,
+	// whatever Images lists now. Created is zero if the record never knew it; the
+	// image's age is then taken from Images, if it is there.
+	Completed cloud.Image
 	// Requested is the image an event asked for, "" for the newest allowed.
 	Requested string
+	// Continue marks a continuation: an event that requests nothing but the next
+	// step of the roll in progress (see payload.Request). With no roll in progress
+	// there is nothing to do for it. Requested takes precedence.
+	Continue bool
 }
 
 // Step is the decision.
@@ -119,10 +128,19 @@ func hostOf(addr string) string {
 
 // Next returns the one next step.
 func Next(in Input) Step {
-	target, refusal := chooseTarget(in)
+	target, note, refusal := chooseTarget(in)
 	if refusal != nil {
 		return *refusal
 	}
+	st := next(in, target)
+	if note != "" {
+		st.Reason += "; " + note
+	}
+	return st
+}
+
+// next returns the step towards target.
+func next(in Input, target string) Step {
 	st := classify(in, target)
 
 	if len(st.leaving) > 0 {
@@ -329,15 +347,12 @@ func unhealthy(in Input, st state) string {
 	return ""
 }
 
-// chooseTarget returns the roll's target image, or a refusal of the request.
-func chooseTarget(in Input) (string, *Step) {
-	if in.RollTarget != "" {
-		if in.Requested != "" && in.Requested != in.RollTarget {
-			return "", &Step{Kind: Nothing, Image: in.RollTarget, Reason: fmt.Sprintf(
-				"a roll to %s is in progress; %s can follow when it is done", in.RollTarget, in.Requested)}
-		}
-		return in.RollTarget, nil
-	}
+// chooseTarget returns the roll's target image, or a refusal of the request. A
+// request for another image than the roll in progress's is checked like any
+// request; if acceptable it waits for that roll to be done (note says so), and the
+// event is a trigger like any other: the roll in progress takes its next step, so
+// that a request arriving with (or instead of) a continuation never stalls it.
+func chooseTarget(in Input) (target, note string, refusal *Step) {
 	byID := map[string]cloud.Image{}
 	var newest *cloud.Image
 	for i, img := range in.Images {
@@ -346,29 +361,80 @@ func chooseTarget(in Input) (string, *Step) {
 			newest = &in.Images[i]
 		}
 	}
-	if in.Requested == "" {
-		if newest == nil {
-			return "", &Step{Kind: Nothing, Reason: "no image matches the filter (or every match is marked bad)"}
+	if in.RollTarget != "" {
+		if in.Requested == "" || in.Requested == in.RollTarget {
+			return in.RollTarget, "", nil
 		}
-		return newest.ID, nil
+		if refusal := checkRequested(in, byID); refusal != nil {
+			return "", "", refusal
+		}
+		return in.RollTarget, fmt.Sprintf("a roll to %s is in progress; %s can follow when it is done", in.RollTarget, in.Requested), nil
 	}
+	if in.Requested != "" {
+		if refusal := checkRequested(in, byID); refusal != nil {
+			return "", "", refusal
+		}
+		return in.Requested, "", nil
+	}
+	if in.Continue {
+		return "", "", &Step{Kind: Nothing, Reason: "a continuation, and no roll is in progress to continue"}
+	}
+	if newest == nil {
+		return "", "", &Step{Kind: Nothing, Reason: "no image matches the filter (or every match is marked bad)"}
+	}
+	if refusal := downgrade(in, *newest, byID, "the newest allowed image"); refusal != nil {
+		return "", "", refusal
+	}
+	return newest.ID, "", nil
+}
+
+// checkRequested refuses the requested image if the filter does not allow it, it
+// is marked bad, or it is a downgrade.
+func checkRequested(in Input, byID map[string]cloud.Image) *Step {
 	img, ok := byID[in.Requested]
 	switch {
 	case !ok:
-		return "", &Step{Kind: Refuse, Image: in.Requested, Reason: fmt.Sprintf("image %s is not allowed by the image filter or does not exist", in.Requested)}
+		return &Step{Kind: Refuse, Image: in.Requested, Reason: fmt.Sprintf("image %s is not allowed by the image filter or does not exist", in.Requested)}
 	case in.BadImages[img.ID]:
-		return "", &Step{Kind: Refuse, Image: img.ID, Reason: fmt.Sprintf("image %s is marked bad: an earlier roll to it failed", img.ID)}
+		return &Step{Kind: Refuse, Image: img.ID, Reason: fmt.Sprintf("image %s is marked bad: an earlier roll to it failed", img.ID)}
 	}
-	if !in.AllowDowngrade {
-		// An image the filter no longer lists (a deregistered AMI) has no known age, so
-		// it cannot make a request a downgrade.
-		for _, inst := range in.Instances {
-			cur, known := byID[inst.ImageID]
-			if inst.Live() && known && cur.Created.After(img.Created) {
-				return "", &Step{Kind: Refuse, Image: img.ID, Reason: fmt.Sprintf(
-					"image %s is older than %s, which %s runs; set allow_downgrade to roll back", img.ID, inst.ImageID, inst.ID)}
-			}
+	return downgrade(in, img, byID, "image")
+}
+
+// downgrade refuses img, named what in the reason, if it is older than the target
+// of the last completed roll, or than an image a live server runs, unless
+// downgrades are allowed.
+//
+// The last completed target is compared by the creation time the roll record
+// kept, so it counts even when it has left the filter: deprecating or untagging
+// the running image, the usual way to pull a bad one, must not let any event roll
+// the cluster back. A running image is compared only if the filter still lists it
+// (an image it no longer lists, and no record names, has no known age). Images
+// exactly as old as the floor are not older.
+func downgrade(in Input, img cloud.Image, byID map[string]cloud.Image, what string) *Step {
+	if in.AllowDowngrade {
+		return nil
+	}
+	if c := in.Completed; c.ID != "" && c.ID != img.ID {
+		created := c.Created
+		if created.IsZero() {
+			created = byID[c.ID].Created
+		}
+		if !created.IsZero() && img.Created.Before(created) {
+			return &Step{Kind: Refuse, Image: img.ID, Reason: fmt.Sprintf(
+				"%s %s (created %s) is older than %s (created %s), the target of the last completed roll, whether or not the image filter still lists it; set roll.allow_downgrade = true to roll back",
+				what, img.ID, stamp(img.Created), c.ID, stamp(created))}
 		}
 	}
-	return img.ID, nil
+	for _, inst := range in.Instances {
+		cur, known := byID[inst.ImageID]
+		if inst.Live() && known && cur.Created.After(img.Created) {
+			return &Step{Kind: Refuse, Image: img.ID, Reason: fmt.Sprintf(
+				"%s %s is older than %s, which %s runs; set roll.allow_downgrade = true to roll back", what, img.ID, inst.ImageID, inst.ID)}
+		}
+	}
+	return nil
 }
+
+// stamp formats an image's creation time for a reason.
+func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }

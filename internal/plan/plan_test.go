@@ -3,6 +3,7 @@ package plan
 import (
 	"fmt"
 	"math/rand"
+	"slices"
 	"testing"
 	"time"
 
@@ -190,12 +191,36 @@ func TestNext_Rules(t *testing.T) {
 			w.in.Instances, w.in.Cluster.Servers = nil, nil
 			return w.in
 		}, Hold, "", "only 0 of 3 servers"},
-		{"roll in progress keeps its target over a newer request", func() Input {
+		{"roll in progress keeps its target over a newer request, and takes its step", func() Input {
 			w := newWorld(3, "B")
 			w.in.RollTarget = "B"
 			w.in.Requested = "C"
 			return w.in
-		}, Nothing, "", "in progress"},
+		}, Done, "", "all 3 servers run B; a roll to B is in progress; C can follow when it is done"},
+		{"a request during a roll is a trigger like any other: the roll takes its next step", func() Input {
+			w := newWorld(3, "A")
+			w.in.RollTarget = "B"
+			w.in.Requested = "C"
+			return w.in
+		}, Launch, "i-2", "surge one on B to replace i-2; a roll to B is in progress; C can follow"},
+		{"a request refused outside a roll is refused during one too", func() Input {
+			w := newWorld(3, "A")
+			w.in.RollTarget = "C"
+			w.in.Requested = "B"
+			w.in.BadImages = map[string]bool{"B": true}
+			return w.in
+		}, Refuse, "", "image B is marked bad"},
+		{"a continuation takes the roll's next step", func() Input {
+			w := newWorld(3, "A")
+			w.in.RollTarget = "B"
+			w.in.Continue = true
+			return w.in
+		}, Launch, "i-2", "surge one on B"},
+		{"a continuation with no roll in progress does nothing", func() Input {
+			w := newWorld(3, "A")
+			w.in.Continue = true
+			return w.in
+		}, Nothing, "", "a continuation, and no roll is in progress to continue"},
 		{"image outside the filter is refused", func() Input {
 			w := newWorld(3, "B")
 			w.in.Requested = "ami-evil"
@@ -216,13 +241,56 @@ func TestNext_Rules(t *testing.T) {
 			w := newWorld(3, "C")
 			w.in.Requested = "A"
 			return w.in
-		}, Refuse, "", "older than C"},
+		}, Refuse, "", "image A is older than C, which i-1 runs; set roll.allow_downgrade = true to roll back"},
 		{"downgrade allowed when configured", func() Input {
 			w := newWorld(3, "C")
 			w.in.Requested = "A"
 			w.in.AllowDowngrade = true
 			return w.in
 		}, Launch, "i-2", "on A"},
+		{"the newest allowed image older than a running one is refused too", func() Input {
+			w := newWorld(3, "C")
+			w.in.BadImages = map[string]bool{"C": true}
+			return w.in
+		}, Refuse, "", "the newest allowed image B is older than C, which i-1 runs; set roll.allow_downgrade = true"},
+		// Pulling the running image (deprecated or untagged: it leaves the filter)
+		// must not let any event roll the cluster back past the last completed roll.
+		{"plain request: the newest allowed image older than the last completed target is refused", func() Input {
+			w := pulled("C")
+			return w.in
+		}, Refuse, "", "the newest allowed image B (created 2026-11-21T12:00:00Z) is older than C (created 2026-11-22T12:00:00Z), the target of the last completed roll, whether or not the image filter still lists it; set roll.allow_downgrade = true to roll back"},
+		{"named request older than the last completed target is refused", func() Input {
+			w := pulled("C")
+			w.in.Requested = "A"
+			return w.in
+		}, Refuse, "", "image A (created 2026-11-20T12:00:00Z) is older than C (created 2026-11-22T12:00:00Z), the target of the last completed roll"},
+		{"a rollback past the last completed target when allowed", func() Input {
+			w := pulled("C")
+			w.in.AllowDowngrade = true
+			return w.in
+		}, Launch, "i-2", "surge one on B"},
+		{"an image newer than the last completed target is no downgrade", func() Input {
+			w := pulled("B")
+			return w.in
+		}, Launch, "i-2", "surge one on C"},
+		{"the last completed target itself is no downgrade", func() Input {
+			w := newWorld(3, "A")
+			w.in.Completed = cloud.Image{ID: "B", Created: t0.Add(-48 * time.Hour)}
+			w.in.Requested = "B"
+			return w.in
+		}, Launch, "i-2", "surge one on B"},
+		{"a record that never knew its target's age: the age comes from the filter", func() Input {
+			w := newWorld(3, "C")
+			w.in.Completed = cloud.Image{ID: "C"}
+			w.in.Requested = "B"
+			return w.in
+		}, Refuse, "", "image B (created 2026-11-21T12:00:00Z) is older than C (created 2026-11-22T12:00:00Z)"},
+		{"a record that never knew its target's age, gone from the filter: no known age", func() Input {
+			w := newWorld(3, "ami-old")
+			w.in.Completed = cloud.Image{ID: "ami-old"}
+			w.in.Requested = "B"
+			return w.in
+		}, Launch, "i-2", ""},
 		{"a deregistered current image does not block an upgrade", func() Input {
 			w := newWorld(3, "ami-old")
 			w.in.Requested = "B"
@@ -252,6 +320,19 @@ func TestNext_Rules(t *testing.T) {
 			assert.Contains(t, got.String(), tt.reason)
 		})
 	}
+}
+
+// pulled is a cluster that completed a roll to image and then had image pulled:
+// it left the filter (deprecated or untagged), while every server still runs it.
+func pulled(image string) *world {
+	w := newWorld(3, image)
+	for _, img := range w.in.Images {
+		if img.ID == image {
+			w.in.Completed = img
+		}
+	}
+	w.in.Images = slices.DeleteFunc(w.in.Images, func(img cloud.Image) bool { return img.ID == image })
+	return w
 }
 
 func TestNext_ActionIDsAreDeterministic(t *testing.T) {
@@ -349,7 +430,25 @@ func TestNext_SafetyProperties(t *testing.T) {
 		if rng.Intn(2) == 0 {
 			w.in.RollTarget = images[1+rng.Intn(2)]
 		}
+		// The downgrade rule: a last completed target, a request, an image pulled
+		// from the filter.
+		if rng.Intn(2) == 0 {
+			w.in.Completed = w.in.Images[rng.Intn(3)]
+		}
+		if rng.Intn(2) == 0 {
+			w.in.Requested = images[rng.Intn(3)]
+		}
+		if rng.Intn(3) == 0 {
+			i := rng.Intn(3)
+			w.in.Images = slices.Delete(slices.Clone(w.in.Images), i, i+1)
+		}
+		w.in.AllowDowngrade = rng.Intn(8) == 0
 		s := Next(w.in)
+		if s.Kind == Launch && w.in.RollTarget == "" && !w.in.AllowDowngrade && w.in.Completed.ID != "" {
+			created := map[string]time.Time{"A": t0.Add(-72 * time.Hour), "B": t0.Add(-48 * time.Hour), "C": t0.Add(-24 * time.Hour)}
+			require.False(t, created[s.Image].Before(w.in.Completed.Created),
+				"started a roll to %s, older than the last completed target %s: %s", s.Image, w.in.Completed.ID, s)
+		}
 		live := len(w.in.Instances)
 		healthyVoters := 0
 		for _, srv := range w.in.Cluster.Servers {

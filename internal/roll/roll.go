@@ -19,6 +19,7 @@ import (
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cluster"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/fault"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/plan"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
 )
@@ -53,9 +54,14 @@ var (
 // Trigger says what invoked the handler.
 type Trigger struct {
 	// EventID is the ID of the user event being handled, "" for a service watch.
+	// It must be a UUID, as Consul makes them (payload.CheckEventID): it becomes a
+	// KV key segment.
 	EventID string
 	// Image is the image the event asked for, "" for the newest allowed.
 	Image string
+	// Continue marks a continuation, an event that requests nothing but the next
+	// step of the roll in progress (payload.Request.Continue); Image is "" then.
+	Continue bool
 }
 
 // Roller runs roll steps for one cluster.
@@ -104,6 +110,11 @@ func (r *Roller) run(ctx context.Context, trig Trigger) error {
 			return nil
 		}
 	} else {
+		// Refused before anything reads or writes a key named after it; a bad
+		// payload (it wraps payload.ErrBadPayload), so nothing is recorded.
+		if err := payload.CheckEventID(trig.EventID); err != nil {
+			return fmt.Errorf("refusing event: %w", err)
+		}
 		rec, handled, bad, err := r.Store.Peek(ctx, trig.EventID)
 		if err != nil {
 			return r.consulErr(ctx, err)
@@ -120,6 +131,7 @@ func (r *Roller) run(ctx context.Context, trig Trigger) error {
 		if err != nil {
 			return err
 		}
+		in.Continue = trig.Continue
 		switch st := plan.Next(in); st.Kind {
 		case plan.Refuse:
 			r.Log.Info("plan", "step", st.Kind, "image_id", st.Image, "reason", st.Reason)
@@ -198,6 +210,7 @@ func (r *Roller) step(held *coord.Held, trig Trigger) error {
 		if err != nil {
 			return err
 		}
+		in.Continue = t.trig.Continue
 		st := plan.Next(in)
 		if st.String() != logged {
 			r.Log.Info("plan", "step", st.Kind, "image_id", st.Image, "instance_id", st.Instance, "reason", st.Reason)
@@ -210,13 +223,13 @@ func (r *Roller) step(held *coord.Held, trig Trigger) error {
 		case plan.Nothing:
 			then, err = t.nothing(st)
 		case plan.Hold:
-			then, err = t.hold(rec, st)
+			then, err = t.hold(rec, in, st)
 		case plan.Wait:
 			then, err = t.wait(st)
 		case plan.Done:
 			then, err = t.done(rec, in, st)
 		case plan.Launch:
-			then, err = t.launch(rec, st)
+			then, err = t.launch(rec, in, st)
 		case plan.Transfer:
 			then, err = t.transfer(rec, st)
 		case plan.Retire, plan.Fail:
@@ -247,9 +260,9 @@ func (t *turn) nothing(st plan.Step) (next, error) {
 // hold records the roll as held (the cluster is not healthy enough for a step), so
 // that it is resumed once the cluster recovers instead of the request being lost,
 // and keeps watching until launch_timeout.
-func (t *turn) hold(rec *coord.Roll, st plan.Step) (next, error) {
+func (t *turn) hold(rec *coord.Roll, in plan.Input, st plan.Step) (next, error) {
 	if !rec.InProgress() {
-		rec = &coord.Roll{Target: st.Image, Phase: coord.PhaseRolling, Started: t.Now()}
+		rec = rec.Next(st.Image, created(in, st.Image), t.Now())
 	}
 	if n := len(rec.History); n == 0 || rec.History[n-1].Detail != st.Reason {
 		rec.Add(t.entry(st, st.Reason))
@@ -276,7 +289,7 @@ func (t *turn) hold(rec *coord.Roll, st plan.Step) (next, error) {
 // event again, so that a fresh handler (and plan) takes over.
 func (t *turn) wait(st plan.Step) (next, error) {
 	if t.Now().After(t.deadline) {
-		return stop, t.fire(t.ctx, "gave up waiting: "+st.Reason)
+		return stop, t.fire(t.ctx, "gave up waiting: "+st.Reason, payload.NewContinuePayload())
 	}
 	return t.pause()
 }
@@ -289,10 +302,13 @@ func (t *turn) pause() (next, error) {
 	return again, nil
 }
 
-// done records the roll as done and, if a newer image appeared meanwhile, fires
-// the event again to roll to it.
+// done records the roll as done, its target now the last completed one, and, if a
+// newer image appeared meanwhile, fires a request to roll to it.
 func (t *turn) done(rec *coord.Roll, in plan.Input, st plan.Step) (next, error) {
-	rec.Phase = coord.PhaseDone
+	if rec.TargetCreated.IsZero() { // a record from before it was kept
+		rec.TargetCreated = created(in, rec.Target)
+	}
+	rec.Complete(t.Now())
 	rec.Add(t.entry(st, st.Reason))
 	if err := t.Store.PutRoll(t.ctx, rec); err != nil {
 		return stop, t.consulErr(t.ctx, err)
@@ -301,19 +317,22 @@ func (t *turn) done(rec *coord.Roll, in plan.Input, st plan.Step) (next, error) 
 	if err := t.markHandled(t.ctx, t.trig, "done"); err != nil {
 		return stop, err
 	}
-	if newer := plan.Next(withoutRoll(in)); newer.Kind == plan.Launch {
-		return stop, t.fire(t.ctx, "a newer image than "+st.Image+" is allowed")
+	after := withoutRoll(in)
+	after.Completed = cloud.Image{ID: rec.Target, Created: rec.TargetCreated}
+	if newer := plan.Next(after); newer.Kind == plan.Launch {
+		// A plain request, not a continuation: no roll is in progress to continue.
+		return stop, t.fire(t.ctx, "a newer image than "+st.Image+" is allowed", nil)
 	}
 	return stop, nil
 }
 
 // launch surges one server on the target image, recording the roll first.
-func (t *turn) launch(rec *coord.Roll, st plan.Step) (next, error) {
+func (t *turn) launch(rec *coord.Roll, in plan.Input, st plan.Step) (next, error) {
 	// The roll is recorded before the launch: the new server's join fires the
 	// service watch, and that handler must find the roll in progress (it may join
 	// before the launch call returns).
 	if !rec.InProgress() {
-		rec = &coord.Roll{Target: st.Image, Phase: coord.PhaseRolling, Started: t.Now()}
+		rec = rec.Next(st.Image, created(in, st.Image), t.Now())
 		if err := t.Store.PutRoll(t.ctx, rec); err != nil {
 			return stop, t.consulErr(t.ctx, err)
 		}
@@ -334,7 +353,7 @@ func (t *turn) launch(rec *coord.Roll, st plan.Step) (next, error) {
 	}
 	// Promotion to voter changes nothing a watch sees; make sure some handler comes
 	// back to wait for it.
-	return stop, t.fire(t.ctx, "launched "+inst+"; wait for it to settle")
+	return stop, t.fire(t.ctx, "launched "+inst+"; wait for it to settle", payload.NewContinuePayload())
 }
 
 // transfer moves leadership off the server to retire, and waits until the raft
@@ -364,7 +383,7 @@ func (t *turn) retire(rec *coord.Roll, in plan.Input, st plan.Step) (next, error
 	if st.Instance == t.self {
 		// This handler runs on the server to go: terminating it would cut the handler
 		// off mid-step. Hand the step to another server.
-		return stop, t.fire(t.ctx, "handing off: this server is the one to "+string(st.Kind))
+		return stop, t.fire(t.ctx, "handing off: this server is the one to "+string(st.Kind), payload.NewContinuePayload())
 	}
 	if _, err := t.act(t.held, st, func(ctx context.Context) (string, error) {
 		return st.Instance, t.Cloud.Terminate(ctx, st.Instance, st.ActionID)
@@ -388,7 +407,7 @@ func (t *turn) retire(rec *coord.Roll, in plan.Input, st plan.Step) (next, error
 		return stop, err
 	}
 	if st.Kind == plan.Retire {
-		return stop, t.fire(t.ctx, "retired "+st.Instance+"; continue the roll")
+		return stop, t.fire(t.ctx, "retired "+st.Instance+"; continue the roll", payload.NewContinuePayload())
 	}
 	return stop, nil
 }
@@ -518,7 +537,21 @@ func (r *Roller) observe(ctx context.Context, rec *coord.Roll, bad map[string]st
 	if rec.InProgress() {
 		in.RollTarget = rec.Target
 	}
+	if c := rec.LastCompleted(); c != nil {
+		in.Completed = cloud.Image{ID: c.Image, Created: c.Created}
+	}
 	return in, nil
+}
+
+// created returns the creation time of the image with id as the provider listed
+// it, zero if it did not.
+func created(in plan.Input, id string) time.Time {
+	for _, img := range in.Images {
+		if img.ID == id {
+			return img.Created
+		}
+	}
+	return time.Time{}
 }
 
 // instanceOf returns the observed instance with id (its ID alone if it was not seen).
@@ -532,7 +565,7 @@ func instanceOf(in plan.Input, id string) cloud.Instance {
 }
 
 func withoutRoll(in plan.Input) plan.Input {
-	in.RollTarget, in.Requested = "", ""
+	in.RollTarget, in.Requested, in.Continue = "", "", false
 	return in
 }
 
@@ -556,9 +589,12 @@ func (r *Roller) markHandled(ctx context.Context, trig Trigger, result string) e
 	return nil
 }
 
-// fire sends the event again so that some handler takes the next step.
-func (r *Roller) fire(ctx context.Context, why string) error {
-	_, _, err := r.Consul.Event().Fire(&api.UserEvent{Name: r.Config.Roll.EventName}, (&api.WriteOptions{}).WithContext(ctx))
+// fire sends the event again so that some handler takes the next step: with a
+// continuation's payload (payload.NewContinuePayload) while a roll is in progress,
+// so that it never outweighs a request fired meanwhile; with none (a request for
+// the newest allowed image) to start a new roll.
+func (r *Roller) fire(ctx context.Context, why string, body []byte) error {
+	_, _, err := r.Consul.Event().Fire(&api.UserEvent{Name: r.Config.Roll.EventName, Payload: body}, (&api.WriteOptions{}).WithContext(ctx))
 	if err != nil {
 		return r.consulErr(ctx, fmt.Errorf("fire %s: %w", r.Config.Roll.EventName, err))
 	}

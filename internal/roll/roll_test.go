@@ -13,6 +13,7 @@ import (
 
 	"github.com/consul-rehydrate/consul-rehydrate/config"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
 	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
 )
@@ -36,10 +37,10 @@ func newLocalRoller(t *testing.T) (*Roller, *local.Provider, *api.Client) {
 	_, err = p.RegisterImage(ctx, "B", local.ImageOptions{})
 	require.NoError(t, err)
 
-	addr, err := p.ClientAddr()
+	// The cluster runs with TLS and ACLs: the client agent over HTTPS, with the
+	// operator's (management) token.
+	ac, err := p.APIConfig()
 	require.NoError(t, err)
-	ac := api.DefaultNonPooledConfig()
-	ac.Address, ac.Token = addr, ""
 	c, err := api.NewClient(ac)
 	require.NoError(t, err)
 
@@ -168,4 +169,73 @@ func TestRun_DeadlineUnderTheLockIsErrTimedOutNotErrLockLost(t *testing.T) {
 	holder, err := r.Store.Holder(bg)
 	require.NoError(t, err)
 	assert.Empty(t, holder, "the lock was released, not lost")
+}
+
+// TestRun_RefusesAnEventIDThatIsNotAUUIDBeforeTalkingToConsul: an event's ID
+// becomes a KV key segment, so a forged one is refused as a bad payload before
+// any key is read or written (the client here points where nothing listens: any
+// call would fail as a Consul error instead).
+func TestRun_RefusesAnEventIDThatIsNotAUUIDBeforeTalkingToConsul(t *testing.T) {
+	ac := api.DefaultNonPooledConfig()
+	ac.Address, ac.Token = "127.0.0.1:1", ""
+	c, err := api.NewClient(ac)
+	require.NoError(t, err)
+	cfg := config.Default()
+	cfg.Cluster, cfg.Servers = "t", 3
+	r := New(cfg, c, nil, hclog.NewNullLogger())
+	for _, id := range []string{"e1", "../roll", "00000000-0000-0000-0000-00000000000/", "00000000-0000-0000-0000-0000000000AA"} {
+		err := r.Run(t.Context(), Trigger{EventID: id})
+		require.ErrorIs(t, err, payload.ErrBadPayload, id)
+		assert.NotErrorIs(t, err, ErrConsul, id)
+		assert.Contains(t, err.Error(), "is not a UUID", id)
+	}
+}
+
+// TestRun_HandlersReFireContinuationsAndKeepTheTargetsAge: with no roll in
+// progress a continuation does nothing; a launch records the roll with its
+// target's creation time (so its completion is known even if the image leaves
+// the filter) and re-fires a continuation, which requests nothing and so never
+// outweighs an operator's request in a watch's batch (payload.Pick).
+func TestRun_HandlersReFireContinuationsAndKeepTheTargetsAge(t *testing.T) {
+	r, p, c := newLocalRoller(t)
+	ctx := t.Context()
+	const idle, req = "00000000-0000-0000-0000-0000000000c0", "00000000-0000-0000-0000-0000000000c1"
+
+	require.NoError(t, r.Run(ctx, Trigger{EventID: idle, Continue: true}))
+	kv, _, err := c.KV().Get(r.Store.Key("events/"+idle), nil)
+	require.NoError(t, err)
+	require.NotNil(t, kv)
+	assert.Equal(t, "nothing: a continuation, and no roll is in progress to continue", string(kv.Value))
+	rec, err := r.Store.Roll(ctx)
+	require.NoError(t, err)
+	assert.Nil(t, rec, "no roll started")
+
+	require.NoError(t, r.Run(ctx, Trigger{EventID: req, Image: "B"}))
+	rec, err = r.Store.Roll(ctx)
+	require.NoError(t, err)
+	require.True(t, rec.InProgress())
+	imgs, err := p.Images(ctx)
+	require.NoError(t, err)
+	for _, img := range imgs {
+		if img.ID == "B" {
+			assert.True(t, img.Created.Equal(rec.TargetCreated), "the record keeps B's creation time")
+		}
+	}
+	assert.False(t, rec.TargetCreated.IsZero())
+	assert.Nil(t, rec.Completed, "nothing completed yet")
+
+	var fired *api.UserEvent
+	require.NoError(t, poll.Until(ctx, 100*time.Millisecond, 20*time.Second, func(context.Context) (bool, error) {
+		events, _, err := c.Event().List(r.Config.Roll.EventName, nil)
+		if err != nil {
+			return false, err
+		}
+		for _, ev := range events {
+			fired = ev
+		}
+		return fired != nil, nil
+	}), "the handler re-fired the event after the launch")
+	got, err := payload.ParseRequest(fired, r.Config.Roll.EventName)
+	require.NoError(t, err)
+	assert.Equal(t, payload.Request{Continue: true}, got, "a continuation")
 }

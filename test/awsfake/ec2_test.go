@@ -125,6 +125,40 @@ func TestDescribeImages_HidesOthersDeprecatedImagesUnlessIncludedOrAskedByID(t *
 	assert.Equal(t, []string{"ami-theirs"}, imageIDs(out))
 }
 
+// TestDescribeImages_ImagesDeprecatedOrUntaggedLaterLeaveTheListing: what an
+// operator does to pull a bad AMI, after the fact.
+func TestDescribeImages_ImagesDeprecatedOrUntaggedLaterLeaveTheListing(t *testing.T) {
+	srv, e, _ := newFake(t, awsfake.Options{AccountID: "111111111111"})
+	srv.AddImage(awsfake.Image{ID: "ami-mine", Name: "a", Tags: map[string]string{"Role": "consul"}})
+	srv.AddImage(awsfake.Image{ID: "ami-theirs", Name: "b", OwnerID: "222222222222", Tags: map[string]string{"Role": "consul"}})
+	describe := func(in *ec2.DescribeImagesInput) []string {
+		out, err := e.DescribeImages(ctx(t), in)
+		require.NoError(t, err)
+		return imageIDs(out)
+	}
+	byTag := &ec2.DescribeImagesInput{Filters: []ec2types.Filter{{Name: aws.String("tag:Role"), Values: []string{"consul"}}}}
+	require.Equal(t, []string{"ami-mine", "ami-theirs"}, describe(byTag))
+
+	past := time.Now().Add(-time.Minute)
+	srv.DeprecateImage("ami-mine", &past)
+	srv.DeprecateImage("ami-theirs", &past)
+	out, err := e.DescribeImages(ctx(t), byTag)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"ami-mine"}, imageIDs(out), "only the owner still sees a deprecated image")
+	assert.Equal(t, past.UTC().Format("2006-01-02T15:04:05.000Z"), aws.ToString(out.Images[0].DeprecationTime), "with its deprecation time")
+	assert.Equal(t, []string{"ami-theirs"}, describe(&ec2.DescribeImagesInput{ImageIds: []string{"ami-theirs"}}), "asked for by ID")
+
+	srv.DeprecateImage("ami-theirs", nil)
+	assert.Equal(t, []string{"ami-mine", "ami-theirs"}, describe(byTag), "deprecation disabled")
+
+	srv.SetImageTags("ami-mine", nil)
+	assert.Equal(t, []string{"ami-theirs"}, describe(byTag), "untagged: the tag filter no longer matches")
+	assert.Equal(t, []string{"ami-mine", "ami-theirs"}, describe(&ec2.DescribeImagesInput{}), "still there")
+
+	assert.Panics(t, func() { srv.DeprecateImage("ami-0404", nil) })
+	assert.Panics(t, func() { srv.SetImageTags("ami-0404", nil) })
+}
+
 func TestDescribeImages_UnknownMalformedIDsAndFiltersAreErrors(t *testing.T) {
 	srv, e, _ := newFake(t, awsfake.Options{})
 	srv.AddImage(awsfake.Image{ID: amiOld})

@@ -183,6 +183,43 @@ func (s *Server) AddImage(img Image) string {
 	return img.ID
 }
 
+// DeprecateImage sets the image's deprecation time, or clears it when at is nil:
+// what EC2's EnableImageDeprecation and DisableImageDeprecation do. From that
+// time DescribeImages hides the image from callers who do not own it, unless they
+// pass IncludeDeprecated=true or ask for it by ImageId; its owner still sees it,
+// with its deprecationTime (EC2 user guide, "Deprecate an Amazon EC2 AMI"; the
+// IncludeDeprecated member of DescribeImagesInput in aws-sdk-go-v2/service/ec2).
+// EnableImageDeprecation refuses a time in the past and rounds DeprecateAt to the
+// minute (EnableImageDeprecationInput.DeprecateAt); this seed takes any time, so
+// that a test need not wait for the deprecation to arrive. It panics on an
+// unknown image.
+func (s *Server) DeprecateImage(id string, at *time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	img := s.image(id)
+	if img == nil {
+		panic(fmt.Sprintf("awsfake: DeprecateImage: unknown image %q", id))
+	}
+	if at != nil {
+		t := *at
+		at = &t
+	}
+	img.DeprecationTime = at
+}
+
+// SetImageTags replaces the image's tags, as CreateTags and DeleteTags on the AMI
+// would: DescribeImages's tag filters see the new set at once. It panics on an
+// unknown image.
+func (s *Server) SetImageTags(id string, tags map[string]string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	img := s.image(id)
+	if img == nil {
+		panic(fmt.Sprintf("awsfake: SetImageTags: unknown image %q", id))
+	}
+	img.Tags = maps.Clone(tags)
+}
+
 // AddLaunchTemplate seeds a launch template whose version 1 (its default and
 // latest) launches ami, and returns the template's ID. It panics if the name is
 // taken or the image was not added.
