@@ -129,6 +129,16 @@ provider "local" {
 					t.Logf("%s, watch lines (tail):\n%s", p, testcluster.Tail(strings.Join(lines, "\n"), 20))
 				}
 			}
+			// The client agent carries the workload's writes: what went wrong there.
+			if b, err := os.ReadFile(filepath.Join(e.state, "client", "agent.log")); err == nil {
+				var lines []string
+				for _, l := range strings.Split(string(b), "\n") {
+					if strings.Contains(l, "[WARN]") || strings.Contains(l, "[ERROR]") {
+						lines = append(lines, l)
+					}
+				}
+				t.Logf("client agent.log, warnings and errors (tail):\n%s", testcluster.Tail(strings.Join(lines, "\n"), 40))
+			}
 		}
 		e.run("local", "down")
 	})
@@ -402,7 +412,17 @@ func TestRoll_FiringWhenUpToDateLaunchesNothing(t *testing.T) {
 	})
 	assert.Contains(t, string(handled.Value), "nothing: up to date")
 	after := e.status()
-	assert.Equal(t, before.Servers, after.Servers, "no instance launched or retired")
+	// Which servers run which image, not how healthy autopilot found each at that
+	// moment: on a loaded machine a server's last contact may pass the 200ms
+	// threshold (server.hcl) for a sample.
+	servers := func(st command.Status) []string {
+		var out []string
+		for _, s := range st.Servers {
+			out = append(out, s.Instance+" "+s.Image+" "+s.State)
+		}
+		return out
+	}
+	assert.Equal(t, servers(before), servers(after), "no instance launched or retired")
 	assert.Nil(t, after.Roll, "no roll recorded")
 	insts, err := e.p.Instances(context.Background())
 	require.NoError(t, err)
