@@ -122,6 +122,9 @@ servers = 3
 consul {
   address    = %q
   token_file = %q
+  tls {
+    ca_file = %q
+  }
 }
 provider "aws" {
   region            = "us-east-1"
@@ -133,12 +136,12 @@ provider "aws" {
     name_pattern = "consul-server-*"
   }
 }
-`, c.Servers[0].HTTPAddr(), tokenFile, fake.URL)), 0o644))
+`, c.Servers[0].APIAddr(), tokenFile, c.CAFile(), fake.URL)), 0o644))
 		var out strings.Builder
 		code := command.Spinup([]string{"-config", cfg}, app.Env{
 			Stdin:  strings.NewReader(`[{"ID":"00000000-0000-0000-0000-0000000ac1e1","Name":"consul-rehydrate","Version":1,"LTime":1}]`),
 			Stdout: &out, Stderr: &out, Getenv: func(k string) string {
-				if strings.HasPrefix(k, "CONSUL_HTTP_") {
+				if strings.HasPrefix(k, "CONSUL_") {
 					return ""
 				}
 				return os.Getenv(k)

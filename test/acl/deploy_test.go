@@ -46,13 +46,16 @@ func TestDeployPolicies_AreEnoughForARolloutAndATokenWithoutThemIsRefused(t *tes
 		require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`consul {
   address    = %q
   token_file = %q
+  tls {
+    ca_file = %q
+  }
 }
 deploy "web" {
   command          = ["/bin/sh", "-c", "echo deployed $REHYDRATE_DEPLOY_VERSION"]
   health_timeout   = "10s"
   min_healthy_time = "200ms"
 }
-`, node.HTTPAddr(), tf)), 0o644))
+`, node.APIAddr(), tf, c.CAFile())), 0o644))
 		return cfg
 	}
 	// The rollout talks to node's agent, so its lock session is on node.
@@ -63,7 +66,7 @@ deploy "web" {
 	otherNodeCfg := config("other-node", policyToken(t, admin, consuld.PolicyDeployHandler, consuld.PolicyVars{Node: node.Name + "0", Service: "web"}))
 	envOf := func(stdin string, out *strings.Builder) app.Env {
 		return app.Env{Stdin: strings.NewReader(stdin), Stdout: out, Stderr: out, Getenv: func(k string) string {
-			if strings.HasPrefix(k, "CONSUL_HTTP_") || k == app.EnvConfig {
+			if strings.HasPrefix(k, "CONSUL_") || k == app.EnvConfig {
 				return ""
 			}
 			return os.Getenv(k)

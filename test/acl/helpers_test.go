@@ -1,8 +1,6 @@
 package acl
 
 import (
-	"fmt"
-	"os"
 	"strings"
 	"testing"
 
@@ -14,19 +12,14 @@ import (
 	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
 )
 
-// startACLCluster starts a cluster with the shipped consul.d/acl.hcl (ACLs on, default
-// deny) and the management token for the harness and every agent.
+// startACLCluster starts a secure cluster (testcluster.Options.Secure): the shipped
+// consul.d/acl.hcl (ACLs on, default deny), gossip encryption, TLS and the API on
+// HTTPS only, each agent holding a node identity, and management as the harness's
+// token.
 func startACLCluster(t *testing.T, opts testcluster.Options) *testcluster.Cluster {
 	t.Helper()
-	aclHCL, err := os.ReadFile("../../consul.d/acl.hcl")
-	require.NoError(t, err)
+	opts.Secure = true
 	opts.Token = management
-	opts.Files = func(*testcluster.Agent) map[string]string {
-		return map[string]string{
-			"acl.hcl":        string(aclHCL), // as shipped
-			"acl-tokens.hcl": fmt.Sprintf("acl { tokens { initial_management = %q\nagent = %q } }\n", management, management),
-		}
-	}
 	return testcluster.Start(t, opts)
 }
 
@@ -62,12 +55,13 @@ func nonEmpty(ss ...string) []string {
 	return out
 }
 
-// as returns an API client of agent a that sends token.
+// as returns an API client of agent a (HTTPS, verified with the cluster's CA) that
+// sends token.
 func as(t *testing.T, a *testcluster.Agent, token string) *api.Client {
 	t.Helper()
 	cfg := api.DefaultConfig()
-	cfg.Address = a.HTTPAddr()
-	cfg.Token = token
+	cfg.Address, cfg.Scheme, cfg.Token, cfg.TokenFile = a.HTTPSAddr(), "https", token, ""
+	cfg.TLSConfig = api.TLSConfig{CAFile: a.Cluster().CAFile()}
 	c, err := api.NewClient(cfg)
 	require.NoError(t, err)
 	return c

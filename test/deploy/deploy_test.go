@@ -2,6 +2,14 @@
 // agents each running the demo service (test/demoapp) and, from the shipped
 // consul.d/deploy-web.hcl, its HTTP check and the real deploy handler in a key watch.
 // The tests drive rollouts with the real `rehydrate deploy` and only observe.
+//
+// The cluster is secure as the shipped image's (testcluster.Options.Secure: gossip
+// encryption, TLS, HTTPS only, ACLs default deny), and every program holds only its
+// policy's token, reaching its agent over HTTPS through the consul CLI's variables
+// (CONSUL_HTTP_ADDR=https://..., CONSUL_CACERT, CONSUL_HTTP_TOKEN_FILE): each node's
+// watch and deploy handler a token of consul.d/acl/deploy-handler.hcl rendered for
+// that node, and `rehydrate deploy` one of deploy-rollout.hcl rendered for the node
+// of the agent it talks to (the first server).
 package deploy
 
 import (
@@ -49,11 +57,12 @@ const appPort = 8080
 
 // env is a cluster whose clients run the web service.
 type env struct {
-	t      *testing.T
-	c      *testcluster.Cluster
-	appDir string
-	cfgDir string // each client's handler configuration, <node>.hcl
-	client *api.Client
+	t       *testing.T
+	c       *testcluster.Cluster
+	appDir  string
+	cfgDir  string // each client's handler configuration, <node>.hcl
+	client  *api.Client
+	rollout string // the token file of `rehydrate deploy`
 }
 
 func newEnv(t *testing.T) *env {
@@ -65,15 +74,32 @@ func newEnv(t *testing.T) *env {
 		testcluster.WriteFile(t, filepath.Join(e.appDir, "artifacts", v), content)
 	}
 	e.c = testcluster.Start(t, testcluster.Options{
-		Servers: 3, Clients: 3,
+		Servers: 3, Clients: 3, Secure: true,
+		// Each node's web service, with its check, is registered from deploy-web.hcl.
+		Services: func(a *testcluster.Agent) []string {
+			if a.Server {
+				return nil
+			}
+			return []string{"web"}
+		},
+		// The node's key watch and its deploy handler hold this node's deploy-handler
+		// token only.
+		HandlerPolicy: func(a *testcluster.Agent) string {
+			if a.Server {
+				return ""
+			}
+			rules, err := consuld.RenderPolicy(consuld.PolicyDeployHandler, consuld.PolicyVars{Service: "web", Node: a.Name})
+			require.NoError(t, err)
+			return rules
+		},
 		Files: func(a *testcluster.Agent) map[string]string {
 			if a.Server {
 				return nil
 			}
-			// Each node's handler talks to its own agent and deploys its own app.
+			// Each node's handler deploys its own app; it talks to its own agent, with
+			// its token, as the agent's environment says (no consul block).
 			cfg := e.configOf(a)
 			testcluster.WriteFile(t, cfg, fmt.Sprintf(`
-consul { address = %q }
 lock {
   session_ttl = "10s"
   lock_delay  = "1s"
@@ -84,7 +110,7 @@ deploy "web" {
   health_timeout   = "20s"
   min_healthy_time = "2s"
 }
-`, a.HTTPAddr(), filepath.Join(binDir, "demoapp"), e.appDir, a.Name, a.IP, appPort, os.Getpid()))
+`, filepath.Join(binDir, "demoapp"), e.appDir, a.Name, a.IP, appPort, os.Getpid()))
 			// The shipped example, rendered for this node as user-data would.
 			hcl := strings.NewReplacer(
 				consuld.BinDir, binDir,
@@ -109,6 +135,9 @@ deploy "web" {
 		}
 	})
 	e.client = e.c.Client(t)
+	rules, err := consuld.RenderPolicy(consuld.PolicyDeployRollout, consuld.PolicyVars{Service: "web", Node: e.c.Servers[0].Name})
+	require.NoError(t, err)
+	e.rollout = e.c.TokenFile(t, "deploy-rollout", rules)
 	// A client registers web shortly after it joins; a rollout deploys the nodes
 	// the catalog has.
 	testcluster.WaitFor(t, 30*time.Second, "web registered on every client", func() (bool, string) {
@@ -118,25 +147,29 @@ deploy "web" {
 	return e
 }
 
-// rehydrate runs the real CLI against the first server's HTTP API.
+// rehydrate runs the real CLI against the first server's HTTPS API, with the
+// rollout's token.
 func (e *env) rehydrate(args ...string) (string, int) {
 	e.t.Helper()
-	return e.run("", "rehydrate", append([]string{"-http-addr", e.c.Servers[0].HTTPAddr(), "deploy"}, args...)...)
+	s := e.c.Servers[0]
+	return e.run(s.Env(e.rollout), "", "rehydrate", append([]string{"-http-addr", s.APIAddr(), "deploy"}, args...)...)
 }
 
-// handler runs the real deploy handler of node by hand with stdin, as its watch would.
+// handler runs the real deploy handler of node by hand with stdin, as its watch would:
+// with its agent's address and CA and its own token.
 func (e *env) handler(a *testcluster.Agent, stdin string) (string, int) {
 	e.t.Helper()
-	return e.run(stdin, "deploy", "-config", e.configOf(a))
+	return e.run(a.Env(a.HandlerTokenFile()), stdin, "deploy", "-config", e.configOf(a))
 }
 
-// run runs one of the built executables, bounded, and returns its output and exit code.
-func (e *env) run(stdin, prog string, args ...string) (string, int) {
+// run runs one of the built executables with the test's environment, without its
+// Consul settings, plus consul, bounded, and returns its output and exit code.
+func (e *env) run(consul []string, stdin, prog string, args ...string) (string, int) {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, prog), args...)
-	cmd.Env = cleanEnv()
+	cmd.Env = append(cleanEnv(), consul...)
 	cmd.Stdin = strings.NewReader(stdin)
 	out, err := cmd.CombinedOutput()
 	code := 0
@@ -154,7 +187,7 @@ func (e *env) configOf(a *testcluster.Agent) string { return filepath.Join(e.cfg
 func cleanEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "CONSUL_HTTP_") && !strings.HasPrefix(kv, app.EnvConfig+"=") {
+		if !strings.HasPrefix(kv, "CONSUL_") && !strings.HasPrefix(kv, app.EnvConfig+"=") {
 			env = append(env, kv)
 		}
 	}

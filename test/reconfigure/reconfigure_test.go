@@ -5,6 +5,12 @@
 // shipped consul.d/reconfigure-watch.hcl. The test only changes the world and
 // observes: the rendered file, the reload count, the health API, the agent's DNS
 // answers and the check.
+//
+// The cluster is secure as the shipped image's (testcluster.Options.Secure: gossip
+// encryption, TLS, HTTPS only, ACLs default deny). The consumer's watch, handler and
+// check hold only watchPolicy's token and reach their agent over HTTPS through the
+// consul CLI's variables (CONSUL_HTTP_ADDR=https://..., CONSUL_CACERT,
+// CONSUL_HTTP_TOKEN_FILE); its DNS answers with a token of the same rules.
 package reconfigure
 
 import (
@@ -47,6 +53,21 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// watchPolicy is all the consumer's watch needs: it reads
+// /v1/health/service/monitoring, which needs service:read on monitoring and leaves out
+// every instance on a node the token cannot read (node:read; Consul filters the health
+// endpoints' results by both). The instances may be on any node, external ones
+// registered straight into the catalog included, hence node_prefix "". The handler and
+// its check call no API (the watch hands the handler the instances). DNS lookups of
+// monitoring.service.consul need the same two reads.
+const watchPolicy = `service "monitoring" {
+  policy = "read"
+}
+node_prefix "" {
+  policy = "read"
+}
+`
+
 const (
 	checkID   = "reconfigure-monitoring"
 	expect    = 6 * time.Second
@@ -85,8 +106,25 @@ func newEnv(t *testing.T, tmpl string) *env {
 	e.envFile = filepath.Join(e.dir, "reload.env")
 	require.NoError(t, os.MkdirAll(filepath.Dir(e.dest), 0o755))
 	cfg := filepath.Join(e.dir, "reconfigure.hcl")
+	consumerOnly := func(rules string) func(a *testcluster.Agent) string {
+		return func(a *testcluster.Agent) string {
+			if a.Name == "client-3" {
+				return rules
+			}
+			return ""
+		}
+	}
 	e.c = testcluster.Start(t, testcluster.Options{
-		Servers: 3, Clients: 3,
+		Servers: 3, Clients: 3, Secure: true,
+		// client-1 and -2 register monitoring from their files; client-3 its check.
+		Services: func(a *testcluster.Agent) []string {
+			if a.Name == "client-1" || a.Name == "client-2" {
+				return []string{"monitoring"}
+			}
+			return nil
+		},
+		HandlerPolicy: consumerOnly(watchPolicy),
+		DNSPolicy:     consumerOnly(watchPolicy),
 		Files: func(a *testcluster.Agent) map[string]string {
 			switch a.Name {
 			case "client-1", "client-2":
@@ -291,7 +329,9 @@ func TestReconfigure_FollowsTheHealthyInstancesAndExpectsAReplacement(t *testing
 	// The handler run again on what it has already rendered (an agent reload hands
 	// every watch the current state) reloads nothing.
 	unchanged := e.handlerLines("unchanged")
-	out, err := exec.Command(e.c.Binary, "reload", "-http-addr", e.consumer.HTTPAddr()).CombinedOutput()
+	reload := exec.Command(e.c.Binary, "reload", "-http-addr", e.consumer.APIAddr())
+	reload.Env = append(os.Environ(), e.consumer.Env(e.c.ManagementTokenFile())...)
+	out, err := reload.CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	testcluster.WaitFor(t, 20*time.Second, "the handler to run on the same instances", func() (bool, string) {
 		return e.handlerLines("unchanged") > unchanged, "no new \"unchanged\" line in handlers.log"

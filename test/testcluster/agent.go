@@ -24,6 +24,8 @@ type Agent struct {
 	cluster *Cluster
 	joins   []string
 
+	tokens *agentTokens // a secure cluster's only
+
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -33,6 +35,9 @@ func (c *Cluster) newAgent(name, ip string, server bool, joins []string) *Agent 
 	dir := filepath.Join(c.t.TempDir(), name)
 	a := &Agent{Name: name, IP: ip, Server: server, Dir: dir, cluster: c, joins: joins}
 	WriteFile(c.t, a.ConfigPath(), a.config())
+	if c.sec != nil {
+		a.prepareSecure(c.t)
+	}
 	if c.opts.Files != nil {
 		for name, content := range c.opts.Files(a) {
 			WriteFile(c.t, filepath.Join(a.ConfigDir(), name), content)
@@ -41,11 +46,27 @@ func (c *Cluster) newAgent(name, ip string, server bool, joins []string) *Agent 
 	return a
 }
 
+// Cluster is the cluster the agent belongs to.
+func (a *Agent) Cluster() *Cluster { return a.cluster }
+
 // ConfigPath is the agent's main configuration file.
 func (a *Agent) ConfigPath() string { return filepath.Join(a.Dir, "config.hcl") }
 
-// HTTPAddr is host:port of the agent's HTTP API.
+// HTTPAddr is host:port of the agent's plain-HTTP API, which a secure cluster's
+// agents do not serve (see HTTPSAddr and APIAddr).
 func (a *Agent) HTTPAddr() string { return a.IP + ":8500" }
+
+// HTTPSAddr is host:port of the agent's HTTPS API, a secure cluster's only API.
+func (a *Agent) HTTPSAddr() string { return a.IP + ":8501" }
+
+// APIAddr is the URL of the API the agent serves, as CONSUL_HTTP_ADDR and -http-addr
+// take it: https://<ip>:8501 on a secure cluster, http://<ip>:8500 otherwise.
+func (a *Agent) APIAddr() string {
+	if a.cluster.sec != nil {
+		return "https://" + a.HTTPSAddr()
+	}
+	return "http://" + a.HTTPAddr()
+}
 
 // ServerAddr is host:port of the agent's server RPC, as raft and Status().Leader() name it.
 func (a *Agent) ServerAddr() string { return a.IP + ":8300" }
@@ -53,16 +74,29 @@ func (a *Agent) ServerAddr() string { return a.IP + ":8300" }
 // DNSAddr is host:port of the agent's DNS interface.
 func (a *Agent) DNSAddr() string { return a.IP + ":8600" }
 
-// Client returns an API client talking to this agent.
+// Client returns an API client talking to this agent with Options.Token (on a secure
+// cluster: over HTTPS, verified with CAFile, with the management token).
 func (a *Agent) Client() *api.Client {
+	cl, err := api.NewClient(a.apiConfig())
+	if err != nil {
+		panic(err) // only fails on bad TLS settings: our own CA file
+	}
+	return cl
+}
+
+func (a *Agent) apiConfig() *api.Config {
 	cfg := api.DefaultConfig()
 	cfg.Address = a.HTTPAddr()
 	cfg.Token = a.cluster.opts.Token
-	cl, err := api.NewClient(cfg)
-	if err != nil {
-		panic(err) // only fails on bad TLS settings, which we never set
+	if a.cluster.sec != nil {
+		// Nothing from the test's CONSUL_* environment: api.NewClient reads a token
+		// file of $CONSUL_HTTP_TOKEN_FILE in preference to Token unless TokenFile is
+		// set, so it names the management token's own file.
+		cfg.Address, cfg.Scheme = a.HTTPSAddr(), "https"
+		cfg.TokenFile = a.cluster.ManagementTokenFile()
+		cfg.TLSConfig = api.TLSConfig{CAFile: a.cluster.CAFile()}
 	}
-	return cl
+	return cfg
 }
 
 func (a *Agent) config() string {
@@ -81,14 +115,15 @@ func (a *Agent) config() string {
 	b.WriteString(`log_level = "info"
 disable_update_check = true
 enable_script_checks = false
-ports {
-  grpc     = -1
-  grpc_tls = -1
-  https    = -1
-  serf_wan = -1
-}
 performance { raft_multiplier = 1 }
 `)
+	if c.sec != nil {
+		// A secure cluster serves its API on HTTPS only, as the shipped image does on
+		// its private address.
+		b.WriteString("ports {\n  grpc     = -1\n  grpc_tls = -1\n  serf_wan = -1\n  http     = -1\n  https    = 8501\n}\n")
+	} else {
+		b.WriteString("ports {\n  grpc     = -1\n  grpc_tls = -1\n  https    = -1\n  serf_wan = -1\n}\n")
+	}
 	if a.Server {
 		fmt.Fprintf(&b, "server = true\nbootstrap_expect = %d\n", c.opts.Servers)
 	}
@@ -120,8 +155,15 @@ func (a *Agent) Start(t testing.TB) {
 	if err != nil {
 		t.Fatalf("testcluster: %v", err)
 	}
-	cmd := exec.Command(a.cluster.Binary, "agent", "-config-file", a.ConfigPath(), "-config-dir", a.ConfigDir())
+	args := []string{"agent", "-config-file", a.ConfigPath()}
+	if a.tokens != nil {
+		// The shipped acl.hcl, then encryption, TLS and the agent's tokens; then the
+		// test's files.
+		args = append(args, "-config-file", filepath.Join(a.Dir, "acl.hcl"), "-config-file", a.secureConfigPath())
+	}
+	cmd := exec.Command(a.cluster.Binary, append(args, "-config-dir", a.ConfigDir())...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = a.processEnv()
 	// Its own process group, so a kill reaches the watch handlers it runs too; and
 	// killed with the test process, so an aborted `go test` leaves no agent behind.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

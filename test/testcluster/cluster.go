@@ -4,6 +4,10 @@
 // Each cluster owns a 127.0.<n>.0/24 block (see AllocateBlock), servers on .1, .2, …
 // and clients on .101, .102, …, all on Consul's default ports. Every wait is bounded
 // and fails the test with what it last saw.
+//
+// With Options.Secure a cluster runs as the shipped image does: gossip encryption, TLS
+// with certificates made by `consul tls`, the API on HTTPS only and ACLs on with
+// default deny, each agent and each handler holding its own token (see secure.go).
 package testcluster
 
 import (
@@ -13,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,7 +43,30 @@ type Options struct {
 	// StartTimeout bounds the wait for a leader and a healthy autopilot (default 60s).
 	StartTimeout time.Duration
 	// Token is the ACL token the harness's own API clients use (ACL-enabled clusters).
+	// On a secure cluster it is the initial management token, a new one if unset.
 	Token string
+
+	// Secure runs the cluster as the shipped image runs: gossip encryption, TLS with
+	// certificates from `consul tls`, the API on HTTPS only, ACLs on with default deny
+	// and a node-identity token for each agent. See secure.go.
+	Secure bool
+	// HandlerPolicy, if set, returns the ACL rules of the token the agent's watches,
+	// handlers and checks hold (secure clusters): its file is HandlerTokenFile, and
+	// the agent's environment names it in CONSUL_HTTP_TOKEN_FILE. "" gives the agent
+	// no such token: its token-less watches are then refused.
+	HandlerPolicy func(a *Agent) string
+	// DNSPolicy, if set, returns the ACL rules of the agent's DNS token
+	// (acl.tokens.dns; secure clusters). Without one, DNS answers nothing.
+	DNSPolicy func(a *Agent) string
+	// Services, if set, names the services the agent's own configuration files
+	// register (secure clusters): they and the checks of those files are registered
+	// with a token of the agent's node identity (node:write, for node checks) and a
+	// service identity for each (acl.tokens.config_file_service_registration).
+	// Without it, an agent's files can register nothing: default deny.
+	Services func(a *Agent) []string
+	// AgentEnv, if set, returns variables added to the agent process's environment,
+	// which its watches, handlers and checks inherit (see Agent.Env).
+	AgentEnv func(a *Agent) []string
 }
 
 // Cluster is a set of running Consul agents.
@@ -49,6 +77,8 @@ type Cluster struct {
 	Binary  string
 	Servers []*Agent
 	Clients []*Agent
+
+	sec *secrets // a secure cluster's only
 }
 
 // ConsulBinary returns the consul binary tests run: $CONSUL_BIN, else `consul` on PATH.
@@ -86,6 +116,9 @@ func Start(t testing.TB, opts Options) *Cluster {
 	_ = t.TempDir()
 	c := &Cluster{t: t, opts: opts, Block: AllocateBlock(t), Binary: bin}
 	t.Cleanup(c.stopAll)
+	if opts.Secure {
+		c.initSecrets(t)
+	}
 
 	var joins []string
 	for i := 1; i <= opts.Servers; i++ {
@@ -97,10 +130,33 @@ func Start(t testing.TB, opts Options) *Cluster {
 	for i := 1; i <= opts.Clients; i++ {
 		c.Clients = append(c.Clients, c.newAgent(fmt.Sprintf("client-%d", i), c.Block.Addr(100+i), false, joins))
 	}
-	for _, a := range c.Agents() {
-		a.Start(t)
+	if c.sec == nil {
+		for _, a := range c.Agents() {
+			a.Start(t)
+		}
+		c.WaitForLeader(t, opts.StartTimeout)
+	} else {
+		// The servers, then every agent's tokens once a leader can create them, then
+		// the clients, whose watches find valid tokens from their first request (see
+		// secure.go); a server's watches, started before, restart on a reload.
+		for _, a := range c.Servers {
+			a.Start(t)
+		}
+		c.WaitForLeader(t, opts.StartTimeout)
+		for _, a := range c.Agents() {
+			c.mintTokens(t, a)
+		}
+		for _, a := range c.Servers {
+			if a.tokens.handler != "" {
+				if err := a.Client().Agent().Reload(); err != nil {
+					t.Fatalf("testcluster: reload %s: %v", a.Name, err)
+				}
+			}
+		}
+		for _, a := range c.Clients {
+			a.Start(t)
+		}
 	}
-	c.WaitForLeader(t, opts.StartTimeout)
 	c.WaitHealthy(t, opts.StartTimeout)
 	for _, a := range c.Clients {
 		a.waitMember(t, opts.StartTimeout)
@@ -164,6 +220,7 @@ func (c *Cluster) AddClient(t testing.TB) *Agent {
 	}
 	a := c.newAgent(fmt.Sprintf("client-%d", len(c.Clients)+1), c.Block.Addr(101+len(c.Clients)), false, joins)
 	c.Clients = append(c.Clients, a)
+	c.mintTokens(t, a)
 	a.Start(t)
 	a.waitMember(t, c.opts.StartTimeout)
 	c.waitRegistered(t, c.opts.StartTimeout, a)
@@ -292,13 +349,24 @@ func describeHealth(h *api.OperatorHealthReply) string {
 }
 
 // stopAll stops every agent; on failure it first prints the tail of each agent's log.
+// The clients go first, together, while the servers they leave through still run (a
+// client's SIGTERM is a graceful leave); then the servers, together.
 func (c *Cluster) stopAll() {
-	failed := c.t.Failed()
-	for _, a := range c.Agents() {
-		if failed {
+	if c.t.Failed() {
+		for _, a := range c.Agents() {
 			c.t.Logf("--- log of %s (%s), last lines:\n%s", a.Name, a.IP, a.LogTail(40))
 		}
-		a.stop()
+	}
+	for _, group := range [][]*Agent{c.Clients, c.Servers} {
+		var wg sync.WaitGroup
+		for _, a := range group {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				a.stop()
+			}()
+		}
+		wg.Wait()
 	}
 }
 

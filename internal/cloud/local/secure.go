@@ -16,13 +16,10 @@ package local
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -31,6 +28,7 @@ import (
 	"github.com/hashicorp/go-cleanhttp"
 
 	consuld "github.com/consul-rehydrate/consul-rehydrate/consul.d"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/agentsec"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/atomicfile"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
 )
@@ -39,20 +37,19 @@ const (
 	httpsPort = "8501"
 
 	secretsDirName      = "secrets"
-	caCertName          = "consul-agent-ca.pem"     // `consul tls ca create` names them
-	caKeyName           = "consul-agent-ca-key.pem" //
 	gossipKeyName       = "gossip.key"
 	managementTokenName = "management.token"
 
 	// In each agent's directory.
 	tlsDirName       = "tls"
-	certName         = "agent.pem"
-	keyName          = "agent-key.pem"
 	secureConfigName = "secure.hcl"
 	aclConfigName    = "acl.hcl"
 	imageConfigName  = "image.hcl"
 	agentTokenName   = "agent.token"
 	handlerTokenName = "handler.token"
+
+	// certDays is how long the local cluster's CA and certificates are valid.
+	certDays = 3650
 
 	// tokenTimeout bounds minting an agent's tokens: a leader election in progress
 	// refuses ACL writes for a few seconds.
@@ -64,7 +61,7 @@ func (p *Provider) secretsDir() string { return filepath.Join(p.cfg.StateDir, se
 
 // CAFile is the path of the cluster's CA certificate: what verifies every agent's
 // HTTPS and RPC certificate.
-func (p *Provider) CAFile() string { return filepath.Join(p.secretsDir(), caCertName) }
+func (p *Provider) CAFile() string { return filepath.Join(p.secretsDir(), agentsec.CACertName) }
 
 // ManagementTokenFile is the path of the file holding the cluster's initial
 // management token: the operator's token in `make demo` and the tests.
@@ -112,21 +109,15 @@ func (p *Provider) initSecrets(ctx context.Context, binary string) error {
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return fmt.Errorf("secrets dir: %w", err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, caKeyName)); errors.Is(err, os.ErrNotExist) {
-		// Consul's own tooling, as an operator following HashiCorp's guide would
-		// make the CA: https://developer.hashicorp.com/consul/commands/tls/ca
-		if err := runConsul(ctx, binary, dir, "tls", "ca", "create", "-days", "3650"); err != nil {
+	if _, err := os.Stat(filepath.Join(dir, agentsec.CAKeyName)); errors.Is(err, os.ErrNotExist) {
+		if err := agentsec.MakeCA(ctx, binary, dir, certDays); err != nil {
 			return err
 		}
 	}
-	key := make([]byte, 32) // what `consul keygen` makes: 32 random bytes, base64
-	if _, err := rand.Read(key); err != nil {
-		return fmt.Errorf("gossip key: %w", err)
-	}
-	if err := writeSecretOnce(filepath.Join(dir, gossipKeyName), base64.StdEncoding.EncodeToString(key)); err != nil {
+	if err := writeSecretOnce(filepath.Join(dir, gossipKeyName), agentsec.NewGossipKey()); err != nil {
 		return err
 	}
-	return writeSecretOnce(p.ManagementTokenFile(), newSecretID())
+	return writeSecretOnce(p.ManagementTokenFile(), agentsec.NewSecretID())
 }
 
 // prepareAgent writes what makes an agent a member of the secure cluster into its
@@ -135,41 +126,14 @@ func (p *Provider) initSecrets(ctx context.Context, binary string) error {
 // a server's handler token, and secure.hcl, which the agent loads after
 // config.hcl. The tokens' IDs are made here; mintTokens creates the tokens.
 func (p *Provider) prepareAgent(ctx context.Context, binary string, a agentSpec) error {
-	tlsDir := filepath.Join(a.dir, tlsDirName)
-	if err := os.MkdirAll(tlsDir, 0o700); err != nil {
-		return fmt.Errorf("create agent tls dir: %w", err)
-	}
-	kind := "-client"
-	if a.server {
-		kind = "-server"
-	}
-	// https://developer.hashicorp.com/consul/commands/tls/cert: -server certs carry
-	// server.<dc>.consul, which verify_server_hostname requires of every server;
-	// the agent's own address is added for its HTTPS API.
-	if err := runConsul(ctx, binary, tlsDir, "tls", "cert", "create", kind,
-		"-dc", p.cfg.Datacenter, "-days", "3650",
-		"-ca", p.CAFile(), "-key", filepath.Join(p.secretsDir(), caKeyName),
-		"-additional-ipaddress", a.addr); err != nil {
+	if err := agentsec.MakeCert(ctx, binary, filepath.Join(a.dir, tlsDirName), p.secretsDir(), p.cfg.Datacenter, a.addr, a.server, certDays); err != nil {
 		return err
 	}
-	made, err := filepath.Glob(filepath.Join(tlsDir, p.cfg.Datacenter+"-*-consul-*.pem"))
-	if err != nil {
-		return err
-	}
-	for _, f := range made {
-		dst := certName
-		if strings.HasSuffix(f, "-key.pem") {
-			dst = keyName
-		}
-		if err := os.Rename(f, filepath.Join(tlsDir, dst)); err != nil {
-			return fmt.Errorf("agent certificate: %w", err)
-		}
-	}
-	if err := writeSecretOnce(filepath.Join(a.dir, agentTokenName), newSecretID()); err != nil {
+	if err := writeSecretOnce(filepath.Join(a.dir, agentTokenName), agentsec.NewSecretID()); err != nil {
 		return err
 	}
 	if a.server && p.cfg.BinDir != "" {
-		if err := writeSecretOnce(filepath.Join(a.dir, handlerTokenName), newSecretID()); err != nil {
+		if err := writeSecretOnce(filepath.Join(a.dir, handlerTokenName), agentsec.NewSecretID()); err != nil {
 			return err
 		}
 	}
@@ -183,10 +147,9 @@ func (p *Provider) prepareAgent(ctx context.Context, binary string, a agentSpec)
 	return atomicfile.Write(filepath.Join(a.dir, secureConfigName), []byte(hcl), 0o600)
 }
 
-// renderSecure returns the agent's secure.hcl: the shipped acl.hcl's settings,
-// gossip encryption, TLS and its tokens. See scripts/user-data.sh for the same
-// settings on EC2, and https://developer.hashicorp.com/consul/docs/agent/config/config-files
-// for each.
+// renderSecure returns the agent's secure.hcl (agentsec.Agent.HCL): gossip
+// encryption, TLS, and its tokens. See scripts/user-data.sh for the same settings
+// on EC2.
 func (p *Provider) renderSecure(a agentSpec) (string, error) {
 	key, err := readSecret(filepath.Join(p.secretsDir(), gossipKeyName))
 	if err != nil {
@@ -196,44 +159,13 @@ func (p *Provider) renderSecure(a agentSpec) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("agent token: %w", err)
 	}
-	q := func(s string) string { return fmt.Sprintf("%q", s) }
-	tlsDir := filepath.Join(a.dir, tlsDirName)
-	var b strings.Builder
-	fmt.Fprintf(&b, "encrypt = %s\nencrypt_verify_incoming = true\nencrypt_verify_outgoing = true\n", q(key))
-	fmt.Fprintf(&b, `tls {
-  defaults {
-    ca_file         = %s
-    cert_file       = %s
-    key_file        = %s
-    verify_incoming = true
-    verify_outgoing = true
-  }
-  internal_rpc {
-    verify_server_hostname = true
-  }
-  # The API authenticates by ACL token; requiring client certificates too would
-  # hand every operator and handler a certificate to guard.
-  https {
-    verify_incoming = false
-  }
-}
-`, q(p.CAFile()), q(filepath.Join(tlsDir, certName)), q(filepath.Join(tlsDir, keyName)))
-	// acl.hcl, the shipped file, is beside this one; Consul merges the two acl blocks
-	// across files (not within one).
-	b.WriteString("acl {\n  tokens {\n")
+	sec := agentsec.Agent{GossipKey: key, CAFile: p.CAFile(), TLSDir: filepath.Join(a.dir, tlsDirName), Server: a.server, AgentToken: agentTok}
 	if a.server {
-		mgmt, err := readSecret(p.ManagementTokenFile())
-		if err != nil {
+		if sec.InitialManagement, err = readSecret(p.ManagementTokenFile()); err != nil {
 			return "", fmt.Errorf("management token: %w", err)
 		}
-		// Used only when the first leader bootstraps the ACL system; ignored after.
-		fmt.Fprintf(&b, "    initial_management = %s\n", q(mgmt))
 	}
-	fmt.Fprintf(&b, "    agent = %s\n  }\n}\n", q(agentTok))
-	if a.server {
-		b.WriteString("auto_encrypt {\n  allow_tls = true\n}\n")
-	}
-	return b.String(), nil
+	return sec.HCL(), nil
 }
 
 // mintTokens creates the agent's tokens with the IDs prepareAgent wrote: its agent
@@ -247,7 +179,7 @@ func (p *Provider) mintTokens(ctx context.Context, c *api.Client, a agentSpec) e
 	}
 	want := []*api.ACLToken{{
 		SecretID:       agentTok,
-		AccessorID:     newSecretID(),
+		AccessorID:     agentsec.NewSecretID(),
 		Description:    "agent token of " + a.name,
 		NodeIdentities: []*api.ACLNodeIdentity{{NodeName: a.name, Datacenter: p.cfg.Datacenter}},
 	}}
@@ -266,7 +198,7 @@ func (p *Provider) mintTokens(ctx context.Context, c *api.Client, a agentSpec) e
 		policy = &api.ACLPolicy{Name: "rehydrate-handlers-" + a.name, Description: "spinup and spindown on " + a.name, Rules: rules}
 		want = append(want, &api.ACLToken{
 			SecretID:    handlerTok,
-			AccessorID:  newSecretID(),
+			AccessorID:  agentsec.NewSecretID(),
 			Description: "rehydrate handlers on " + a.name,
 			Policies:    []*api.ACLTokenPolicyLink{{Name: policy.Name}},
 		})
@@ -338,30 +270,6 @@ func (p *Provider) apiClient(ip, token string, timeout time.Duration) (*api.Clie
 		return nil, fmt.Errorf("consul client for %s: %w", ip, err)
 	}
 	return cl, nil
-}
-
-// runConsul runs a consul subcommand in dir, bounded by a minute.
-func runConsul(ctx context.Context, binary, dir string, args ...string) error {
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, args...)
-	cmd.Dir = dir
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("consul %s: %w: %s", strings.Join(args[:3], " "), err, strings.TrimSpace(string(out)))
-	}
-	return nil
-}
-
-// newSecretID returns a random UUID (version 4), the form Consul gives token IDs.
-func newSecretID() string {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		panic(err) // crypto/rand does not fail on Linux
-	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
 // writeSecretOnce writes s to path, 0600, unless the file exists.

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-rehydrate/consul-rehydrate/internal/agentsec"
 	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
 )
 
@@ -173,8 +174,8 @@ func TestSecureCluster_AServerWithoutACASignedCertificateCannotJoinRaft(t *testi
 	bin, err := testcluster.ConsulBinary()
 	require.NoError(t, err)
 	own := t.TempDir()
-	require.NoError(t, runConsul(t.Context(), bin, own, "tls", "ca", "create"))
-	require.NoError(t, runConsul(t.Context(), bin, own, "tls", "cert", "create", "-server", "-dc", cfg.Datacenter))
+	require.NoError(t, agentsec.MakeCA(t.Context(), bin, own, 30))
+	require.NoError(t, agentsec.MakeCert(t.Context(), bin, filepath.Join(own, "tls"), own, cfg.Datacenter, p.addrs.at(p.addrs.count-1), true, 30))
 	r := startRogue(t, p, cfg, servers, fmt.Sprintf(`server = true
 encrypt = %q
 tls {
@@ -187,8 +188,8 @@ tls {
   }
   internal_rpc { verify_server_hostname = true }
 }
-`, key, filepath.Join(own, "consul-agent-ca.pem"), filepath.Join(own, cfg.Datacenter+"-server-consul-0.pem"),
-		filepath.Join(own, cfg.Datacenter+"-server-consul-0-key.pem")))
+`, key, filepath.Join(own, agentsec.CACertName), filepath.Join(own, "tls", agentsec.CertName),
+		filepath.Join(own, "tls", agentsec.KeyName)))
 	rc := r.client(t)
 
 	// With the key, it gossips: the cluster sees it as a server.
@@ -279,7 +280,7 @@ func TestSecureCluster_ThePlainHTTPAPIIsRefused(t *testing.T) {
 func TestSecureCluster_SecretsArePrivate(t *testing.T) {
 	t.Parallel()
 	p, cfg, _ := startCluster(t, 3)
-	for _, f := range []string{p.ManagementTokenFile(), filepath.Join(p.secretsDir(), gossipKeyName), filepath.Join(p.secretsDir(), caKeyName)} {
+	for _, f := range []string{p.ManagementTokenFile(), filepath.Join(p.secretsDir(), gossipKeyName), filepath.Join(p.secretsDir(), agentsec.CAKeyName)} {
 		fi, err := os.Stat(f)
 		require.NoError(t, err)
 		assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), f)
