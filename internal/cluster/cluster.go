@@ -82,7 +82,13 @@ func Observe(ctx context.Context, c *api.Client) (*Observation, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read autopilot health: %w", err)
 	}
-	svcs, _, err := c.Catalog().Service("consul", "", q)
+	// A consistent read: right after a leadership change (the roll's own transfer) a
+	// new leader answers default reads from its FSM, which may not yet have applied
+	// every entry its predecessor committed, so a server's node meta read as missing
+	// (2 of 16 runs of TestObserveRaft_SeesALeadershipTransferAtOnce). A consistent
+	// read waits, within the RPC hold timeout, for the leader's barrier.
+	// https://developer.hashicorp.com/consul/api-docs/features/consistency
+	svcs, _, err := c.Catalog().Service("consul", "", (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("read consul service catalog: %w", err)
 	}
