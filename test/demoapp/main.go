@@ -32,6 +32,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -266,6 +267,13 @@ func stopServer(pidfile string) error {
 		sig  syscall.Signal
 		wait time.Duration
 	}{{syscall.SIGTERM, 10 * time.Second}, {syscall.SIGKILL, 2 * time.Second}} {
+		// A server that died left its pidfile, and its pid may since belong to
+		// another process (a Consul agent of a test running beside this one, once):
+		// signal only a process whose command line names this pidfile.
+		if !serving(pid, pidfile) {
+			os.Remove(pidfile)
+			return nil
+		}
 		if err := syscall.Kill(pid, s.sig); err != nil && !errors.Is(err, syscall.ESRCH) {
 			return fmt.Errorf("send %v to server %d: %w", s.sig, pid, err)
 		}
@@ -277,6 +285,19 @@ func stopServer(pidfile string) error {
 		}
 	}
 	return fmt.Errorf("server %d from %s did not exit after SIGKILL", pid, pidfile)
+}
+
+// serving reports whether process pid is alive and is the server of pidfile: its
+// command line (/proc/<pid>/cmdline) names the pidfile.
+func serving(pid int, pidfile string) bool {
+	if !alive(pid) {
+		return false
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false // gone since, or no /proc: never signal what we cannot tell apart
+	}
+	return slices.Contains(strings.Split(string(cmdline), "\x00"), pidfile)
 }
 
 // alive reports whether process pid exists. A zombie counts as gone: a detached

@@ -243,7 +243,12 @@ func (a *Agent) signalAndWait(t testing.TB, sig syscall.Signal, timeout time.Dur
 	if cmd == nil {
 		t.Fatalf("testcluster: %s is not running", a.Name)
 	}
-	_ = syscall.Kill(-cmd.Process.Pid, sig)
+	// An agent that exited by itself and was reaped may have its pid, and so its
+	// process group id, taken by another process (a local provider's agent, which
+	// leads a session of its own, once got a SIGTERM this way): signal only a live one.
+	if !exited(a.doneChan()) {
+		_ = syscall.Kill(-cmd.Process.Pid, sig)
+	}
 	a.waitExit(t, timeout)
 }
 
@@ -262,14 +267,31 @@ func (a *Agent) waitExit(t testing.TB, timeout time.Duration) {
 	a.mu.Unlock()
 }
 
+// exited reports whether done, an agent's exit channel, is closed: the process has
+// exited and been reaped.
+func exited(done chan struct{}) bool {
+	select {
+	case <-done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (a *Agent) doneChan() chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.done
+}
+
 // stop ends the agent however it can, for cleanup: SIGTERM, then SIGKILL.
 func (a *Agent) stop() {
 	a.mu.Lock()
 	cmd, done := a.cmd, a.done
 	a.cmd, a.done = nil, nil
 	a.mu.Unlock()
-	if cmd == nil {
-		return
+	if cmd == nil || exited(done) {
+		return // signalling an exited agent's group could reach whoever has its pid now
 	}
 	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
 	select {

@@ -73,7 +73,11 @@ ports {
 		close(r.done)
 	}()
 	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		select {
+		case <-r.done: // exited and reaped: its pid may be another process's now
+		default:
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		}
 		select {
 		case <-r.done:
 		case <-time.After(stopTimeout):
