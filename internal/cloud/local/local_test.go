@@ -253,7 +253,13 @@ func TestTerminate_LeavesGracefullyAndIsIdempotent(t *testing.T) {
 	})
 	log := readFile(t, filepath.Join(cfg.StateDir, "instances", in.ID, "agent.log"))
 	assert.Contains(t, log, "server starting leave", "left gracefully")
-	assert.Contains(t, log, "Exit code: code=0", "exited on its own, not killed")
+	// Exited on its own, through its shutdown (a SIGKILLed agent logs no exit code),
+	// not necessarily with 0: the agent also takes SIGPIPE for a second signal
+	// (command/agent/agent.go: signal.Notify(..., SIGPIPE), then "Caught second
+	// signal, Exiting" with the first signal's name), and a write to a peer's closed
+	// TLS connection during the leave raises one; it then exits 1 once its leave is
+	// already done. 2 of 6 runs did.
+	assert.Contains(t, log, "Exit code: code=", "exited on its own, not killed")
 	t.Logf("terminate returned after %s", took.Round(time.Millisecond))
 
 	ins, err := p.Instances(t.Context())
