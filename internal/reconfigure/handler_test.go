@@ -58,6 +58,20 @@ func (f *fixture) writeConfig(t *testing.T, src string) {
 	require.NoError(t, os.WriteFile(f.cfg, []byte(src), 0o644))
 }
 
+// writeReloadConfig writes an "lb" block over web with lbTemplate whose reload
+// command is `/bin/sh -c script`.
+func (f *fixture) writeReloadConfig(t *testing.T, script string) {
+	t.Helper()
+	f.writeConfig(t, fmt.Sprintf(`reconfigure "lb" {
+  service        = "web"
+  template       = %q
+  destination    = %q
+  state_file     = %q
+  reload_command = ["/bin/sh", "-c", %q]
+}
+`, lbTemplate, f.dest, f.state, script))
+}
+
 // run runs the handler (or, with -check, the check) at now with stdin.
 func (f *fixture) run(t *testing.T, now time.Time, stdin []byte, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
@@ -191,14 +205,7 @@ func TestHandler_RendersTheHealthyInstancesAndReloadsOnce(t *testing.T) {
 func TestHandler_TheReloadCommandIsToldTheFileAndTheCount(t *testing.T) {
 	f := newFixture(t, lbTemplate, "")
 	got := filepath.Join(f.dir, "env")
-	f.writeConfig(t, fmt.Sprintf(`reconfigure "lb" {
-  service        = "web"
-  template       = %q
-  destination    = %q
-  state_file     = %q
-  reload_command = ["/bin/sh", "-c", "echo \"$REHYDRATE_RECONFIGURE_FILE $REHYDRATE_RECONFIGURE_INSTANCES\" > %s"]
-}
-`, lbTemplate, f.dest, f.state, got))
+	f.writeReloadConfig(t, fmt.Sprintf(`echo "$REHYDRATE_RECONFIGURE_FILE $REHYDRATE_RECONFIGURE_INSTANCES" > %s`, got))
 	f.handle(t, t0, threeInstances(t), app.ExitOK)
 	b, err := os.ReadFile(got)
 	require.NoError(t, err)
@@ -526,14 +533,7 @@ func TestHandler_TheReloadCommandDoesNotSeeTheHandlersToken(t *testing.T) {
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "aws-secret")
 	f := newFixture(t, lbTemplate, "")
 	got := filepath.Join(f.dir, "env")
-	f.writeConfig(t, fmt.Sprintf(`reconfigure "lb" {
-  service        = "web"
-  template       = %q
-  destination    = %q
-  state_file     = %q
-  reload_command = ["/bin/sh", "-c", "env > %s"]
-}
-`, lbTemplate, f.dest, f.state, got))
+	f.writeReloadConfig(t, fmt.Sprintf(`env > %s`, got))
 	f.handle(t, t0, threeInstances(t), app.ExitOK)
 	env := mustRead(t, got)
 	assert.NotContains(t, env, "secret")
