@@ -4,11 +4,14 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
 )
 
 // Node meta keys that tie a Consul server to the cloud instance it runs on.
@@ -78,7 +81,8 @@ func (o *Observation) Trailing(s *Server) uint64 {
 // `consul` service (which carries the servers' node meta).
 func Observe(ctx context.Context, c *api.Client) (*Observation, error) {
 	q := (&api.QueryOptions{}).WithContext(ctx)
-	health, err := c.Operator().AutopilotServerHealth(q)
+	var health *api.OperatorHealthReply
+	err := read(ctx, func() (err error) { health, err = c.Operator().AutopilotServerHealth(q); return err })
 	if err != nil {
 		return nil, fmt.Errorf("read autopilot health: %w", err)
 	}
@@ -88,7 +92,11 @@ func Observe(ctx context.Context, c *api.Client) (*Observation, error) {
 	// (2 of 16 runs of TestObserveRaft_SeesALeadershipTransferAtOnce). A consistent
 	// read waits, within the RPC hold timeout, for the leader's barrier.
 	// https://developer.hashicorp.com/consul/api-docs/features/consistency
-	svcs, _, err := c.Catalog().Service("consul", "", (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	var svcs []*api.CatalogService
+	err = read(ctx, func() (err error) {
+		svcs, _, err = c.Catalog().Service("consul", "", (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("read consul service catalog: %w", err)
 	}
@@ -131,7 +139,11 @@ func ObserveRaft(ctx context.Context, c *api.Client) (*Observation, error) {
 	if err != nil {
 		return nil, err
 	}
-	rc, err := c.Operator().RaftGetConfiguration((&api.QueryOptions{}).WithContext(ctx))
+	var rc *api.RaftConfiguration
+	err = read(ctx, func() (err error) {
+		rc, err = c.Operator().RaftGetConfiguration((&api.QueryOptions{}).WithContext(ctx))
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("read raft configuration: %w", err)
 	}
@@ -157,4 +169,22 @@ func ObserveRaft(ctx context.Context, c *api.Client) (*Observation, error) {
 	sort.Slice(servers, func(i, j int) bool { return servers[i].Name < servers[j].Name })
 	obs.Servers = servers
 	return obs, nil
+}
+
+// Bounds of read's retry: a leader election or hand-off takes a few seconds.
+const (
+	readFor   = 10 * time.Second
+	readFirst = 200 * time.Millisecond
+	readMax   = 2 * time.Second
+)
+
+// read runs op, trying again while Consul answers with a server error: during a
+// leadership change a consistent read is refused with "node is not the leader" and
+// a forwarded one fails with "rpc error making call: EOF" (both 500), seen when
+// `rehydrate status` ran 40 ms after the roll's own transfer (CI, stop 21).
+func read(ctx context.Context, op func() error) error {
+	return poll.Retry(ctx, readFor, readFirst, readMax, func(err error) bool {
+		var se api.StatusError
+		return errors.As(err, &se) && se.Code >= 500
+	}, op)
 }

@@ -247,20 +247,9 @@ const (
 )
 
 // retry runs op until it succeeds, fails for a reason another try cannot fix, or
-// retryFor has passed: Consul answers 500 while its servers elect a leader, which
-// takes seconds, and a rollout or a deployment should ride that out, not halt.
+// retryFor has passed: a rollout or a deployment rides out a leader election.
 func retry(ctx context.Context, op func() error) error {
-	delay, deadline := retryFirst, time.Now().Add(retryFor)
-	for {
-		err := op()
-		if err == nil || !transient(ctx, err) || time.Now().Add(delay).After(deadline) {
-			return err
-		}
-		if poll.Sleep(ctx, delay) != nil {
-			return err
-		}
-		delay = min(2*delay, retryMax)
-	}
+	return poll.Retry(ctx, retryFor, retryFirst, retryMax, func(err error) bool { return transient(ctx, err) }, op)
 }
 
 // transient says whether another try may succeed: a server error (5xx) or a failed

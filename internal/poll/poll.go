@@ -53,3 +53,22 @@ func Sleep(ctx context.Context, d time.Duration) error {
 		return nil
 	}
 }
+
+// Retry calls op until it succeeds, again says its error is final, ctx ends, or the
+// next try would start after limit has passed; it returns op's last error. The
+// delay between tries starts at first and doubles up to most. Consul answers 500
+// while its servers elect or hand over a leader, which takes seconds: a reader that
+// rides that out does not halt a roll or fail an operator's command.
+func Retry(ctx context.Context, limit, first, most time.Duration, again func(error) bool, op func() error) error {
+	delay, deadline := first, time.Now().Add(limit)
+	for {
+		err := op()
+		if err == nil || !again(err) || ctx.Err() != nil || time.Now().Add(delay).After(deadline) {
+			return err
+		}
+		if Sleep(ctx, delay) != nil {
+			return err
+		}
+		delay = min(2*delay, most)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -71,4 +72,38 @@ func TestSleep_EndsWithTheContext(t *testing.T) {
 	cancel(lost)
 	require.ErrorIs(t, Sleep(ctx, time.Hour), lost)
 	require.NoError(t, Sleep(context.Background(), time.Millisecond))
+}
+
+func TestRetry_RidesOutTransientErrorsAndStopsAtAFinalOne(t *testing.T) {
+	transient, final := errors.New("transient"), errors.New("final")
+	calls := 0
+	err := Retry(context.Background(), time.Second, time.Millisecond, 2*time.Millisecond,
+		func(err error) bool { return err == transient },
+		func() error {
+			calls++
+			if calls < 3 {
+				return transient
+			}
+			return nil
+		})
+	require.NoError(t, err)
+	assert.Equal(t, 3, calls)
+
+	calls = 0
+	err = Retry(context.Background(), time.Second, time.Millisecond, time.Millisecond,
+		func(err error) bool { return err == transient },
+		func() error { calls++; return final })
+	assert.ErrorIs(t, err, final)
+	assert.Equal(t, 1, calls, "a final error is not retried")
+}
+
+func TestRetry_GivesUpAtTheBound(t *testing.T) {
+	transient := errors.New("transient")
+	start, calls := time.Now(), 0
+	err := Retry(context.Background(), 50*time.Millisecond, 10*time.Millisecond, 10*time.Millisecond,
+		func(error) bool { return true }, func() error { calls++; return transient })
+	assert.ErrorIs(t, err, transient)
+	assert.Less(t, time.Since(start), time.Second)
+	assert.GreaterOrEqual(t, calls, 2)
+	assert.LessOrEqual(t, calls, 6)
 }
