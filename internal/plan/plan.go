@@ -69,6 +69,19 @@ type Input struct {
 	// step of the roll in progress (see payload.Request). With no roll in progress
 	// there is nothing to do for it. Requested takes precedence.
 	Continue bool
+
+	// Problems say why the provider's group is not fit for a roll (cloud.Survey):
+	// a new roll is refused, a roll in progress holds before its next launch,
+	// transfer or retire.
+	Problems []string
+	// Surged is when the roll asked the group for the surge it is waiting for (zero
+	// if it is not waiting for one), and LaunchFailures are the group's failed
+	// launches since then.
+	Surged         time.Time
+	LaunchFailures []cloud.LaunchFailure
+	// Zones are the availability zones the group spans (cloud.Survey), none where
+	// the provider has no zones.
+	Zones []string
 }
 
 // Step is the decision.
@@ -133,6 +146,15 @@ func Next(in Input) Step {
 		return *refusal
 	}
 	st := next(in, target)
+	if len(in.Problems) > 0 {
+		why := "the group is not fit for a roll: " + strings.Join(in.Problems, "; ")
+		switch {
+		case in.RollTarget == "" && (st.Kind == Launch || st.Kind == Hold):
+			return Step{Kind: Refuse, Image: target, Reason: why}
+		case st.Kind == Launch || st.Kind == Transfer || st.Kind == Retire:
+			return Step{Kind: Hold, Image: target, Reason: why}
+		}
+	}
 	if note != "" {
 		st.Reason += "; " + note
 	}
@@ -159,6 +181,14 @@ func next(in Input, target string) Step {
 				"only %d of %d servers, all on %s; waiting for the group to be back to size", len(st.live), in.Desired, target)}
 		}
 		if in.RollTarget != "" {
+			if spread, ok := unbalanced(in, st.live); ok {
+				if why := unhealthy(in, st); why != "" {
+					return Step{Kind: Hold, Image: target, Reason: "cluster not healthy, will not launch: " + why}
+				}
+				return Step{Kind: Launch, Image: target, ActionID: fmt.Sprintf("launch/%s/rebalance", target), Reason: fmt.Sprintf(
+					"all %d servers run %s, but they are spread %s; surge one (the group launches into its emptiest zone), then retire one from the most crowded",
+					len(st.live), target, spread)}
+			}
 			return Step{Kind: Done, Image: target, Reason: fmt.Sprintf("all %d servers run %s", len(st.live), target)}
 		}
 		return Step{Kind: Nothing, Image: target, Reason: fmt.Sprintf("up to date: all %d servers run %s", len(st.live), target)}
@@ -170,6 +200,9 @@ func next(in Input, target string) Step {
 	case len(st.live) == in.Desired:
 		if why := unhealthy(in, st); why != "" {
 			return Step{Kind: Hold, Image: target, Reason: "cluster not healthy, will not launch: " + why}
+		}
+		if step, failing := launchFailing(in, target); failing {
+			return step
 		}
 		// The ID counts the outdated servers left: it is the same for every invocation
 		// that sees this state, and new once a retire has made progress, whichever
@@ -192,9 +225,14 @@ func next(in Input, target string) Step {
 			}
 		}
 		if len(st.outdated) == 0 {
-			return Step{Kind: Nothing, Image: target, Reason: fmt.Sprintf("%d servers, all on %s: one more than desired; leaving it to the operator", len(st.live), target)}
+			if in.RollTarget == "" {
+				return Step{Kind: Nothing, Image: target, Reason: fmt.Sprintf("%d servers, all on %s: one more than desired; leaving it to the operator", len(st.live), target)}
+			}
+			// The roll's last surge landed where no outdated server was left to pair
+			// it with (see retireOrder): retire the surplus from the most crowded zone.
+			return retire(in, st, target, st.onTarget)
 		}
-		return retire(in, st, target)
+		return retire(in, st, target, st.outdated)
 
 	default:
 		return Step{Kind: Nothing, Image: target, Reason: fmt.Sprintf(
@@ -202,12 +240,94 @@ func next(in Input, target string) Step {
 	}
 }
 
-// retireOrder sorts outdated servers in the order they are retired: unhealthy ones
-// first (retiring them costs no healthy voter), then followers, the leader last,
-// oldest first within each group. Launches name the server they replace by the same
-// order, so the history reads true.
+// launchFailing decides, while the roll waits for a surge that has not appeared,
+// whether the group's failed launches fail the roll: at once when a failure is the
+// image's (retrying cannot help), else once launch_timeout has passed since the
+// surge was asked for. Until then it waits. The group itself retries failed
+// launches for ever (../shared/AWS.md, "Failed launches"), so without this a roll
+// would ask again and again.
+func launchFailing(in Input, target string) (Step, bool) {
+	if in.RollTarget == "" || in.Surged.IsZero() || len(in.LaunchFailures) == 0 {
+		return Step{}, false
+	}
+	last := in.LaunchFailures[len(in.LaunchFailures)-1]
+	fail := Step{Kind: Fail, Image: target, ActionID: "fail/launch/" + target}
+	for _, f := range in.LaunchFailures {
+		if f.Image {
+			fail.Reason = fmt.Sprintf("the group cannot launch %s: %s", target, f.Message)
+			return fail, true
+		}
+	}
+	waited := in.Now.Sub(in.Surged)
+	if waited > in.LaunchTimeout {
+		fail.Reason = fmt.Sprintf("the group has failed to launch a server on %s for %s (launch_timeout %s), %d failed launches, the last: %s",
+			target, waited.Round(time.Second), in.LaunchTimeout, len(in.LaunchFailures), last.Message)
+		return fail, true
+	}
+	return Step{Kind: Wait, Image: target, Reason: fmt.Sprintf(
+		"the group's launches on %s fail (%d so far, the last: %s); it retries until launch_timeout", target, len(in.LaunchFailures), last.Message)}, true
+}
+
+// unbalanced reports whether the live servers are spread over the group's zones
+// less evenly than they can be (two zones differ by more than one server), and
+// describes the spread ("a=2 b=1 c=0").
+func unbalanced(in Input, live []cloud.Instance) (string, bool) {
+	if len(in.Zones) < 2 {
+		return "", false
+	}
+	per := map[string]int{}
+	for _, inst := range live {
+		per[inst.AZ]++
+	}
+	most, least := per[in.Zones[0]], per[in.Zones[0]]
+	parts := make([]string, 0, len(in.Zones))
+	for _, z := range in.Zones {
+		most, least = max(most, per[z]), min(least, per[z])
+		parts = append(parts, fmt.Sprintf("%s=%d", z, per[z]))
+	}
+	return strings.Join(parts, " "), most-least > 1
+}
+
+// retireOrder sorts servers in the order they are retired: those in the most
+// crowded availability zone first (after a surge, the surge's zone, so that the
+// pair of steps leaves the servers spread as before: the group launched the surge
+// into its emptiest zone), then unhealthy ones (retiring them costs no healthy
+// voter), then followers, the leader last, oldest first within each group.
+// Launches name the server they replace by the same order, so the history reads
+// true.
+//
+// AWS does not document how the group breaks a tie between equally empty zones, so
+// a surge can land in a zone that holds no outdated server (3 servers in 3 zones,
+// second surge, beside the first one's). No retire then keeps every zone: the
+// roll retires an outdated server elsewhere, the group places the next surge in the
+// zone so emptied (the only emptiest one), and once every server is on the target
+// the surplus goes from the most crowded zone, so the roll ends spread as it began.
 func retireOrder(in Input, outdated []cloud.Instance) []cloud.Instance {
 	cands := append([]cloud.Instance(nil), outdated...)
+	perAZ := map[string]int{}
+	most := 0
+	var newest cloud.Instance
+	for _, inst := range in.Instances {
+		if inst.Live() {
+			perAZ[inst.AZ]++
+			most = max(most, perAZ[inst.AZ])
+			if !inst.Launched.Before(newest.Launched) {
+				newest = inst
+			}
+		}
+	}
+	// 0: the surge's zone, when it is among the most crowded (it is, when the group
+	// placed the surge by its balancing rule): retiring there restores the spread
+	// exactly; 1: another of the most crowded zones; 2: the rest.
+	crowded := func(inst cloud.Instance) int {
+		switch {
+		case perAZ[inst.AZ] < most:
+			return 2
+		case inst.AZ != newest.AZ:
+			return 1
+		}
+		return 0
+	}
 	rank := func(inst cloud.Instance) int {
 		srv := in.Server(inst)
 		switch {
@@ -219,15 +339,20 @@ func retireOrder(in Input, outdated []cloud.Instance) []cloud.Instance {
 			return 2
 		}
 	}
-	sort.SliceStable(cands, func(i, j int) bool { return rank(cands[i]) < rank(cands[j]) })
+	sort.SliceStable(cands, func(i, j int) bool {
+		if ci, cj := crowded(cands[i]), crowded(cands[j]); ci != cj {
+			return ci < cj
+		}
+		return rank(cands[i]) < rank(cands[j])
+	})
 	return cands
 }
 
-// retire retires the first outdated server in retireOrder, moving leadership away
-// from it first if it leads.
-func retire(in Input, st state, target string) Step {
+// retire retires the first of cands (the outdated servers, or the surplus once
+// none is left) in retireOrder, moving leadership away from it first if it leads.
+func retire(in Input, st state, target string, cands []cloud.Instance) Step {
 	leader := in.Cluster.Leader()
-	cands := retireOrder(in, st.outdated)
+	cands = retireOrder(in, cands)
 	victim := cands[0]
 	srv := in.Server(victim)
 
@@ -242,22 +367,26 @@ func retire(in Input, st state, target string) Step {
 			"retiring %s would leave %d healthy voters, fewer than %d", victim.ID, healthyAfter, in.Desired)}
 	}
 	if srv != nil && leader != nil && srv.ID == leader.ID {
-		to := bestSuccessor(in, st)
+		to := bestSuccessor(in, st, victim.ID)
 		if to == nil {
-			return Step{Kind: Wait, Image: target, Reason: "leader is the last outdated server but no server on the target is ready to lead"}
+			return Step{Kind: Wait, Image: target, Reason: "leader " + srv.Name + " is the outdated server to retire next but no server on the target is ready to lead"}
 		}
 		return Step{Kind: Transfer, Image: target, Instance: victim.ID, TransferTo: to.ID, ActionID: "transfer/" + victim.ID,
-			Reason: fmt.Sprintf("leader %s is the last outdated server; move leadership to %s first", srv.Name, to.Name)}
+			Reason: fmt.Sprintf("leader %s is the outdated server to retire next; move leadership to %s first", srv.Name, to.Name)}
+	}
+	if victim.ImageID == target {
+		return Step{Kind: Retire, Image: target, Instance: victim.ID, ActionID: "retire/" + victim.ID,
+			Reason: fmt.Sprintf("all %d servers run %s, one more than desired; retire %s from the most crowded zone", len(st.live), target, victim.ID)}
 	}
 	return Step{Kind: Retire, Image: target, Instance: victim.ID, ActionID: "retire/" + victim.ID,
 		Reason: fmt.Sprintf("%s is settled on %s; retire outdated %s (%d outdated left)", settledNames(in, st), target, victim.ID, len(st.outdated))}
 }
 
-func bestSuccessor(in Input, st state) *cluster.Server {
+func bestSuccessor(in Input, st state, except string) *cluster.Server {
 	var best *cluster.Server
 	for _, inst := range st.onTarget {
 		s := in.Server(inst)
-		if s != nil && st.settled[inst.ID] && (best == nil || s.LastIndex > best.LastIndex) {
+		if s != nil && inst.ID != except && st.settled[inst.ID] && (best == nil || s.LastIndex > best.LastIndex) {
 			best = s
 		}
 	}

@@ -430,6 +430,10 @@ func TestNext_SafetyProperties(t *testing.T) {
 		if rng.Intn(2) == 0 {
 			w.in.RollTarget = images[1+rng.Intn(2)]
 		}
+		azs := []string{"a", "b", "c"}[:1+rng.Intn(3)]
+		for i := range w.in.Instances {
+			w.in.Instances[i].AZ = azs[rng.Intn(len(azs))]
+		}
 		// The downgrade rule: a last completed target, a request, an image pulled
 		// from the filter.
 		if rng.Intn(2) == 0 {
@@ -475,11 +479,223 @@ func TestNext_SafetyProperties(t *testing.T) {
 					target = i.ImageID
 				}
 			}
-			require.NotEqual(t, s.Image, target, "retired a server on the target image: %s", s)
+			outdated := 0
+			for _, i := range w.in.Instances {
+				if i.ImageID != s.Image {
+					outdated++
+				}
+			}
+			if outdated > 0 {
+				require.NotEqual(t, s.Image, target, "retired a server on the target image while outdated ones are left: %s", s)
+			}
+			// Never fewer zones than before the surge: the surge is the newest live
+			// instance, and the pair (surge, retire) keeps the spread.
+			newest := w.in.Instances[0]
+			for _, i := range w.in.Instances {
+				if i.Launched.After(newest.Launched) {
+					newest = i
+				}
+			}
+			// Unless the group put the surge where nothing outdated is left (no retire
+			// keeps every zone then; see retireOrder).
+			if !onlyTargetsInCrowdedZones(w.in.Instances, s.Image) {
+				require.GreaterOrEqual(t, zones(w.in.Instances, s.Instance), zones(w.in.Instances, newest.ID),
+					"retire %s left fewer zones than before the surge %s: %+v", s.Instance, newest.ID, w.in.Instances)
+			}
 		case Transfer:
 			require.True(t, w.srv(s.Instance).Leader)
 		}
 	}
+}
+
+// onlyTargetsInCrowdedZones reports whether every most crowded zone holds only
+// servers on target.
+func onlyTargetsInCrowdedZones(insts []cloud.Instance, target string) bool {
+	per, outdated, most := map[string]int{}, map[string]bool{}, 0
+	for _, i := range insts {
+		if i.Live() {
+			per[i.AZ]++
+			most = max(most, per[i.AZ])
+			outdated[i.AZ] = outdated[i.AZ] || i.ImageID != target
+		}
+	}
+	for az, n := range per {
+		if n == most && outdated[az] {
+			return false
+		}
+	}
+	return true
+}
+
+// zones counts the distinct zones of the live instances but the one with id except.
+func zones(insts []cloud.Instance, except string) int {
+	seen := map[string]bool{}
+	for _, i := range insts {
+		if i.Live() && i.ID != except {
+			seen[i.AZ] = true
+		}
+	}
+	return len(seen)
+}
+
+// TestNext_RetiresInTheSurgesZone: the group launched the surge into zone a (its
+// emptiest, after AWS's balancing), so the outdated server retired is a's, though
+// it is not the oldest and it leads: leadership moves first.
+func TestNext_RetiresInTheSurgesZone(t *testing.T) {
+	w := newWorld(3, "B")
+	w.in.RollTarget = "C"
+	for i, az := range []string{"a", "b", "c"} {
+		w.in.Instances[i].AZ = az
+	}
+	w.setLeader("i-1")
+	w.surge("i-9", "C", time.Minute, 30*time.Second)
+	w.in.Instances[3].AZ = "a"
+	s := Next(w.in)
+	require.Equal(t, Transfer, s.Kind, "%s", s)
+	assert.Equal(t, "i-1", s.Instance)
+	assert.Equal(t, "raft-i-9", s.TransferTo)
+
+	w.setLeader("i-9")
+	s = Next(w.in)
+	require.Equal(t, Retire, s.Kind, "%s", s)
+	assert.Equal(t, "i-1", s.Instance, "the outdated server in the surge's zone")
+
+	// Without zones (local provider), the oldest follower goes, the leader last.
+	for i := range w.in.Instances {
+		w.in.Instances[i].AZ = ""
+	}
+	w.setLeader("i-1")
+	s = Next(w.in)
+	require.Equal(t, Retire, s.Kind, "%s", s)
+	assert.Equal(t, "i-2", s.Instance)
+}
+
+// TestNext_FullRollKeepsOneServerPerZone walks whole rolls of 3 and 5 servers over
+// 3 zones, placing each surge as the group does (the zone with the fewest live
+// instances, ties to the first zone: the worst case, as AWS documents no tie-break),
+// with the leader in each zone in turn: the roll ends spread as it began, with at
+// most one launch more than servers.
+func TestNext_FullRollKeepsOneServerPerZone(t *testing.T) {
+	zoneList := []string{"a", "b", "c"}
+	for _, n := range []int{3, 5} {
+		for lead := 1; lead <= 3; lead++ {
+			t.Run(fmt.Sprintf("%d servers, leader i-%d", n, lead), func(t *testing.T) {
+				w := newWorld(n, "B")
+				w.in.RollTarget = "C"
+				w.in.Zones = zoneList
+				for i := range w.in.Instances {
+					w.in.Instances[i].AZ = zoneList[i%3]
+				}
+				w.setLeader(fmt.Sprintf("i-%d", lead))
+				spread := func() map[string]int {
+					m := map[string]int{}
+					for _, i := range w.in.Instances {
+						m[i.AZ]++
+					}
+					return m
+				}
+				start, transfers, launches := spread(), 0, 0
+				for i := 0; i < 10*n; i++ {
+					s := Next(w.in)
+					switch s.Kind {
+					case Launch:
+						launches++
+						per := spread()
+						az := zoneList[0]
+						for _, z := range zoneList {
+							if per[z] < per[az] {
+								az = z
+							}
+						}
+						w.surge(fmt.Sprintf("i-new-%d", i), "C", 0, time.Minute).LastIndex = 1000
+						w.in.Instances[len(w.in.Instances)-1].AZ = az
+					case Transfer:
+						transfers++
+						for _, srv := range w.in.Cluster.Servers {
+							if srv.ID == s.TransferTo {
+								w.setLeader(srv.InstanceID)
+							}
+						}
+					case Retire:
+						require.False(t, w.srv(s.Instance).Leader, "retired the leader without a transfer")
+						w.remove(s.Instance)
+					case Done:
+						shape := func(m map[string]int) []int {
+							var c []int
+							for _, v := range m {
+								c = append(c, v)
+							}
+							slices.Sort(c)
+							return c
+						}
+						assert.Equal(t, shape(start), shape(spread()), "the roll ends as balanced as it began: %v", spread())
+						assert.LessOrEqual(t, launches, n+2, "at most two surges spent on bad placements")
+						assert.LessOrEqual(t, transfers, 2)
+						return
+					default:
+						t.Fatalf("unexpected step %s", s)
+					}
+				}
+				t.Fatal("roll did not finish")
+			})
+		}
+	}
+}
+
+// TestNext_GroupProblemsRefuseANewRollAndHoldOne: a group unfit for a roll (an
+// instance refresh running, say) refuses a new roll (exit 17 by the CLI) and holds
+// one in progress before its next act.
+func TestNext_GroupProblemsRefuseANewRollAndHoldOne(t *testing.T) {
+	w := newWorld(3, "B")
+	w.in.Problems = []string{"an instance refresh is in progress", "MinSize is 1, not 3"}
+	s := Next(w.in)
+	assert.Equal(t, Refuse, s.Kind)
+	assert.Contains(t, s.Reason, "the group is not fit for a roll: an instance refresh is in progress; MinSize is 1, not 3")
+
+	w.in.RollTarget = "C"
+	s = Next(w.in)
+	assert.Equal(t, Hold, s.Kind)
+	assert.Contains(t, s.Reason, "instance refresh")
+
+	w.surge("i-9", "C", time.Minute, 30*time.Second)
+	s = Next(w.in)
+	assert.Equal(t, Hold, s.Kind, "no retire either")
+
+	// Up to date: nothing to refuse.
+	up := newWorld(3, "C")
+	up.in.Problems = w.in.Problems
+	assert.Equal(t, Nothing, Next(up.in).Kind)
+}
+
+// TestNext_FailedLaunches: while the surge has not appeared, the group's failed
+// launches fail the roll at once when they are the image's, else once
+// launch_timeout has passed since the surge was asked for; until then it waits.
+func TestNext_FailedLaunches(t *testing.T) {
+	w := newWorld(3, "B")
+	w.in.RollTarget = "C"
+	w.in.Surged = t0.Add(-time.Minute)
+	capacity := cloud.LaunchFailure{Time: t0.Add(-30 * time.Second), Message: "InsufficientInstanceCapacity"}
+	w.in.LaunchFailures = []cloud.LaunchFailure{capacity}
+	s := Next(w.in)
+	assert.Equal(t, Wait, s.Kind, "%s", s)
+	assert.Contains(t, s.Reason, "InsufficientInstanceCapacity")
+
+	w.in.Surged = t0.Add(-11 * time.Minute)
+	s = Next(w.in)
+	assert.Equal(t, Fail, s.Kind, "%s", s)
+	assert.Equal(t, "", s.Instance, "no instance to terminate")
+	assert.Equal(t, "fail/launch/C", s.ActionID)
+	assert.Contains(t, s.Reason, "launch_timeout")
+
+	w.in.Surged = t0.Add(-time.Minute)
+	w.in.LaunchFailures = append(w.in.LaunchFailures, cloud.LaunchFailure{Message: "image ami-x is encrypted with a key the group may not use", Image: true})
+	s = Next(w.in)
+	assert.Equal(t, Fail, s.Kind, "%s", s)
+	assert.Contains(t, s.Reason, "encrypted")
+
+	// No surge asked for (a new roll): failures of old are not this roll's.
+	w.in.Surged = time.Time{}
+	assert.Equal(t, Launch, Next(w.in).Kind)
 }
 
 func BenchmarkNext(b *testing.B) {
