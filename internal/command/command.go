@@ -118,12 +118,44 @@ func (l *lazyProvider) Instances(ctx context.Context) ([]cloud.Instance, error) 
 	return p.Instances(ctx)
 }
 
-func (l *lazyProvider) Launch(ctx context.Context, imageID, actionID string) (cloud.Instance, error) {
+func (l *lazyProvider) Launch(ctx context.Context, imageID, actionID string, g *cloud.GroupState) (cloud.Instance, error) {
 	p, err := l.get()
 	if err != nil {
 		return cloud.Instance{}, err
 	}
-	return p.Launch(ctx, imageID, actionID)
+	return p.Launch(ctx, imageID, actionID, g)
+}
+
+func (l *lazyProvider) Survey(ctx context.Context, since time.Time, rollFor time.Duration) (cloud.Survey, error) {
+	p, err := l.get()
+	if err != nil {
+		return cloud.Survey{}, err
+	}
+	return p.Survey(ctx, since, rollFor)
+}
+
+func (l *lazyProvider) Prepare(ctx context.Context) (*cloud.GroupState, error) {
+	p, err := l.get()
+	if err != nil {
+		return nil, err
+	}
+	return p.Prepare(ctx)
+}
+
+func (l *lazyProvider) Begin(ctx context.Context, g *cloud.GroupState) error {
+	p, err := l.get()
+	if err != nil {
+		return err
+	}
+	return p.Begin(ctx, g)
+}
+
+func (l *lazyProvider) End(ctx context.Context, g *cloud.GroupState, failed bool) error {
+	p, err := l.get()
+	if err != nil {
+		return err
+	}
+	return p.End(ctx, g, failed)
 }
 
 func (l *lazyProvider) Terminate(ctx context.Context, instanceID, actionID string) error {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
 )
@@ -267,6 +268,15 @@ type Roll struct {
 	// cluster to an older image than this one unless roll.allow_downgrade is set,
 	// whatever the image filter lists now.
 	Completed *Completed `json:"completed,omitempty"`
+	// Group is what the roll changed on the provider's group and restores when it
+	// ends (nil for a provider without one, and until the first launch).
+	Group *cloud.GroupState `json:"group,omitempty"`
+}
+
+// Unreleased reports whether the roll has ended but its changes to the group (the
+// suspended processes, the raised MaxSize) are not undone yet.
+func (r *Roll) Unreleased() bool {
+	return r != nil && !r.InProgress() && r.Group != nil && !r.Group.Released
 }
 
 // Completed names the target of a roll that completed.

@@ -30,11 +30,25 @@ type Provider interface {
 	Images(ctx context.Context) ([]cloud.Image, error)
 	// Instances returns the group's instances that are not terminated.
 	Instances(ctx context.Context) ([]cloud.Instance, error)
-	// Launch starts one server on the image; idempotent on actionID.
-	Launch(ctx context.Context, imageID, actionID string) (cloud.Instance, error)
+	// Launch starts one server on the image; idempotent on actionID. g is the
+	// roll's record of the group (nil for a provider without one).
+	Launch(ctx context.Context, imageID, actionID string, g *cloud.GroupState) (cloud.Instance, error)
 	// Terminate makes the instance's server leave and ends the instance, shrinking
 	// the group; idempotent.
 	Terminate(ctx context.Context, instanceID, actionID string) error
+	// Survey reports what the planner must weigh about the group: why it is not fit
+	// for a roll taking about rollFor, its failed launches since since (none asked
+	// for when since is zero), and its zones.
+	Survey(ctx context.Context, since time.Time, rollFor time.Duration) (cloud.Survey, error)
+	// Prepare reads, changing nothing, what a roll starting now would change on
+	// the group and must restore; nil for a provider without a group to manage.
+	Prepare(ctx context.Context) (*cloud.GroupState, error)
+	// Begin makes the changes g records (suspends processes, protects the servers
+	// from scale-in); idempotent, so a roll repeats it before every launch.
+	Begin(ctx context.Context, g *cloud.GroupState) error
+	// End undoes them: resumes the processes, restores MaxSize, and, for a failed
+	// roll, the group's template version and desired capacity; idempotent.
+	End(ctx context.Context, g *cloud.GroupState, failed bool) error
 }
 
 // Errors a caller maps to exit codes.
@@ -105,6 +119,9 @@ func (r *Roller) run(ctx context.Context, trig Trigger) error {
 		if err != nil {
 			return r.consulErr(ctx, err)
 		}
+		if rec.Unreleased() {
+			return r.release(ctx)
+		}
 		if !rec.InProgress() {
 			r.Log.Debug("no roll in progress")
 			return nil
@@ -122,6 +139,16 @@ func (r *Roller) run(ctx context.Context, trig Trigger) error {
 		if handled {
 			r.Log.Debug("event already handled", "event_id", trig.EventID)
 			return nil
+		}
+		if rec.Unreleased() {
+			// A roll ended without undoing its changes to the group (the handler
+			// stopped between the two): undo them before anything else.
+			if err := r.release(ctx); err != nil {
+				return err
+			}
+			if rec, err = r.Store.Roll(ctx); err != nil {
+				return r.consulErr(ctx, err)
+			}
 		}
 		// Decide without the lock whether the event asks for a step at all. Refusing
 		// a request (an image outside the filter, bad, or older) and finding nothing
@@ -162,6 +189,51 @@ func (r *Roller) run(ctx context.Context, trig Trigger) error {
 	}()
 	r.hook("locked")
 	return r.step(held, trig)
+}
+
+// release takes the lock and undoes a finished roll's changes to the group, if
+// they are still not undone.
+func (r *Roller) release(ctx context.Context) error {
+	held, err := r.Store.Lock(ctx, coord.LockOptions{
+		TTL: r.Config.Lock.SessionTTL, Delay: r.Config.Lock.LockDelay, Wait: r.Config.Lock.Wait, Holder: r.Holder,
+	})
+	if errors.Is(err, coord.ErrLockHeld) {
+		r.Log.Info("another handler holds the lock and takes the step")
+		return nil
+	}
+	if err != nil {
+		return r.consulErr(ctx, err)
+	}
+	defer func() {
+		if err := held.Release(); err != nil {
+			r.Log.Warn("release lock", "error", err)
+		}
+	}()
+	lctx := held.Context()
+	rec, err := r.Store.Roll(lctx)
+	if err != nil {
+		return r.consulErr(lctx, err)
+	}
+	if !rec.Unreleased() {
+		return nil
+	}
+	return r.endGroup(lctx, rec, rec.Phase == coord.PhaseFailed)
+}
+
+// endGroup undoes the roll's changes to the group and records that it did.
+func (r *Roller) endGroup(ctx context.Context, rec *coord.Roll, failed bool) error {
+	if rec.Group == nil || rec.Group.Released {
+		return nil
+	}
+	if err := r.Cloud.End(ctx, rec.Group, failed); err != nil {
+		return r.cloudErr(ctx, fmt.Errorf("restore the group after the roll: %w", err))
+	}
+	rec.Group.Released = true
+	if err := r.Store.PutRoll(ctx, rec); err != nil {
+		return r.consulErr(ctx, err)
+	}
+	r.Log.Info("restored the group after the roll", "resumed", rec.Group.Suspended, "max_size", rec.Group.MaxSize)
+	return nil
 }
 
 // next says what the step loop does after a step method: plan again, or stop.
@@ -313,6 +385,9 @@ func (t *turn) done(rec *coord.Roll, in plan.Input, st plan.Step) (next, error) 
 	if err := t.Store.PutRoll(t.ctx, rec); err != nil {
 		return stop, t.consulErr(t.ctx, err)
 	}
+	if err := t.endGroup(t.ctx, rec, false); err != nil {
+		return stop, err
+	}
 	t.Log.Info("roll done", "image_id", st.Image, "took", t.Now().Sub(rec.Started).Round(time.Second))
 	if err := t.markHandled(t.ctx, t.trig, "done"); err != nil {
 		return stop, err
@@ -337,14 +412,40 @@ func (t *turn) launch(rec *coord.Roll, in plan.Input, st plan.Step) (next, error
 			return stop, t.consulErr(t.ctx, err)
 		}
 	}
+	// What the roll changes on the group is recorded before it is changed, so that
+	// a handler stopped in between leaves a record to restore from.
+	if rec.Group == nil {
+		g, err := t.Cloud.Prepare(t.ctx)
+		if err != nil {
+			return stop, t.cloudErr(t.ctx, fmt.Errorf("read the group before the roll: %w", err))
+		}
+		if g != nil {
+			rec.Group = g
+			if err := t.Store.PutRoll(t.ctx, rec); err != nil {
+				return stop, t.consulErr(t.ctx, err)
+			}
+		}
+	}
+	if rec.Group != nil {
+		if err := t.verify(t.held, st); err != nil {
+			return stop, err
+		}
+		if err := t.Cloud.Begin(t.ctx, rec.Group); err != nil {
+			return stop, t.cloudErr(t.ctx, fmt.Errorf("prepare the group for the roll: %w", err))
+		}
+	}
 	inst, err := t.act(t.held, st, func(ctx context.Context) (string, error) {
-		inst, err := t.Cloud.Launch(ctx, st.Image, st.ActionID)
+		inst, err := t.Cloud.Launch(ctx, st.Image, st.ActionID, rec.Group)
 		return inst.ID, err
 	})
 	if err != nil {
 		return stop, err
 	}
-	rec.Add(t.entry(st, fmt.Sprintf("launched %s on %s to replace %s", inst, st.Image, st.Instance)))
+	what := "to replace " + st.Instance
+	if st.Instance == "" {
+		what = "to rebalance the zones"
+	}
+	rec.Add(t.entry(st, fmt.Sprintf("launched %s on %s %s", inst, st.Image, what)))
 	if err := t.Store.PutRoll(t.ctx, rec); err != nil {
 		return stop, t.consulErr(t.ctx, err)
 	}
@@ -385,23 +486,37 @@ func (t *turn) retire(rec *coord.Roll, in plan.Input, st plan.Step) (next, error
 		// off mid-step. Hand the step to another server.
 		return stop, t.fire(t.ctx, "handing off: this server is the one to "+string(st.Kind), payload.NewContinuePayload())
 	}
-	if _, err := t.act(t.held, st, func(ctx context.Context) (string, error) {
-		return st.Instance, t.Cloud.Terminate(ctx, st.Instance, st.ActionID)
-	}); err != nil {
-		return stop, err
+	// A failed launch has no instance: the group never started one.
+	if st.Instance != "" {
+		if _, err := t.act(t.held, st, func(ctx context.Context) (string, error) {
+			return st.Instance, t.Cloud.Terminate(ctx, st.Instance, st.ActionID)
+		}); err != nil {
+			return stop, err
+		}
+		if err := t.waitGone(t.ctx, instanceOf(in, st.Instance)); err != nil {
+			return stop, err
+		}
 	}
-	if err := t.waitGone(t.ctx, instanceOf(in, st.Instance)); err != nil {
-		return stop, err
-	}
+	detail := fmt.Sprintf("%s %s", map[plan.Kind]string{plan.Retire: "retired", plan.Fail: "terminated failed"}[st.Kind], st.Instance)
 	if st.Kind == plan.Fail {
 		if err := t.Store.MarkBad(t.ctx, st.Image, st.Reason); err != nil {
 			return stop, t.consulErr(t.ctx, err)
 		}
 		rec.Phase, rec.Failure = coord.PhaseFailed, st.Reason
+		if st.Instance == "" {
+			detail = "failed: " + st.Reason
+		}
 	}
-	rec.Add(t.entry(st, fmt.Sprintf("%s %s", map[plan.Kind]string{plan.Retire: "retired", plan.Fail: "terminated failed"}[st.Kind], st.Instance)))
+	rec.Add(t.entry(st, detail))
 	if err := t.Store.PutRoll(t.ctx, rec); err != nil {
 		return stop, t.consulErr(t.ctx, err)
+	}
+	if st.Kind == plan.Fail {
+		// The surge is undone (desired back to N), and the group goes back to the
+		// template version it had, so that no replacement launches the bad image.
+		if err := t.endGroup(t.ctx, rec, true); err != nil {
+			return stop, err
+		}
 	}
 	if err := t.markHandled(t.ctx, t.trig, string(st.Kind)+" "+st.Instance); err != nil {
 		return stop, err
@@ -525,11 +640,17 @@ func (r *Roller) observe(ctx context.Context, rec *coord.Roll, bad map[string]st
 	if err != nil {
 		return plan.Input{}, r.cloudErr(ctx, fmt.Errorf("list images: %w", err))
 	}
+	surged := surgedAt(rec)
+	sv, err := r.Cloud.Survey(ctx, surged, time.Duration(r.Config.Servers)*(r.Config.Roll.LaunchTimeout+r.Config.Roll.LeaveTimeout))
+	if err != nil {
+		return plan.Input{}, r.cloudErr(ctx, fmt.Errorf("survey the group: %w", err))
+	}
 	in := plan.Input{
 		Now: r.Now(), Desired: r.Config.Servers,
 		Stabilization: r.Config.Roll.Stabilization, LaunchTimeout: r.Config.Roll.LaunchTimeout,
 		MaxTrailingLogs: uint64(r.Config.Roll.MaxTrailingLogs), AllowDowngrade: r.Config.Roll.AllowDowngrade,
 		Cluster: obs, Instances: insts, Images: imgs, BadImages: map[string]bool{}, Requested: requested,
+		Problems: sv.Problems, Surged: surged, LaunchFailures: sv.LaunchFailures, Zones: sv.Zones,
 	}
 	for id := range bad {
 		in.BadImages[id] = true
@@ -541,6 +662,24 @@ func (r *Roller) observe(ctx context.Context, rec *coord.Roll, bad map[string]st
 		in.Completed = cloud.Image{ID: c.Image, Created: c.Created}
 	}
 	return in, nil
+}
+
+// surgedAt returns when the roll in progress last asked for a surge that no retire
+// has answered yet (its latest launch entry, if no retire or fail follows it); zero
+// if none.
+func surgedAt(rec *coord.Roll) time.Time {
+	if !rec.InProgress() {
+		return time.Time{}
+	}
+	for i := len(rec.History) - 1; i >= 0; i-- {
+		switch plan.Kind(rec.History[i].Step) {
+		case plan.Launch:
+			return rec.History[i].Time
+		case plan.Retire, plan.Fail:
+			return time.Time{}
+		}
+	}
+	return time.Time{}
 }
 
 // created returns the creation time of the image with id as the provider listed

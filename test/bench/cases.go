@@ -220,7 +220,7 @@ func (b *bench) naiveRoll(ctx context.Context, servers int) (r Roll) {
 		}
 		// Launch is timed from the call, as an ASG times an instance from its launch.
 		t := time.Now()
-		in, err := cl.p.Launch(ctx, "B", fmt.Sprintf("naive/%d", i))
+		in, err := cl.p.Launch(ctx, "B", fmt.Sprintf("naive/%d", i), nil)
 		if err != nil {
 			stepErr = err
 			break

@@ -48,7 +48,7 @@ func (m *localMachines) Boot(ctx context.Context, ami string) (string, string, e
 	m.n++
 	n := m.n
 	m.mu.Unlock()
-	inst, err := m.p.Launch(ctx, ami, fmt.Sprintf("asg-launch-%d", n))
+	inst, err := m.p.Launch(ctx, ami, fmt.Sprintf("asg-launch-%d", n), nil)
 	return inst.ID, inst.Address, err
 }
 

@@ -30,6 +30,7 @@ type EC2 interface {
 	DescribeImages(context.Context, *ec2.DescribeImagesInput, ...func(*ec2.Options)) (*ec2.DescribeImagesOutput, error)
 	DescribeInstances(context.Context, *ec2.DescribeInstancesInput, ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error)
 	CreateLaunchTemplateVersion(context.Context, *ec2.CreateLaunchTemplateVersionInput, ...func(*ec2.Options)) (*ec2.CreateLaunchTemplateVersionOutput, error)
+	DescribeLaunchTemplateVersions(context.Context, *ec2.DescribeLaunchTemplateVersionsInput, ...func(*ec2.Options)) (*ec2.DescribeLaunchTemplateVersionsOutput, error)
 }
 
 // AutoScaling is the part of the Auto Scaling API the provider uses.
@@ -38,6 +39,11 @@ type AutoScaling interface {
 	UpdateAutoScalingGroup(context.Context, *autoscaling.UpdateAutoScalingGroupInput, ...func(*autoscaling.Options)) (*autoscaling.UpdateAutoScalingGroupOutput, error)
 	SetDesiredCapacity(context.Context, *autoscaling.SetDesiredCapacityInput, ...func(*autoscaling.Options)) (*autoscaling.SetDesiredCapacityOutput, error)
 	TerminateInstanceInAutoScalingGroup(context.Context, *autoscaling.TerminateInstanceInAutoScalingGroupInput, ...func(*autoscaling.Options)) (*autoscaling.TerminateInstanceInAutoScalingGroupOutput, error)
+	SuspendProcesses(context.Context, *autoscaling.SuspendProcessesInput, ...func(*autoscaling.Options)) (*autoscaling.SuspendProcessesOutput, error)
+	ResumeProcesses(context.Context, *autoscaling.ResumeProcessesInput, ...func(*autoscaling.Options)) (*autoscaling.ResumeProcessesOutput, error)
+	SetInstanceProtection(context.Context, *autoscaling.SetInstanceProtectionInput, ...func(*autoscaling.Options)) (*autoscaling.SetInstanceProtectionOutput, error)
+	DescribeScalingActivities(context.Context, *autoscaling.DescribeScalingActivitiesInput, ...func(*autoscaling.Options)) (*autoscaling.DescribeScalingActivitiesOutput, error)
+	DescribeInstanceRefreshes(context.Context, *autoscaling.DescribeInstanceRefreshesInput, ...func(*autoscaling.Options)) (*autoscaling.DescribeInstanceRefreshesOutput, error)
 }
 
 var (
@@ -128,17 +134,26 @@ func (p *Provider) Instances(ctx context.Context) ([]cloud.Instance, error) {
 	}
 	var ids []string
 	lifecycle := map[string]astypes.LifecycleState{}
+	zone := map[string]string{}
 	for _, i := range g.Instances {
 		if i.LifecycleState == astypes.LifecycleStateTerminated {
 			continue
 		}
 		ids = append(ids, aws.ToString(i.InstanceId))
 		lifecycle[aws.ToString(i.InstanceId)] = i.LifecycleState
+		zone[aws.ToString(i.InstanceId)] = aws.ToString(i.AvailabilityZone)
 	}
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	out, err := p.ec2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: ids})
+	// By the instance-id filter, not InstanceIds: an id the group launched a moment
+	// ago may be unknown to EC2 yet (eventual consistency), and InstanceIds then
+	// fails the whole call with InvalidInstanceID.NotFound; the filter just leaves
+	// it out (EC2 API reference, DescribeInstances; EC2 developer guide, "Eventual
+	// consistency"). At most 200 values per filter; a group of servers is far below.
+	out, err := p.ec2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{
+		Filters: []ec2types.Filter{{Name: aws.String("instance-id"), Values: ids}},
+	})
 	if err != nil {
 		return nil, fmt.Errorf("describe instances of group %q: %w", p.cfg.Group, err)
 	}
@@ -160,7 +175,7 @@ func (p *Provider) Instances(ctx context.Context) ([]cloud.Instance, error) {
 			}
 			insts = append(insts, cloud.Instance{
 				ID: id, ImageID: aws.ToString(i.ImageId), Address: aws.ToString(i.PrivateIpAddress),
-				State: st, Launched: aws.ToTime(i.LaunchTime),
+				State: st, Launched: aws.ToTime(i.LaunchTime), AZ: zone[id],
 			})
 		}
 	}
@@ -168,7 +183,7 @@ func (p *Provider) Instances(ctx context.Context) ([]cloud.Instance, error) {
 	// consistency): it is on its way up.
 	for _, id := range ids {
 		if !seen[id] {
-			insts = append(insts, cloud.Instance{ID: id, State: cloud.StatePending, Launched: p.cfg.Now()})
+			insts = append(insts, cloud.Instance{ID: id, State: cloud.StatePending, Launched: p.cfg.Now(), AZ: zone[id]})
 		}
 	}
 	sort.Slice(insts, func(i, j int) bool { return insts[i].Launched.Before(insts[j].Launched) })
@@ -178,8 +193,10 @@ func (p *Provider) Instances(ctx context.Context) ([]cloud.Instance, error) {
 // Launch surges the group to N+1 on imageID: a new launch template version (its
 // description is the action ID, and the action ID is its client token, so a repeat
 // creates nothing new), made the group's version, then the absolute desired capacity
-// N+1, which is idempotent by nature.
-func (p *Provider) Launch(ctx context.Context, imageID, actionID string) (cloud.Instance, error) {
+// N+1, which is idempotent by nature. The new version is sourced from the version
+// the group used when the roll started (g.TemplateVersion, a number), so it keeps
+// every other setting the group launched with, whatever $Default says.
+func (p *Provider) Launch(ctx context.Context, imageID, actionID string, gs *cloud.GroupState) (cloud.Instance, error) {
 	g, err := p.group(ctx)
 	if err != nil {
 		return cloud.Instance{}, err
@@ -192,11 +209,22 @@ func (p *Provider) Launch(ctx context.Context, imageID, actionID string) (cloud.
 	if aws.ToInt32(g.DesiredCapacity) < want {
 		// Every parameter must be the same on a repeat, or EC2 refuses the reused
 		// client token (IdempotentParameterMismatch): so the new version starts from
-		// the template's $Default, which the operator owns and the roll never moves,
-		// rather than from the group's version, which the roll changes.
+		// the number recorded when the roll started, not from the group's version,
+		// which the roll changes. Not from $Default either: Terraform moves $Default
+		// only with update_default_version = true, so a group on $Latest would launch
+		// stale settings (../shared/AWS.md).
+		source := ""
+		if gs != nil {
+			source = gs.TemplateVersion
+		}
+		if source == "" {
+			if source, err = p.resolveVersion(ctx, g); err != nil {
+				return cloud.Instance{}, err
+			}
+		}
 		v, err := p.ec2.CreateLaunchTemplateVersion(ctx, &ec2.CreateLaunchTemplateVersionInput{
 			LaunchTemplateName: aws.String(p.cfg.LaunchTemplate),
-			SourceVersion:      aws.String("$Default"),
+			SourceVersion:      aws.String(source),
 			VersionDescription: aws.String(actionID),
 			ClientToken:        aws.String(clientToken(actionID)),
 			LaunchTemplateData: &ec2types.RequestLaunchTemplateData{ImageId: aws.String(imageID)},

@@ -167,7 +167,7 @@ func TestLaunch_NewTemplateVersionThenAbsoluteDesiredCapacity(t *testing.T) {
 	e := &fakeEC2{instances: describe(amis)}
 	p := newProvider(e, a)
 
-	inst, err := p.Launch(context.Background(), "ami-b", "launch/ami-b/3-outdated")
+	inst, err := p.Launch(context.Background(), "ami-b", "launch/ami-b/3-outdated", nil)
 	require.NoError(t, err)
 	assert.Equal(t, "i-new", inst.ID)
 	require.Len(t, e.versions, 1)
@@ -182,7 +182,7 @@ func TestLaunch_NewTemplateVersionThenAbsoluteDesiredCapacity(t *testing.T) {
 	assert.Equal(t, []int32{4}, a.desired)
 
 	// Repeated (a handler killed before its receipt): nothing new is created.
-	inst, err = p.Launch(context.Background(), "ami-b", "launch/ami-b/3-outdated")
+	inst, err = p.Launch(context.Background(), "ami-b", "launch/ami-b/3-outdated", nil)
 	require.NoError(t, err)
 	assert.Equal(t, "i-new", inst.ID)
 	assert.Len(t, e.versions, 1)
@@ -197,7 +197,7 @@ func TestLaunch_NoNewInstanceWithinLaunchWaitIsPendingAfterTheBound(t *testing.T
 	p := newProvider(e, a)
 	p.cfg.LaunchWait = 100 * time.Millisecond
 	start := time.Now()
-	inst, err := p.Launch(context.Background(), "ami-b", "launch/ami-b/3-outdated")
+	inst, err := p.Launch(context.Background(), "ami-b", "launch/ami-b/3-outdated", nil)
 	require.NoError(t, err, "the launch happened; only its instance is not named yet")
 	assert.Equal(t, cloud.Instance{ID: "(pending)", ImageID: "ami-b", State: cloud.StatePending}, inst)
 	assert.GreaterOrEqual(t, time.Since(start), 100*time.Millisecond)
@@ -214,7 +214,7 @@ func TestLaunch_WaitEndsWithItsContextsCause(t *testing.T) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	a.onDesired = func(*fakeASG) { cancel(lost) } // the lock is lost as the surge is made
 	start := time.Now()
-	_, err := p.Launch(ctx, "ami-b", "launch/ami-b/3-outdated")
+	_, err := p.Launch(ctx, "ami-b", "launch/ami-b/3-outdated", nil)
 	require.ErrorIs(t, err, lost)
 	assert.Less(t, time.Since(start), 5*time.Second, "the wait ended with the context, not LaunchWait")
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
@@ -44,8 +45,22 @@ func NewClients(ctx context.Context, o ClientOptions) (*ec2.Client, *autoscaling
 		if o.EndpointURL != "" {
 			opt.BaseEndpoint = aws.String(o.EndpointURL)
 		}
+		opt.Retryer = RetryActivityInProgress(opt.Retryer)
 	})
 	return e, a, nil
+}
+
+// RetryActivityInProgress makes r also retry ScalingActivityInProgress: Auto
+// Scaling answers it (HTTP 400) to SetDesiredCapacity, UpdateAutoScalingGroup and
+// TerminateInstanceInAutoScalingGroup while a scaling activity runs, and the SDK's
+// standard retryer does not retry a 400 (../shared/AWS.md; the error is in the
+// operations' error lists in the Auto Scaling API model). It is retried with the
+// retryer's own backoff and attempt count.
+func RetryActivityInProgress(r aws.Retryer) aws.Retryer {
+	if r == nil {
+		r = retry.NewStandard()
+	}
+	return retry.AddWithErrorCodes(r, "ScalingActivityInProgress")
 }
 
 // Identity is what an instance knows of itself.

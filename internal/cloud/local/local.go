@@ -242,8 +242,9 @@ func (p *Provider) refresh(in *instanceRecord) bool {
 
 // Launch starts one server on the image and returns it pending; it does not wait for
 // the server to join. If a live instance was already launched for actionID, Launch
-// returns it and starts nothing.
-func (p *Provider) Launch(ctx context.Context, imageID, actionID string) (cloud.Instance, error) {
+// returns it and starts nothing. The local provider has no group to manage: g is
+// ignored.
+func (p *Provider) Launch(ctx context.Context, imageID, actionID string, _ *cloud.GroupState) (cloud.Instance, error) {
 	var out cloud.Instance
 	started := 0
 	err := p.withState(func(s *state) (bool, error) {
@@ -800,3 +801,18 @@ func toImage(im imageRecord) cloud.Image {
 func toInstance(in *instanceRecord) cloud.Instance {
 	return cloud.Instance{ID: in.ID, ImageID: in.ImageID, Address: in.Address, State: in.State, Launched: in.Launched, ActionID: in.ActionID}
 }
+
+// Survey reports nothing: local servers have no group that acts on its own, no
+// zones, and a launch either starts a process or fails the step.
+func (p *Provider) Survey(context.Context, time.Time, time.Duration) (cloud.Survey, error) {
+	return cloud.Survey{}, nil
+}
+
+// Prepare returns nil: there is no group to change and restore.
+func (p *Provider) Prepare(context.Context) (*cloud.GroupState, error) { return nil, nil }
+
+// Begin does nothing (see Prepare).
+func (p *Provider) Begin(context.Context, *cloud.GroupState) error { return nil }
+
+// End does nothing (see Prepare).
+func (p *Provider) End(context.Context, *cloud.GroupState, bool) error { return nil }

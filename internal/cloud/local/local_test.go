@@ -25,18 +25,12 @@ import (
 
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cluster"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/roll"
 	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
 )
 
-// rollProvider is a copy of the interface internal/roll defines for its cloud.
-type rollProvider interface {
-	Images(ctx context.Context) ([]cloud.Image, error)
-	Instances(ctx context.Context) ([]cloud.Instance, error)
-	Launch(ctx context.Context, imageID, actionID string) (cloud.Instance, error)
-	Terminate(ctx context.Context, instanceID, actionID string) error
-}
-
-var _ rollProvider = (*Provider)(nil)
+// The local provider is a roll.Provider.
+var _ roll.Provider = (*Provider)(nil)
 
 // The test binary doubles as a handler process: with helperEnv set it launches one
 // instance and exits, as spinup would.
@@ -57,7 +51,7 @@ func helperLaunch(dir string) int {
 	p, err := New(Config{StateDir: dir, Addresses: netip.MustParsePrefix(os.Getenv(helperPrefixEnv))})
 	if err == nil {
 		var in cloud.Instance
-		if in, err = p.Launch(context.Background(), "image-a", os.Getenv(helperActionEnv)); err == nil {
+		if in, err = p.Launch(context.Background(), "image-a", os.Getenv(helperActionEnv), nil); err == nil {
 			if _, err = p.Instances(context.Background()); err == nil {
 				err = json.NewEncoder(os.Stdout).Encode(in)
 			}
@@ -179,11 +173,11 @@ func TestLaunch_JoinsAsAnotherServerAndIsIdempotentOnActionID(t *testing.T) {
 	require.NoError(t, err)
 
 	before := readState(t, cfg.StateDir)
-	_, err = p.Launch(t.Context(), "image-x", "launch/unknown")
+	_, err = p.Launch(t.Context(), "image-x", "launch/unknown", nil)
 	require.ErrorIs(t, err, cloud.ErrUnknownImage)
 	assert.Equal(t, before, readState(t, cfg.StateDir), "a refused launch changes nothing")
 
-	in, err := p.Launch(t.Context(), "image-b", "launch/one")
+	in, err := p.Launch(t.Context(), "image-b", "launch/one", nil)
 	require.NoError(t, err)
 	assert.Equal(t, cloud.StatePending, in.State)
 	assert.Equal(t, "image-b", in.ImageID)
@@ -209,7 +203,7 @@ func TestLaunch_JoinsAsAnotherServerAndIsIdempotentOnActionID(t *testing.T) {
 
 	agents := liveAgents(t, cfg.StateDir)
 	require.Len(t, agents, 5, "client and 4 servers")
-	again, err := p.Launch(t.Context(), "image-b", "launch/one")
+	again, err := p.Launch(t.Context(), "image-b", "launch/one", nil)
 	require.NoError(t, err)
 	assert.Equal(t, in.ID, again.ID)
 	assert.Equal(t, cloud.StateRunning, again.State, "seen alive, so running")
@@ -222,7 +216,7 @@ func TestLaunch_JoinsAsAnotherServerAndIsIdempotentOnActionID(t *testing.T) {
 func TestTerminate_LeavesGracefullyAndIsIdempotent(t *testing.T) {
 	t.Parallel()
 	p, cfg, _ := startCluster(t, 3)
-	in, err := p.Launch(t.Context(), "image-a", "launch/extra")
+	in, err := p.Launch(t.Context(), "image-a", "launch/extra", nil)
 	require.NoError(t, err)
 	cl := consulClient(t, p)
 	raftServers := func() (int, string) {
@@ -290,7 +284,7 @@ func TestLaunch_ConcurrentProvidersAndProcessesGetDistinctInstances(t *testing.T
 	var wg sync.WaitGroup
 	for i, p := range []*Provider{p1, p1, p2, p2} {
 		wg.Go(func() {
-			in, err := p.Launch(t.Context(), "image-a", fmt.Sprintf("launch/goroutine-%d", i))
+			in, err := p.Launch(t.Context(), "image-a", fmt.Sprintf("launch/goroutine-%d", i), nil)
 			assert.NoError(t, err)
 			record(in)
 		})
@@ -351,7 +345,7 @@ func TestLaunchAndUp_RefuseUnknownImageAndChangeNothing(t *testing.T) {
 
 	_, err = p.Up(t.Context(), 3, "image-x")
 	require.ErrorIs(t, err, cloud.ErrUnknownImage)
-	_, err = p.Launch(t.Context(), "image-x", "launch/x")
+	_, err = p.Launch(t.Context(), "image-x", "launch/x", nil)
 	require.ErrorIs(t, err, cloud.ErrUnknownImage)
 
 	assert.Equal(t, before, readState(t, cfg.StateDir))
@@ -384,7 +378,7 @@ func TestRegisterImage_RefusesDuplicateNameAndOrdersCreation(t *testing.T) {
 func TestDown_StopsEveryProcessAndIsIdempotent(t *testing.T) {
 	t.Parallel()
 	p, cfg, _ := startCluster(t, 3)
-	_, err := p.Launch(t.Context(), "image-a", "launch/extra")
+	_, err := p.Launch(t.Context(), "image-a", "launch/extra", nil)
 	require.NoError(t, err)
 	s := readState(t, cfg.StateDir)
 	procs := []agentProc{{s.Client.PID, configPath(p.clientDir())}}
