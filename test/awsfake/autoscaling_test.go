@@ -365,25 +365,32 @@ func TestGroup_PluggableMachinesNameTheInstancesAndShutThemDown(t *testing.T) {
 	m.mu.Unlock()
 }
 
-func TestGroup_FailedLaunchesAreRetriedAtMostThreeTimesInARow(t *testing.T) {
-	m := &machines{failBoots: 100}
-	srv, _, a := newFake(t, awsfake.Options{Machines: m})
+// AWS has no "stop after N failures" rule: a group retries failed launches for
+// ever, with backoff, and each failure is a Failed activity.
+func TestGroup_FailedLaunchesAreRetriedWithBackoffUntilOneSucceeds(t *testing.T) {
+	m := &machines{failBoots: 4, failReadies: 1}
+	srv, _, a := newFake(t, awsfake.Options{Machines: m, LaunchRetryBase: 40 * time.Millisecond, LaunchRetryMax: 160 * time.Millisecond})
+	start := time.Now()
 	seedGroup(srv, 0, 2, 1)
-	require.Eventually(t, func() bool { return srv.Group("consul").LaunchErr != nil }, 5*time.Second, 10*time.Millisecond)
-	assert.ErrorContains(t, srv.Group("consul").LaunchErr, "no capacity")
-	time.Sleep(100 * time.Millisecond)
-	boots, _ := m.counts()
-	assert.Equal(t, 3, boots, "then the group stops trying")
-	assert.Empty(t, describeGroup(t, a, "consul").Instances)
-
-	// Setting the capacity again makes the group try again.
-	m.mu.Lock()
-	m.failBoots, m.failReadies = 4, 1
-	m.mu.Unlock()
-	_, err := a.SetDesiredCapacity(ctx(t), &autoscaling.SetDesiredCapacityInput{AutoScalingGroupName: aws.String("consul"), DesiredCapacity: aws.Int32(1)})
-	require.NoError(t, err)
 	waitInService(t, a, "consul", 1)
-	assert.NoError(t, srv.Group("consul").LaunchErr)
+	elapsed := time.Since(start)
+	assert.NoError(t, srv.Group("consul").LaunchErr, "cleared by the launch that succeeded")
+	boots, _ := m.counts()
+	assert.Equal(t, 6, boots, "four boots failed, the fifth never became ready, the sixth is in service")
+	// Backoffs after failures 1..5: 40, 80, 160, 160, 160 ms.
+	assert.GreaterOrEqual(t, elapsed, 600*time.Millisecond, "the retries backed off")
+
+	var failed []string
+	for _, act := range srv.Activities("consul") {
+		require.Equal(t, "launch", act.Kind)
+		require.Equal(t, "Launch", act.Origin)
+		if act.Status == "Failed" {
+			failed = append(failed, act.StatusMessage)
+		}
+	}
+	require.Len(t, failed, 5)
+	assert.Contains(t, failed[0], "no capacity")
+	assert.Contains(t, failed[4], "did not become ready: consul did not start")
 
 	// Boot 5 made an instance that never became ready: terminated, like EC2.
 	var states []string

@@ -11,10 +11,24 @@
 //
 // Both services share one httptest server on 127.0.0.1 and are told apart by the
 // Version parameter (EC2 2016-11-15, Auto Scaling 2011-01-01). Behind the API sits a
-// small stateful model: images, launch templates with versions, and Auto Scaling
-// groups that reconcile their instances towards the desired capacity, booting and
-// shutting down each instance through pluggable Machines. Faults (errors, throttling,
-// latency) can be injected per action, and every call is recorded.
+// small stateful model: images, launch templates with versions (every field kept),
+// and Auto Scaling groups that reconcile their instances towards the desired
+// capacity, booting and shutting down each instance through pluggable Machines.
+//
+// The groups model AWS's documented behaviour, not what a caller would like:
+// Availability Zones with balanced placement and AZRebalance, suspendable
+// processes, the default termination policy and instance scale-in protection,
+// lifecycle hooks, health replacement, scaling activities, failed launches retried
+// for ever with backoff, scaling policies and scheduled actions, instance
+// refreshes, warm pools and mixed instances policies as group shapes, and EC2's
+// eventual consistency. Each rule cites its source beside the code (the Auto
+// Scaling and EC2 API models, docs-2.json and api-2.json in aws-sdk-go's module,
+// the SDK's doc comments, the user guides); what no source states is marked
+// "invented:" with the reason it is safe. Error codes and HTTP statuses are
+// AWS's; error messages AWS does not document are the fake's own wording.
+//
+// Faults (errors, throttling, latency) can be injected per action, and every call
+// is recorded.
 package awsfake
 
 import (
@@ -65,6 +79,25 @@ type Options struct {
 	AccountID string
 	// Region appears in ARNs and availability zones. Empty means us-east-1.
 	Region string
+	// RebalanceInterval is how often AZRebalance looks at each group. Zero means
+	// 2s. invented: AWS documents no period; 2s makes a rebalance observable by a
+	// test within seconds.
+	RebalanceInterval time.Duration
+	// RebalanceIgnoresProtection makes AZRebalance terminate instances protected
+	// from scale-in too (the pessimistic reading of the user guide; see
+	// startRebalance). By default it never chooses a protected instance.
+	RebalanceIgnoresProtection bool
+	// LaunchRetryBase and LaunchRetryMax are the backoff after failed launches:
+	// LaunchRetryBase after the first, doubling to at most LaunchRetryMax. Zero
+	// means 1s and 10s. invented: AWS retries failed launches but documents no
+	// schedule.
+	LaunchRetryBase, LaunchRetryMax time.Duration
+	// DescribeLag models EC2's eventual consistency: for this long after an
+	// instance is created DescribeInstances does not know it — asked for by
+	// InstanceId the whole call fails with InvalidInstanceID.NotFound, and
+	// otherwise (the instance-id filter included) it is left out (EC2 developer
+	// guide, "Eventual consistency in the Amazon EC2 API"). Zero: none.
+	DescribeLag time.Duration
 }
 
 // Server is the fake EC2 and Auto Scaling endpoint. All its methods are safe for
@@ -78,7 +111,7 @@ type Server struct {
 	http     *httptest.Server
 	ctx      context.Context // cancelled by Close; Boot and Ready run under it
 	cancel   context.CancelFunc
-	wg       sync.WaitGroup // Boot, Ready and Shutdown goroutines
+	wg       sync.WaitGroup // the reconcile loop, Boot, Ready and Shutdown goroutines
 
 	mu        sync.Mutex
 	closed    bool
@@ -102,6 +135,15 @@ func New(opts Options) *Server {
 	if opts.TerminatedTTL == 0 {
 		opts.TerminatedTTL = time.Hour
 	}
+	if opts.RebalanceInterval <= 0 {
+		opts.RebalanceInterval = 2 * time.Second
+	}
+	if opts.LaunchRetryBase <= 0 {
+		opts.LaunchRetryBase = time.Second
+	}
+	if opts.LaunchRetryMax <= 0 {
+		opts.LaunchRetryMax = 10 * time.Second
+	}
 	s := &Server{
 		opts:      opts,
 		machines:  opts.Machines,
@@ -117,6 +159,8 @@ func New(opts Options) *Server {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.http = httptest.NewServer(http.HandlerFunc(s.serveHTTP))
 	s.URL = s.http.URL
+	s.wg.Add(1)
+	go s.run()
 	return s
 }
 
@@ -236,11 +280,15 @@ func (s *Server) Slow(action string, d time.Duration) {
 	s.Inject(action, Fault{Latency: d})
 }
 
-// Clear removes all injected faults.
+// Clear removes all injected faults: those of the API and every group's
+// FailLaunches rules.
 func (s *Server) Clear() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.faults = map[string][]*activeFault{}
+	for _, g := range s.groups {
+		g.failRules = nil
+	}
 }
 
 func (s *Server) takeFault(action string) Fault {
@@ -308,6 +356,19 @@ var services = map[string]*service{
 			"UpdateAutoScalingGroup":              (*Server).updateAutoScalingGroup,
 			"SetDesiredCapacity":                  (*Server).setDesiredCapacity,
 			"TerminateInstanceInAutoScalingGroup": (*Server).terminateInstanceInAutoScalingGroup,
+			"SuspendProcesses":                    (*Server).suspendProcesses,
+			"ResumeProcesses":                     (*Server).resumeProcesses,
+			"SetInstanceProtection":               (*Server).setInstanceProtection,
+			"SetInstanceHealth":                   (*Server).setInstanceHealth,
+			"PutLifecycleHook":                    (*Server).putLifecycleHook,
+			"DescribeLifecycleHooks":              (*Server).describeLifecycleHooks,
+			"CompleteLifecycleAction":             (*Server).completeLifecycleAction,
+			"RecordLifecycleActionHeartbeat":      (*Server).recordLifecycleActionHeartbeat,
+			"DescribeScalingActivities":           (*Server).describeScalingActivities,
+			"StartInstanceRefresh":                (*Server).startInstanceRefresh,
+			"DescribeInstanceRefreshes":           (*Server).describeInstanceRefreshes,
+			"CancelInstanceRefresh":               (*Server).cancelInstanceRefresh,
+			"DescribeWarmPool":                    (*Server).describeWarmPool,
 		},
 		throttle:        apiError{http.StatusBadRequest, "Throttling", "Rate exceeded"},
 		internal:        apiError{http.StatusInternalServerError, "InternalFailure", "The request processing has failed because of an unknown error, exception or failure."},

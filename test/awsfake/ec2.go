@@ -1,6 +1,9 @@
 package awsfake
 
 import (
+	"encoding/base64"
+	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -168,10 +171,23 @@ func (s *Server) describeInstances(p url.Values) (any, error) {
 			return nil, apiErr(http.StatusBadRequest, "InvalidInstanceID.Malformed", `Invalid id: "%s"`, id)
 		}
 	}
-	all := s.sortedInstances()
+	// A just-created instance is unknown until DescribeLag has passed: "if you
+	// run a command to modify or describe the resource that you just created,
+	// its ID might not have propagated throughout the system, and you will get
+	// an error responding that the resource does not exist … InvalidInstanceID.NotFound
+	// … This does not mean the instance does not exist" (EC2 developer guide,
+	// "Eventual consistency in the Amazon EC2 API"). Asked for by InstanceId, the
+	// whole call fails; a filter (instance-id included) just does not match it.
+	now := time.Now()
+	var all []*instance
+	for _, i := range s.sortedInstances() {
+		if !now.Before(i.visible) {
+			all = append(all, i)
+		}
+	}
 	var missing []string
 	for _, id := range ids {
-		if s.instances[id] == nil {
+		if i := s.instances[id]; i == nil || now.Before(i.visible) {
 			missing = append(missing, id)
 		}
 	}
@@ -206,7 +222,7 @@ func (s *Server) describeInstances(p url.Values) (any, error) {
 		x := xmlInstance{
 			InstanceID: i.id, ImageID: i.imageID,
 			InstanceState: xmlInstanceState{Code: ec2StateCodes[i.state], Name: i.state},
-			InstanceType:  "t3.micro", LaunchTime: isoTime(i.launched), AvailabilityZone: s.opts.Region + "a",
+			InstanceType:  i.instanceType, LaunchTime: isoTime(i.launched), AvailabilityZone: i.az,
 			Architecture: "x86_64", RootDeviceType: "ebs", Hypervisor: "xen", TagSet: tagSet(tags),
 		}
 		if i.state != "terminated" { // a terminated instance has lost its private address
@@ -220,28 +236,86 @@ func (s *Server) describeInstances(p url.Values) (any, error) {
 	return out, nil
 }
 
+type xmlIamInstanceProfile struct {
+	Arn  string `xml:"arn,omitempty"`
+	Name string `xml:"name,omitempty"`
+}
+
+type xmlTagSpecification struct {
+	ResourceType string       `xml:"resourceType"`
+	TagSet       *set[ec2Tag] `xml:"tagSet"`
+}
+
+type xmlLaunchTemplateData struct {
+	ImageID            string                    `xml:"imageId,omitempty"`
+	InstanceType       string                    `xml:"instanceType,omitempty"`
+	KeyName            string                    `xml:"keyName,omitempty"`
+	UserData           string                    `xml:"userData,omitempty"`
+	IamInstanceProfile *xmlIamInstanceProfile    `xml:"iamInstanceProfile"`
+	SecurityGroupIDs   *set[string]              `xml:"securityGroupIdSet"`
+	SecurityGroups     *set[string]              `xml:"securityGroupSet"`
+	TagSpecifications  *set[xmlTagSpecification] `xml:"tagSpecificationSet"`
+}
+
 type xmlLaunchTemplateVersion struct {
-	LaunchTemplateID   string `xml:"launchTemplateId"`
-	LaunchTemplateName string `xml:"launchTemplateName"`
-	VersionNumber      int64  `xml:"versionNumber"`
-	VersionDescription string `xml:"versionDescription,omitempty"`
-	CreateTime         string `xml:"createTime"`
-	CreatedBy          string `xml:"createdBy"`
-	DefaultVersion     bool   `xml:"defaultVersion"`
-	LaunchTemplateData struct {
-		ImageID      string `xml:"imageId,omitempty"`
-		InstanceType string `xml:"instanceType,omitempty"`
-	} `xml:"launchTemplateData"`
+	LaunchTemplateID   string                `xml:"launchTemplateId"`
+	LaunchTemplateName string                `xml:"launchTemplateName"`
+	VersionNumber      int64                 `xml:"versionNumber"`
+	VersionDescription string                `xml:"versionDescription,omitempty"`
+	CreateTime         string                `xml:"createTime"`
+	CreatedBy          string                `xml:"createdBy"`
+	DefaultVersion     bool                  `xml:"defaultVersion"`
+	LaunchTemplateData xmlLaunchTemplateData `xml:"launchTemplateData"`
+}
+
+// xmlData writes the members of a version's data the fake answers with: the
+// ones a launch uses and a provider may copy (image, type, key, user data,
+// instance profile, security groups, tag specifications). Other members are
+// stored and copied into new versions, but not described.
+func xmlData(d map[string]string) xmlLaunchTemplateData {
+	x := xmlLaunchTemplateData{ImageID: d["ImageId"], InstanceType: d["InstanceType"], KeyName: d["KeyName"], UserData: d["UserData"]}
+	if arn, name := d["IamInstanceProfile.Arn"], d["IamInstanceProfile.Name"]; arn != "" || name != "" {
+		x.IamInstanceProfile = &xmlIamInstanceProfile{Arn: arn, Name: name}
+	}
+	if ids := listMap(d, "SecurityGroupId"); len(ids) > 0 {
+		x.SecurityGroupIDs = &set[string]{Items: ids}
+	}
+	if names := listMap(d, "SecurityGroup"); len(names) > 0 {
+		x.SecurityGroups = &set[string]{Items: names}
+	}
+	for n := 1; d[fmt.Sprintf("TagSpecification.%d.ResourceType", n)] != ""; n++ {
+		prefix := fmt.Sprintf("TagSpecification.%d.", n)
+		tags := map[string]string{}
+		for t := 1; d[fmt.Sprintf("%sTag.%d.Key", prefix, t)] != ""; t++ {
+			tags[d[fmt.Sprintf("%sTag.%d.Key", prefix, t)]] = d[fmt.Sprintf("%sTag.%d.Value", prefix, t)]
+		}
+		if x.TagSpecifications == nil {
+			x.TagSpecifications = &set[xmlTagSpecification]{}
+		}
+		x.TagSpecifications.Items = append(x.TagSpecifications.Items, xmlTagSpecification{ResourceType: d[prefix+"ResourceType"], TagSet: tagSet(tags)})
+	}
+	return x
+}
+
+// listMap reads a flattened list prefix.1, prefix.2, … from a map.
+func listMap(d map[string]string, prefix string) []string {
+	var out []string
+	for i := 1; ; i++ {
+		v, ok := d[prefix+"."+strconv.Itoa(i)]
+		if !ok {
+			return out
+		}
+		out = append(out, v)
+	}
 }
 
 func (s *Server) xmlVersion(lt *launchTemplate, v *ltVersion) xmlLaunchTemplateVersion {
-	x := xmlLaunchTemplateVersion{
+	return xmlLaunchTemplateVersion{
 		LaunchTemplateID: lt.id, LaunchTemplateName: lt.name, VersionNumber: v.number,
 		VersionDescription: v.description, CreateTime: isoTime(v.created),
 		CreatedBy: "arn:aws:iam::" + s.opts.AccountID + ":root", DefaultVersion: v.number == lt.defaultVersion,
+		LaunchTemplateData: xmlData(v.data),
 	}
-	x.LaunchTemplateData.ImageID, x.LaunchTemplateData.InstanceType = v.imageID, v.instanceType
-	return x
 }
 
 // findTemplate finds the template a request names by LaunchTemplateName or
@@ -277,16 +351,29 @@ type createLaunchTemplateVersionResponse struct {
 	LaunchTemplateVersion xmlLaunchTemplateVersion `xml:"launchTemplateVersion"`
 }
 
+// createLaunchTemplateVersion creates a version from the request's
+// LaunchTemplateData, on top of a full copy of SourceVersion's when one is
+// named: "You can specify a source version … The new version inherits the same
+// launch parameters as the source version, except for parameters that you
+// specify in LaunchTemplateData" (CreateLaunchTemplateVersionInput.SourceVersion
+// and LaunchTemplateData, aws-sdk-go-v2/service/ec2). A top-level member named
+// in the request replaces that whole member of the source (the request's
+// SecurityGroupId.1 replaces all the source's security group IDs).
+//
+// ClientToken makes it idempotent: the same token with the same request (every
+// parameter) returns the version it created; with another request it is
+// IdempotentParameterMismatch (EC2 API reference, "Ensuring idempotency").
 func (s *Server) createLaunchTemplateVersion(p url.Values) (any, error) {
 	lt, err := s.findTemplate(p)
 	if err != nil {
 		return nil, err
 	}
-	token, ami, desc, source := p.Get("ClientToken"), p.Get("LaunchTemplateData.ImageId"), p.Get("VersionDescription"), p.Get("SourceVersion")
-	if len(token) > 64 {
-		return nil, apiErr(http.StatusBadRequest, "InvalidParameterValue", "The client token must be at most 64 characters long.")
+	token, desc, source := p.Get("ClientToken"), p.Get("VersionDescription"), p.Get("SourceVersion")
+	if len(token) > 128 {
+		// "Constraint: Maximum 128 ASCII characters" (CreateLaunchTemplateVersionInput.ClientToken).
+		return nil, apiErr(http.StatusBadRequest, "InvalidParameterValue", "The client token must be at most 128 characters long.")
 	}
-	req := tokenRequest{template: lt.id, imageID: ami, description: desc, source: source}
+	req := canonicalRequest(p)
 	if prev, ok := s.tokens[token]; ok && token != "" {
 		if prev.request != req {
 			return nil, apiErr(http.StatusBadRequest, "IdempotentParameterMismatch",
@@ -297,28 +384,53 @@ func (s *Server) createLaunchTemplateVersion(p url.Values) (any, error) {
 	if !hasKeyWithPrefix(p, "LaunchTemplateData.") {
 		return nil, apiErr(http.StatusBadRequest, "MissingParameter", "The request must contain the parameter LaunchTemplateData")
 	}
-	v := &ltVersion{number: int64(len(lt.versions)) + 1, description: desc, created: time.Now()}
+	v := &ltVersion{number: int64(len(lt.versions)) + 1, description: desc, data: map[string]string{}, created: time.Now()}
 	if source != "" {
 		src, ok := lt.resolve(source)
 		if !ok {
 			return nil, versionNotFound(lt, source)
 		}
-		v.imageID, v.instanceType = src.imageID, src.instanceType
+		v.data = maps.Clone(src.data)
 	}
-	if ami != "" {
+	overrides := map[string]string{}
+	for k := range p {
+		if rest, ok := strings.CutPrefix(k, "LaunchTemplateData."); ok {
+			overrides[rest] = p.Get(k)
+		}
+	}
+	for k := range overrides {
+		member, _, _ := strings.Cut(k, ".")
+		maps.DeleteFunc(v.data, func(old, _ string) bool { m, _, _ := strings.Cut(old, "."); return m == member })
+	}
+	maps.Copy(v.data, overrides)
+	if ami, ok := overrides["ImageId"]; ok {
 		if !validID(ami, "ami-") {
 			return nil, apiErr(http.StatusBadRequest, "InvalidAMIID.Malformed", `Invalid id: "%s" (expecting "ami-...")`, ami)
 		}
 		if s.image(ami) == nil {
 			return nil, apiErr(http.StatusBadRequest, "InvalidAMIID.NotFound", "The image id '[%s]' does not exist", ami)
 		}
-		v.imageID = ami
+	}
+	if ud, ok := overrides["UserData"]; ok {
+		// "The user data must be base64-encoded" (RequestLaunchTemplateData.UserData).
+		if _, err := base64.StdEncoding.DecodeString(ud); err != nil {
+			return nil, apiErr(http.StatusBadRequest, "InvalidUserData.Malformed", "Invalid BASE64 encoding of user data.")
+		}
 	}
 	lt.versions = append(lt.versions, v)
 	if token != "" {
 		s.tokens[token] = tokenUse{request: req, version: v.number}
 	}
 	return &createLaunchTemplateVersionResponse{LaunchTemplateVersion: s.xmlVersion(lt, v)}, nil
+}
+
+// canonicalRequest encodes every parameter of a request but Action and Version
+// (the SDK's per-attempt headers are not parameters), in key order.
+func canonicalRequest(p url.Values) string {
+	q := cloneValues(p)
+	q.Del("Action")
+	q.Del("Version")
+	return q.Encode()
 }
 
 type describeLaunchTemplateVersionsResponse struct {

@@ -3,6 +3,7 @@ package awsfake
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -21,22 +22,19 @@ type Machines interface {
 	// with "i-", and private IP). Until Boot returns the launch counts toward the
 	// group's capacity but no instance is visible yet.
 	Boot(ctx context.Context, ami string) (instanceID, privateIP string, err error)
-	// Shutdown stops it (gracefully); called when the instance is terminated.
+	// Shutdown stops it (gracefully); called when the instance is terminated,
+	// after any termination lifecycle hook has been completed or has timed out.
 	Shutdown(ctx context.Context, instanceID string) error
 }
 
 // Readier is optionally implemented by Machines. If it is, a booted instance is
 // pending (EC2) and Pending (Auto Scaling) until Ready returns nil, then running and
-// InService; if Ready fails the instance is terminated and counted as a failed
-// launch. Without it an instance is running and InService as soon as Boot returns.
+// InService; if Ready fails the instance is terminated and its launch activity
+// fails. Without it an instance is running and InService as soon as Boot returns.
 // The built-in machines implement it with Options.BootDelay.
 type Readier interface {
 	Ready(ctx context.Context, instanceID string) error
 }
-
-// maxLaunchFailures is how many launches in a row may fail before a group stops
-// trying (until UpdateAutoScalingGroup or SetDesiredCapacity).
-const maxLaunchFailures = 3
 
 // Image is an AMI, as seeded with AddImage.
 type Image struct {
@@ -51,6 +49,12 @@ type Image struct {
 	// passes IncludeDeprecated=true or asks for them by ImageId.
 	DeprecationTime *time.Time
 	Tags            map[string]string
+	// LaunchError, when set, makes every launch from this (existing, available,
+	// filter-matching) image fail with this status message, as an encrypted AMI
+	// whose KMS key the Auto Scaling service-linked role may not use does
+	// ("Client.InternalError: Client error on launch"; AWS re:Post knowledge
+	// center, "kms-iam-ec2-permission"). DescribeImages does not show it.
+	LaunchError string
 }
 
 // Group is an Auto Scaling group: what AddGroup seeds, and what Group returns.
@@ -61,15 +65,38 @@ type Group struct {
 	// "$Default" (empty: "$Default"). It is resolved at each launch.
 	Version           string
 	Min, Max, Desired int
+	// AZs are the group's Availability Zones, in the order the fake breaks
+	// placement ties in. Empty: one zone, Options.Region+"a".
+	AZs []string
+	// Suspended are the suspended processes (SuspendProcesses); in snapshots,
+	// sorted.
+	Suspended []string
+	// NewInstancesProtectedFromScaleIn protects every instance the group launches
+	// from then on from scale-in.
+	NewInstancesProtectedFromScaleIn bool
+	// HealthCheckType is "EC2" (empty: EC2) or "ELB".
+	HealthCheckType string
+	// HealthCheckGracePeriod is how long after it is launched an instance's
+	// health check results are ignored.
+	HealthCheckGracePeriod time.Duration
+	// MixedInstances makes DescribeAutoScalingGroups show the launch template
+	// inside a MixedInstancesPolicy instead of a top-level LaunchTemplate.
+	MixedInstances bool
+	// WarmPool gives the group a warm pool configuration (shown by
+	// DescribeAutoScalingGroups and DescribeWarmPool; the pool holds no instances).
+	WarmPool bool
+	// MaxInstanceLifetime is shown as MaxInstanceLifetime (seconds); the fake
+	// does not replace instances for it.
+	MaxInstanceLifetime time.Duration
 
 	// The rest is only set in snapshots.
 
-	// Instances are the group's members (Pending, InService, Terminating), oldest first.
+	// Instances are the group's members (Pending…, InService, Terminating…), oldest first.
 	Instances []Instance
 	// Launching counts launches whose Boot has not returned yet.
 	Launching int
-	// LaunchErr is set once 3 launches in a row failed (Boot or Ready); the group
-	// then launches nothing until UpdateAutoScalingGroup or SetDesiredCapacity.
+	// LaunchErr is the last launch failure since the group last had a launch
+	// succeed; nil once one has. The group keeps retrying with backoff.
 	LaunchErr error
 }
 
@@ -78,15 +105,84 @@ type Instance struct {
 	ID, ImageID, PrivateIP string
 	// State is the EC2 state: pending, running, shutting-down, terminated.
 	State string
-	// LifecycleState is the Auto Scaling state (Pending, InService, Terminating);
-	// empty once the instance has left its group.
+	// LifecycleState is the Auto Scaling state (Pending, Pending:Wait, InService,
+	// Terminating, Terminating:Wait, Terminating:Proceed); empty once the
+	// instance has left its group.
 	LifecycleState string
 	Group          string
+	// AZ is its Availability Zone.
+	AZ string
 	// LaunchTemplateVersion is the version number it was launched from.
 	LaunchTemplateVersion string
-	LaunchTime            time.Time
+	// UserData is the launch template version's UserData (base64, as the API
+	// carries it) it was launched with.
+	UserData   string
+	LaunchTime time.Time
+	// ProtectedFromScaleIn is its instance scale-in protection.
+	ProtectedFromScaleIn bool
+	// HealthStatus is Healthy or Unhealthy.
+	HealthStatus string
+	// LifecycleActionToken is the token of a lifecycle action it waits on, if any.
+	LifecycleActionToken string
 	// ShutdownErr is what Machines.Shutdown returned.
 	ShutdownErr error
+}
+
+// LifecycleHook is a lifecycle hook, as AddLifecycleHook seeds it.
+type LifecycleHook struct {
+	Name string
+	// Transition is "autoscaling:EC2_INSTANCE_TERMINATING" or
+	// "autoscaling:EC2_INSTANCE_LAUNCHING".
+	Transition string
+	// HeartbeatTimeout is how long an instance waits for
+	// CompleteLifecycleAction (or the next heartbeat). Zero: 3600 s, AWS's default.
+	HeartbeatTimeout time.Duration
+	// DefaultResult is what happens when it times out: CONTINUE or ABANDON ("": ABANDON).
+	DefaultResult string
+}
+
+// Activity is a scaling activity: a launch or a termination, as Activities
+// returns it.
+type Activity struct {
+	ID, Description, Cause string
+	// Status is its StatusCode: PreInService, InProgress, MidLifecycleAction,
+	// Successful, Failed or Cancelled.
+	Status        string
+	StatusMessage string
+	InstanceID    string // empty for a launch that failed before an instance existed
+	// Kind is "launch" or "terminate".
+	Kind string
+	// Origin says what made the group do it: "Launch" (a launch to reach the
+	// desired capacity), "TerminateInstanceInAutoScalingGroup",
+	// "SetDesiredCapacity", "UpdateAutoScalingGroup", "AZRebalance",
+	// "AlarmNotification", "ScheduledActions", "ReplaceUnhealthy",
+	// "MaxInstanceLifetime" or "InstanceRefresh".
+	Origin     string
+	Start, End time.Time
+}
+
+// LaunchTemplateData is what AddLaunchTemplateVersion seeds a version with.
+type LaunchTemplateData struct {
+	ImageID, InstanceType string
+	// UserData is base64, as the API carries it.
+	UserData               string
+	IamInstanceProfileName string
+	SecurityGroupIDs       []string
+}
+
+const (
+	transitionLaunching   = "autoscaling:EC2_INSTANCE_LAUNCHING"
+	transitionTerminating = "autoscaling:EC2_INSTANCE_TERMINATING"
+)
+
+// processNames are the processes SuspendProcesses takes (ProcessNames in the
+// Auto Scaling API model, docs-2.json: Launch, Terminate, AddToLoadBalancer,
+// AlarmNotification, AZRebalance, HealthCheck, InstanceRefresh, ReplaceUnhealthy,
+// ScheduledActions), plus RemoveFromLoadBalancerLowPriority, which the user guide
+// ("Considerations") says is deprecated but still accepted.
+var processNames = []string{
+	"Launch", "Terminate", "AddToLoadBalancer", "AlarmNotification", "AZRebalance", "HealthCheck",
+	"InstanceRefresh", "ReplaceUnhealthy", "ScheduledActions", "RemoveFromLoadBalancerLowPriority",
 }
 
 type launchTemplate struct {
@@ -95,12 +191,25 @@ type launchTemplate struct {
 	versions       []*ltVersion // versions[i].number == i+1
 }
 
+// ltVersion is one launch template version. Its data is the whole
+// LaunchTemplateData as the Query protocol flattens it (keys without the
+// "LaunchTemplateData." prefix: "ImageId", "SecurityGroupId.1",
+// "TagSpecification.1.Tag.1.Key", …), so that CreateLaunchTemplateVersion can copy
+// every field of its source, including those the fake does not interpret.
 type ltVersion struct {
-	number       int64
-	description  string
-	imageID      string
-	instanceType string
-	created      time.Time
+	number      int64
+	description string
+	data        map[string]string
+	created     time.Time
+}
+
+func (v *ltVersion) imageID() string { return v.data["ImageId"] }
+
+func (v *ltVersion) instanceType() string {
+	if t := v.data["InstanceType"]; t != "" {
+		return t
+	}
+	return "t3.micro" // invented: a version without a type still launches something
 }
 
 // resolve finds a version by number, "$Latest" or "$Default".
@@ -119,43 +228,108 @@ func (lt *launchTemplate) resolve(v string) (*ltVersion, bool) {
 }
 
 // tokenUse is what a CreateLaunchTemplateVersion client token was used for: the
-// request, and the version it created.
+// whole request (canonically encoded), and the version it created.
 type tokenUse struct {
-	request tokenRequest
+	request string
 	version int64
 }
-
-type tokenRequest struct{ template, imageID, description, source string }
 
 type group struct {
 	name, arn, template, version string
 	min, max, desired            int
 	created                      time.Time
-	members                      []*instance // Pending, InService, Terminating
-	launching                    int
-	failures                     int
-	launchErr                    error
+	azs                          []string
+	members                      []*instance    // Pending…, InService, Terminating…
+	launching                    map[string]int // launches whose Boot has not returned, by AZ
+	suspended                    map[string]time.Time
+	protectNew                   bool
+	healthCheckType              string
+	grace                        time.Duration
+	mixed, warmPool              bool
+	maxLifetime                  time.Duration
+	hooks                        []*hook
+	activities                   []*activity // oldest first
+	policies                     map[string]int
+	refreshes                    []*refresh // oldest first
+
+	// capacityOrigin and capacityCause say what last changed the desired
+	// capacity; a scale-in it causes carries them.
+	capacityOrigin, capacityCause string
+
+	failures   int       // launches failed since the last that succeeded
+	retryAt    time.Time // no launch before this (backoff)
+	launchErr  error
+	failRules  []*failRule
+	rebalance  *rebalancing
+	rebalanced time.Time // when AZRebalance last looked at the group
+}
+
+// rebalancing is an AZRebalance in progress: it launched first and terminates
+// once that launch is in service.
+type rebalancing struct{ launch *activity }
+
+type failRule struct {
+	message string
+	left    int // -1: until cleared
+}
+
+type hook struct {
+	name, transition, defaultResult string
+	heartbeat                       time.Duration
+}
+
+// action is one lifecycle action: an instance waiting on one hook.
+type action struct {
+	hook             *hook
+	token            string
+	deadline, global time.Time
+}
+
+type activity struct {
+	Activity
+	progress int
+	az       string
 }
 
 type instance struct {
 	id, ip, imageID, reservationID string
 	group, templateID, template    string
 	templateVersion                int64
+	instanceType, userData, az     string
 	state                          string // EC2
 	lifecycle                      string // Auto Scaling; "" once out of the group
-	launched, terminated           time.Time
+	health                         string
+	protected                      bool
+	launched, visible, terminated  time.Time
+	inService                      time.Time
 	cancel                         context.CancelFunc // stops Ready
 	shutdownErr                    error
+	launchAct, termAct             *activity
+	actions                        []*action // lifecycle actions it waits on
 }
 
-func (i *instance) live() bool { return i.lifecycle == "Pending" || i.lifecycle == "InService" }
+// live reports whether the instance counts toward its group's capacity. A
+// terminating instance does not: the group launches its replacement at once.
+// invented: AWS documents launch-before-terminate only for its instance
+// maintenance policy; replacing at once is what the fake did before and is the
+// harsher case for a roll (more instances at a time).
+func (i *instance) live() bool {
+	return i.lifecycle == "InService" || strings.HasPrefix(i.lifecycle, "Pending")
+}
+
+func (i *instance) terminating() bool { return strings.HasPrefix(i.lifecycle, "Terminating") }
 
 func (i *instance) snapshot() Instance {
-	return Instance{
+	out := Instance{
 		ID: i.id, ImageID: i.imageID, PrivateIP: i.ip, State: i.state, LifecycleState: i.lifecycle,
-		Group: i.group, LaunchTemplateVersion: strconv.FormatInt(i.templateVersion, 10),
-		LaunchTime: i.launched, ShutdownErr: i.shutdownErr,
+		Group: i.group, AZ: i.az, LaunchTemplateVersion: strconv.FormatInt(i.templateVersion, 10),
+		UserData: i.userData, LaunchTime: i.launched, ProtectedFromScaleIn: i.protected,
+		HealthStatus: i.health, ShutdownErr: i.shutdownErr,
 	}
+	if len(i.actions) > 0 {
+		out.LifecycleActionToken = i.actions[0].token
+	}
+	return out
 }
 
 // AddImage seeds an AMI and returns its ID. It panics on a duplicate ID or one not
@@ -221,8 +395,8 @@ func (s *Server) SetImageTags(id string, tags map[string]string) {
 }
 
 // AddLaunchTemplate seeds a launch template whose version 1 (its default and
-// latest) launches ami, and returns the template's ID. It panics if the name is
-// taken or the image was not added.
+// latest) launches ami on t3.micro, and returns the template's ID. It panics if
+// the name is taken or the image was not added.
 func (s *Server) AddLaunchTemplate(name, ami string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -230,14 +404,46 @@ func (s *Server) AddLaunchTemplate(name, ami string) string {
 		panic(fmt.Sprintf("awsfake: AddLaunchTemplate(%q, %q): name taken or image unknown", name, ami))
 	}
 	lt := &launchTemplate{id: hexID("lt-", 17), name: name, defaultVersion: 1}
-	lt.versions = []*ltVersion{{number: 1, imageID: ami, instanceType: "t3.micro", created: time.Now()}}
+	lt.versions = []*ltVersion{{number: 1, data: map[string]string{"ImageId": ami, "InstanceType": "t3.micro"}, created: time.Now()}}
 	s.templates[name] = lt
 	return lt.id
 }
 
+// AddLaunchTemplateVersion seeds a new version of the named template with
+// exactly d (nothing is copied from another version), makes it the default
+// version if setDefault (as ModifyLaunchTemplate would), and returns its number.
+// It is how a test makes $Default and $Latest differ in more than the image. It
+// panics on an unknown template or image.
+func (s *Server) AddLaunchTemplateVersion(name string, d LaunchTemplateData, setDefault bool) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	lt := s.templates[name]
+	if lt == nil || d.ImageID != "" && s.image(d.ImageID) == nil {
+		panic(fmt.Sprintf("awsfake: AddLaunchTemplateVersion(%q): template or image %q unknown", name, d.ImageID))
+	}
+	data := map[string]string{}
+	for k, v := range map[string]string{
+		"ImageId": d.ImageID, "InstanceType": d.InstanceType, "UserData": d.UserData, "IamInstanceProfile.Name": d.IamInstanceProfileName,
+	} {
+		if v != "" {
+			data[k] = v
+		}
+	}
+	for i, sg := range d.SecurityGroupIDs {
+		data["SecurityGroupId."+strconv.Itoa(i+1)] = sg
+	}
+	v := &ltVersion{number: int64(len(lt.versions)) + 1, data: data, created: time.Now()}
+	lt.versions = append(lt.versions, v)
+	if setDefault {
+		lt.defaultVersion = v.number
+	}
+	return v.number
+}
+
 // AddGroup seeds an Auto Scaling group, which at once starts launching Desired
 // instances. It panics if the name is taken, the launch template or its version is
-// unknown, or not Min <= Desired <= Max.
+// unknown, not Min <= Desired <= Max, an AZ is empty or repeated, or a suspended
+// process is not one of AWS's.
 func (s *Server) AddGroup(g Group) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -251,10 +457,35 @@ func (s *Server) AddGroup(g Group) {
 	if _, ok := lt.resolve(g.Version); !ok {
 		panic(fmt.Sprintf("awsfake: AddGroup: launch template %q has no version %q", g.LaunchTemplate, g.Version))
 	}
+	azs := slices.Clone(g.AZs)
+	if len(azs) == 0 {
+		azs = []string{s.opts.Region + "a"}
+	}
+	for i, az := range azs {
+		if az == "" || slices.Contains(azs[:i], az) {
+			panic(fmt.Sprintf("awsfake: AddGroup: empty or repeated AZ in %q", azs))
+		}
+	}
+	switch g.HealthCheckType {
+	case "":
+		g.HealthCheckType = "EC2"
+	case "EC2", "ELB":
+	default:
+		panic(fmt.Sprintf("awsfake: AddGroup: health check type %q is neither EC2 nor ELB", g.HealthCheckType))
+	}
 	gr := &group{
 		name: g.Name, template: g.LaunchTemplate, version: g.Version, min: g.Min, max: g.Max, desired: g.Desired, created: time.Now(),
 		arn: fmt.Sprintf("arn:aws:autoscaling:%s:%s:autoScalingGroup:%s:autoScalingGroupName/%s",
 			s.opts.Region, s.opts.AccountID, requestID(), g.Name),
+		azs: azs, launching: map[string]int{}, suspended: map[string]time.Time{}, protectNew: g.NewInstancesProtectedFromScaleIn,
+		healthCheckType: g.HealthCheckType, grace: g.HealthCheckGracePeriod, mixed: g.MixedInstances, warmPool: g.WarmPool,
+		maxLifetime: g.MaxInstanceLifetime, policies: map[string]int{}, capacityOrigin: "Launch",
+	}
+	for _, p := range g.Suspended {
+		if !slices.Contains(processNames, p) {
+			panic(fmt.Sprintf("awsfake: AddGroup: unknown process %q", p))
+		}
+		gr.suspended[p] = gr.created
 	}
 	s.groups[g.Name] = gr
 	s.reconcile(gr)
@@ -270,7 +501,9 @@ func (s *Server) Group(name string) Group {
 	}
 	out := Group{
 		Name: g.name, LaunchTemplate: g.template, Version: g.version, Min: g.min, Max: g.max, Desired: g.desired,
-		Launching: g.launching, LaunchErr: g.launchErr,
+		AZs: slices.Clone(g.azs), Suspended: slices.Sorted(maps.Keys(g.suspended)), NewInstancesProtectedFromScaleIn: g.protectNew,
+		HealthCheckType: g.healthCheckType, HealthCheckGracePeriod: g.grace, MixedInstances: g.mixed, WarmPool: g.warmPool,
+		MaxInstanceLifetime: g.maxLifetime, Launching: g.launchingCount(), LaunchErr: g.launchErr,
 	}
 	for _, i := range g.members {
 		out.Instances = append(out.Instances, i.snapshot())
@@ -317,82 +550,268 @@ func (s *Server) sortedInstances() []*instance {
 	return out
 }
 
-// reconcile moves the group towards its desired capacity: it launches while fewer
-// instances are live (Pending, InService or still booting) and, above it,
-// terminates instances on the oldest launch template versions, oldest first (an
-// approximation of the Default termination policy). Called with s.mu held.
+func (g *group) launchingCount() int {
+	n := 0
+	for _, c := range g.launching {
+		n += c
+	}
+	return n
+}
+
+// liveCount is the group's capacity as it scales: live members plus launches
+// in flight.
+func (g *group) liveCount() int {
+	n := g.launchingCount()
+	for _, i := range g.members {
+		if i.live() {
+			n++
+		}
+	}
+	return n
+}
+
+// azCounts counts live members and launches in flight per AZ.
+func (g *group) azCounts() map[string]int {
+	counts := map[string]int{}
+	for _, az := range g.azs {
+		counts[az] = g.launching[az]
+	}
+	for _, i := range g.members {
+		if i.live() {
+			counts[i.az]++
+		}
+	}
+	return counts
+}
+
+// placeLaunch picks the AZ for a new instance: the one with the fewest
+// instances. "Amazon EC2 Auto Scaling attempts to distribute instances evenly
+// between the Availability Zones that are enabled for your Auto Scaling group …
+// by attempting to launch new instances in the Availability Zone with the fewest
+// instances" (user guide, "Auto Scaling benefits"; older Developer Guide,
+// "AutoScalingBehavior": "Auto Scaling uses the Availability Zone with the least
+// number of instances when launching new instances").
+func (g *group) placeLaunch() string {
+	counts := g.azCounts()
+	best := g.azs[0]
+	for _, az := range g.azs[1:] {
+		// invented: ties go to the AZ listed first, so tests are deterministic;
+		// AWS documents no tie-break.
+		if counts[az] < counts[best] {
+			best = az
+		}
+	}
+	return best
+}
+
+func (g *group) isSuspended(process string) bool {
+	_, ok := g.suspended[process]
+	return ok
+}
+
+func (g *group) hooksFor(transition string) []*hook {
+	var out []*hook
+	for _, h := range g.hooks {
+		if h.transition == transition {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// setDesired changes the desired capacity and remembers what did, so that the
+// scale-in it may cause says so.
+func (g *group) setDesired(want int, origin, cause string) {
+	g.desired, g.capacityOrigin, g.capacityCause = want, origin, cause
+}
+
+// reconcile moves the group towards its desired capacity. Called with s.mu held.
+//
+//   - It replaces instances marked Unhealthy (terminates them; the launch below
+//     replaces them) unless ReplaceUnhealthy or Terminate is suspended: "If you
+//     suspend Terminate … ReplaceUnhealthy is inactive"; "If you suspend Launch
+//     … ReplaceUnhealthy continues to terminate unhealthy instances, but does not
+//     launch replacements" (user guide, "How suspended processes affect other
+//     processes"). Scale-in protection does not stop it (user guide, "Use
+//     instance scale-in protection": protection does not protect from "Health
+//     check replacement if the instance fails health checks").
+//   - It launches while fewer instances are live (Pending…, InService or still
+//     booting) than desired, unless Launch is suspended or a failed launch's
+//     backoff has not run out.
+//   - Above the desired capacity it scales in by the default termination policy
+//     (pickVictim), never choosing a protected instance.
 func (s *Server) reconcile(g *group) {
 	if s.closed {
 		return
 	}
-	live := g.launching
-	var members []*instance
-	for _, i := range g.members {
-		if i.live() {
-			live++
-			members = append(members, i)
+	if !g.isSuspended("ReplaceUnhealthy") && !g.isSuspended("Terminate") {
+		for _, i := range slices.Clone(g.members) {
+			if i.live() && i.health == "Unhealthy" {
+				s.terminate(g, i, "ReplaceUnhealthy", fmt.Sprintf(
+					"At %s an instance was taken out of service in response to a health check indicating it is unhealthy.", isoTime(time.Now())))
+			}
 		}
 	}
-	for ; live < g.desired && g.failures < maxLaunchFailures; live++ {
-		s.launch(g)
+	target := g.desired
+	if g.rebalance != nil {
+		target++ // an AZRebalance launches first and terminates after
 	}
-	slices.SortStableFunc(members, func(a, b *instance) int {
-		return cmp.Or(cmp.Compare(a.templateVersion, b.templateVersion), a.launched.Compare(b.launched))
-	})
-	for _, i := range members {
-		if live <= g.desired {
+	live := g.liveCount()
+	if live < target && !g.isSuspended("Launch") && !time.Now().Before(g.retryAt) {
+		for from := live; live < target; live++ {
+			s.launch(g, "Launch", fmt.Sprintf(
+				"At %s an instance was started in response to a difference between desired and actual capacity, increasing the capacity from %d to %d.",
+				isoTime(time.Now()), from, target))
+		}
+	}
+	for from := live; live > target; live-- {
+		victim := s.pickVictim(g, false, false, g.isSuspended("Terminate"))
+		if victim == nil {
+			// "If all instances in an Auto Scaling group are protected from scale
+			// in, and a scale in event occurs, its desired capacity is
+			// decremented. However, the Auto Scaling group can't terminate the
+			// required number of instances until their instance scale in
+			// protection settings are disabled." (user guide, "Use instance
+			// scale-in protection to control instance termination")
 			break
 		}
-		s.terminate(i)
-		live--
+		s.terminate(g, victim, g.capacityOrigin, fmt.Sprintf(
+			"%sAt %s an instance was taken out of service in response to a difference between desired and actual capacity, shrinking the capacity from %d to %d. At %s instance %s was selected for termination.",
+			g.capacityCause, isoTime(time.Now()), from, target, isoTime(time.Now()), victim.id))
 	}
 }
 
-// launch starts one instance of the group on its launch template version's AMI, as
-// resolved now. Called with s.mu held.
-func (s *Server) launch(g *group) {
+// pickVictim chooses the instance a scale-in terminates, by the default
+// termination policy (user guide, "Configure termination policies for Amazon
+// EC2 Auto Scaling", Default termination policy):
+//
+//  1. "Determine which Availability Zones have the most instances, and at least
+//     one instance that is not protected from scale in."
+//  2. "Determine whether any of the instances use the oldest launch template":
+//     modelled as the lowest launch template version (the fake's groups use one
+//     template).
+//  3. "determine which instances are closest to the next billing hour":
+//     approximated as the instance launched earliest (equivalent while
+//     instances are younger than an hour, which is all a test sees).
+//  4. "terminate one of these instances at random" — invented: the lowest
+//     instance ID, so tests are deterministic.
+//
+// Candidates are live members not protected from scale-in (unless
+// ignoreProtection) and, with spareInService, not InService (a scale-in while
+// Terminate is suspended: "Suspending the Terminate process applies only to
+// instances that are currently in the InService state"; user guide,
+// "Considerations"). With
+// mostOnly, only an instance in an AZ that has the most instances of all will
+// do (AZRebalance). Called with s.mu held.
+func (s *Server) pickVictim(g *group, ignoreProtection, mostOnly, spareInService bool) *instance {
+	counts := g.azCounts()
+	var candidates []*instance
+	for _, i := range g.members {
+		if !i.live() || i.protected && !ignoreProtection || spareInService && i.lifecycle == "InService" {
+			continue
+		}
+		candidates = append(candidates, i)
+	}
+	if len(candidates) == 0 {
+		return nil
+	}
+	most := 0
+	for _, i := range candidates {
+		most = max(most, counts[i.az])
+	}
+	if mostOnly {
+		for _, c := range counts {
+			if c > most {
+				return nil
+			}
+		}
+	}
+	candidates = slices.DeleteFunc(candidates, func(i *instance) bool { return counts[i.az] < most })
+	slices.SortFunc(candidates, func(a, b *instance) int {
+		return cmp.Or(cmp.Compare(a.templateVersion, b.templateVersion), a.launched.Compare(b.launched), strings.Compare(a.id, b.id))
+	})
+	return candidates[0]
+}
+
+// launch starts one instance of the group in the AZ with the fewest instances, on
+// its launch template version as resolved now, and returns its activity. Called
+// with s.mu held.
+func (s *Server) launch(g *group, origin, cause string) *activity {
+	az := g.placeLaunch()
+	act := g.addActivity("launch", origin, "Launching a new EC2 instance", cause, az)
+	act.Status = "PreInService"
 	lt := s.templates[g.template]
 	var (
 		v   *ltVersion
 		err error
 	)
-	if lt == nil {
-		err = fmt.Errorf("launch template %q does not exist", g.template)
-	} else if v, _ = lt.resolve(g.version); v == nil {
-		err = fmt.Errorf("launch template %q has no version %s", g.template, g.version)
-	} else if img := s.image(v.imageID); img == nil || img.State != "available" {
-		err = fmt.Errorf("the image id '[%s]' does not exist or is not available", v.imageID)
+	switch {
+	case lt == nil:
+		//lint:ignore ST1005 AWS's status message, verbatim
+		err = fmt.Errorf("The specified launch template, with template name %s, does not exist. Launching EC2 instance failed.", g.template)
+	default:
+		if v, _ = lt.resolve(g.version); v == nil {
+			//lint:ignore ST1005 AWS's status message, verbatim
+			err = fmt.Errorf("The specified launch template version %s of launch template %s does not exist. Launching EC2 instance failed.", g.version, lt.id)
+		} else if img := s.image(v.imageID()); img == nil || img.State != "available" {
+			// What a deregistered, unshared or unavailable AMI does to a launch
+			// (user guide, "Troubleshoot Amazon EC2 Auto Scaling: AMI issues").
+			//lint:ignore ST1005 AWS's status message, verbatim
+			err = fmt.Errorf("The image id '[%s]' does not exist. Launching EC2 instance failed.", v.imageID())
+		} else if img.LaunchError != "" {
+			err = errors.New(img.LaunchError)
+		} else if msg, ok := g.takeFailRule(); ok {
+			err = errors.New(msg)
+		}
 	}
-	g.launching++
+	g.launching[az]++
 	s.wg.Add(1)
-	go s.boot(g, lt, v, time.Now(), err)
+	go s.boot(g, lt, v, az, act, time.Now(), err)
+	return act
+}
+
+func (g *group) takeFailRule() (string, bool) {
+	for _, r := range g.failRules {
+		if r.left == 0 {
+			continue
+		}
+		if r.left > 0 {
+			r.left--
+		}
+		return r.message, true
+	}
+	return "", false
 }
 
 // boot runs Machines.Boot for a launch and records the instance it makes.
-func (s *Server) boot(g *group, lt *launchTemplate, v *ltVersion, at time.Time, err error) {
+func (s *Server) boot(g *group, lt *launchTemplate, v *ltVersion, az string, act *activity, at time.Time, err error) {
 	defer s.wg.Done()
 	var id, ip string
 	if err == nil {
-		id, ip, err = s.machines.Boot(s.ctx, v.imageID)
+		id, ip, err = s.machines.Boot(s.ctx, v.imageID())
 		if err == nil && !validID(id, "i-") {
 			err = fmt.Errorf("machines booted an instance with ID %q, which does not start with i-", id)
 		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	g.launching--
+	g.launching[az]--
 	if err == nil && s.instances[id] != nil {
 		err = fmt.Errorf("machines booted an instance with ID %q, which is taken", id)
 	}
 	if err != nil {
-		s.launchFailed(g, err)
+		s.launchFailed(g, act, err)
 		return
 	}
 	inst := &instance{
-		id: id, ip: ip, imageID: v.imageID, reservationID: hexID("r-", 17),
+		id: id, ip: ip, imageID: v.imageID(), reservationID: hexID("r-", 17),
 		group: g.name, templateID: lt.id, template: lt.name, templateVersion: v.number,
-		state: "pending", lifecycle: "Pending", launched: at,
+		instanceType: v.instanceType(), userData: v.data["UserData"], az: az,
+		state: "pending", lifecycle: "Pending", health: "Healthy", protected: g.protectNew,
+		launched: at, visible: time.Now().Add(s.opts.DescribeLag), launchAct: act,
 	}
+	act.InstanceID, act.Description = id, "Launching a new EC2 instance: "+id
+	act.progress = 30
 	s.instances[id] = inst
 	g.members = append(g.members, inst)
 	if r, ok := s.machines.(Readier); ok {
@@ -417,32 +836,114 @@ func (s *Server) ready(r Readier, ctx context.Context, g *group, inst *instance)
 		return // terminated meanwhile
 	}
 	if err != nil {
-		s.terminate(inst)
-		s.launchFailed(g, fmt.Errorf("instance %s did not become ready: %w", inst.id, err))
+		act := inst.launchAct
+		inst.launchAct = nil
+		s.shutdown(g, inst)
+		s.launchFailed(g, act, fmt.Errorf("Instance %s did not become ready: %w", inst.id, err))
 		return
 	}
 	s.running(g, inst)
 }
 
+// running is a booted (and ready) instance: EC2 running, and InService unless a
+// launch lifecycle hook holds it in Pending:Wait ("Pending → Pending:Wait →
+// Pending:Proceed → InService"; user guide, "Amazon EC2 Auto Scaling lifecycle
+// hooks"). Called with s.mu held.
 func (s *Server) running(g *group, inst *instance) {
-	inst.state, inst.lifecycle = "running", "InService"
-	g.failures = 0
+	inst.state = "running"
+	if hs := g.hooksFor(transitionLaunching); len(hs) > 0 {
+		inst.lifecycle = "Pending:Wait"
+		inst.actions = newActions(hs)
+		inst.launchAct.Status, inst.launchAct.progress = "MidLifecycleAction", 50
+		return
+	}
+	s.inService(g, inst)
 }
 
-func (s *Server) launchFailed(g *group, err error) {
-	g.failures++
-	if g.failures >= maxLaunchFailures {
-		g.launchErr = fmt.Errorf("%d launches in a row failed, the last: %w", g.failures, err)
+func (s *Server) inService(g *group, inst *instance) {
+	inst.lifecycle, inst.actions, inst.inService = "InService", nil, time.Now()
+	if act := inst.launchAct; act != nil {
+		act.Status, act.progress, act.End = "Successful", 100, time.Now()
+	}
+	g.failures, g.retryAt, g.launchErr = 0, time.Time{}, nil
+	if g.rebalance != nil && g.rebalance.launch == inst.launchAct {
+		s.finishRebalance(g)
 	}
 	s.reconcile(g)
 }
 
-// terminate takes the instance out of service and shuts its machine down; when
-// Shutdown returns it is terminated and leaves its group. Called with s.mu held.
-func (s *Server) terminate(inst *instance) {
-	inst.state, inst.lifecycle = "shutting-down", "Terminating"
+// launchFailed records a failed launch and backs off. "Amazon EC2 Auto Scaling
+// can suspend processes for Auto Scaling groups that repeatedly fail to launch
+// instances … that have been trying to launch instances for over 24 hours" (user
+// guide, "Suspend and resume processes": an administrative suspension): until
+// then the group keeps trying. invented: the schedule (LaunchRetryBase doubling
+// to LaunchRetryMax); AWS documents that it retries, not when, and the fake never
+// suspends administratively (a test runs for seconds, not a day).
+func (s *Server) launchFailed(g *group, act *activity, err error) {
+	if act != nil {
+		act.Status, act.StatusMessage, act.progress, act.End = "Failed", err.Error(), 100, time.Now()
+		act.Description = "Launching a new EC2 instance.  Status Reason: " + err.Error()
+		if act.InstanceID != "" {
+			act.Description = "Launching a new EC2 instance: " + act.InstanceID + ".  Status Reason: " + err.Error()
+		}
+		if g.rebalance != nil && g.rebalance.launch == act {
+			g.rebalance = nil
+		}
+	}
+	g.failures++
+	g.launchErr = err
+	backoff := s.opts.LaunchRetryBase
+	for n := 1; n < g.failures && backoff < s.opts.LaunchRetryMax; n++ {
+		backoff *= 2
+	}
+	g.retryAt = time.Now().Add(min(backoff, s.opts.LaunchRetryMax))
+	s.reconcile(g)
+}
+
+// terminate takes the instance out of service. A termination lifecycle hook
+// holds it in Terminating:Wait — still running in EC2, its machine not shut down
+// — until every hook's action is completed or times out; then (or at once,
+// without hooks) it is Terminating(:Proceed) and shutting down, and once
+// Machines.Shutdown returns it is terminated and leaves its group ("Terminating →
+// Terminating:Wait → Terminating:Proceed → Terminated"; user guide, "Amazon EC2
+// Auto Scaling lifecycle hooks"). Called with s.mu held.
+func (s *Server) terminate(g *group, inst *instance, origin, cause string) {
+	if inst.terminating() || inst.lifecycle == "" {
+		return
+	}
+	inst.termAct = g.addActivity("terminate", origin, "Terminating EC2 instance: "+inst.id, cause, inst.az)
+	inst.termAct.InstanceID = inst.id
 	if inst.cancel != nil {
 		inst.cancel()
+	}
+	if act := inst.launchAct; act != nil && act.Status != "Successful" {
+		act.Status, act.StatusMessage, act.End = "Cancelled", "Instance "+inst.id+" was terminated before it entered service.", time.Now()
+		if g.rebalance != nil && g.rebalance.launch == act {
+			g.rebalance = nil
+		}
+	}
+	if hs := g.hooksFor(transitionTerminating); len(hs) > 0 {
+		inst.lifecycle = "Terminating:Wait"
+		inst.actions = newActions(hs)
+		inst.termAct.Status, inst.termAct.progress = "MidLifecycleAction", 50
+		return
+	}
+	inst.lifecycle, inst.actions = "Terminating", nil
+	s.shutdown(g, inst)
+}
+
+// shutdown shuts the instance's machine down; when Machines.Shutdown returns it
+// is terminated and leaves its group. Called with s.mu held.
+func (s *Server) shutdown(g *group, inst *instance) {
+	if inst.lifecycle == "Pending" {
+		inst.lifecycle = "Terminating"
+	}
+	inst.state, inst.actions = "shutting-down", nil
+	if inst.cancel != nil {
+		inst.cancel()
+	}
+	if act := inst.termAct; act != nil {
+		act.Status, act.progress = "InProgress", 75
 	}
 	s.wg.Add(1)
 	go func() {
@@ -452,10 +953,11 @@ func (s *Server) terminate(inst *instance) {
 		defer s.mu.Unlock()
 		inst.shutdownErr = err
 		inst.state, inst.lifecycle, inst.terminated = "terminated", "", time.Now()
-		if g := s.groups[inst.group]; g != nil {
-			g.members = slices.DeleteFunc(g.members, func(m *instance) bool { return m == inst })
-			s.reconcile(g)
+		if act := inst.termAct; act != nil {
+			act.Status, act.progress, act.End = "Successful", 100, time.Now()
 		}
+		g.members = slices.DeleteFunc(g.members, func(m *instance) bool { return m == inst })
+		s.reconcile(g)
 	}()
 }
 
