@@ -168,6 +168,12 @@ func next(in Input, target string) Step {
 	if len(st.leaving) > 0 {
 		return Step{Kind: Wait, Image: target, Reason: "waiting for " + strings.Join(st.leaving, ", ") + " to leave"}
 	}
+	if len(st.unknown) > 0 {
+		// The group names an instance EC2 does not describe yet (eventual
+		// consistency): its image is unknown, so it can be counted neither as on the
+		// target nor as outdated, and must never be taken for an outdated server.
+		return Step{Kind: Wait, Image: target, Reason: "waiting for the cloud to describe " + strings.Join(st.unknown, ", ")}
+	}
 	if extra := len(in.Cluster.Servers) - len(st.live); extra > 0 && len(st.live) >= in.Desired && in.RollTarget != "" {
 		return Step{Kind: Wait, Image: target, Reason: fmt.Sprintf(
 			"raft configuration has %d servers for %d instances; waiting for departed servers to leave", len(in.Cluster.Servers), len(st.live))}
@@ -406,6 +412,7 @@ type state struct {
 	outdated []cloud.Instance // live and not on target, oldest first
 	onTarget []cloud.Instance // live and on target
 	leaving  []string         // shutting down but still in the raft configuration
+	unknown  []string         // pending, image not known yet
 	settled  map[string]bool  // instance ID -> healthy stable voter within trailing logs
 	why      map[string]string
 }
@@ -419,6 +426,10 @@ func classify(in Input, target string) state {
 			if inst.State == cloud.StateShuttingDown && in.Server(inst) != nil {
 				st.leaving = append(st.leaving, inst.ID)
 			}
+			continue
+		}
+		if inst.ImageID == "" {
+			st.unknown = append(st.unknown, inst.ID)
 			continue
 		}
 		st.live = append(st.live, inst)

@@ -698,6 +698,18 @@ func TestNext_FailedLaunches(t *testing.T) {
 	assert.Equal(t, Launch, Next(w.in).Kind)
 }
 
+// TestNext_WaitsForAnInstanceTheCloudDoesNotDescribeYet: a surge the group names
+// but EC2 does not describe yet has no image; it is neither outdated (so never
+// retired) nor on the target (so no second launch).
+func TestNext_WaitsForAnInstanceTheCloudDoesNotDescribeYet(t *testing.T) {
+	w := newWorld(3, "B")
+	w.in.RollTarget = "C"
+	w.in.Instances = append(w.in.Instances, cloud.Instance{ID: "i-new", State: cloud.StatePending, Launched: t0})
+	s := Next(w.in)
+	assert.Equal(t, Wait, s.Kind, "%s", s)
+	assert.Contains(t, s.Reason, "i-new")
+}
+
 func BenchmarkNext(b *testing.B) {
 	w := newWorld(5, "B")
 	w.surge("i-9", "C", time.Minute, 30*time.Second)

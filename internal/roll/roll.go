@@ -172,6 +172,15 @@ func (r *Roller) run(ctx context.Context, trig Trigger) error {
 		}
 	}
 
+	return r.locked(ctx, func(held *coord.Held) error {
+		r.hook("locked")
+		return r.step(held, trig)
+	})
+}
+
+// locked runs f under the roll's lock. If another handler holds it, that handler
+// takes the step and locked returns nil without running f.
+func (r *Roller) locked(ctx context.Context, f func(*coord.Held) error) error {
 	held, err := r.Store.Lock(ctx, coord.LockOptions{
 		TTL: r.Config.Lock.SessionTTL, Delay: r.Config.Lock.LockDelay, Wait: r.Config.Lock.Wait, Holder: r.Holder,
 	})
@@ -187,37 +196,23 @@ func (r *Roller) run(ctx context.Context, trig Trigger) error {
 			r.Log.Warn("release lock", "error", err)
 		}
 	}()
-	r.hook("locked")
-	return r.step(held, trig)
+	return f(held)
 }
 
 // release takes the lock and undoes a finished roll's changes to the group, if
 // they are still not undone.
 func (r *Roller) release(ctx context.Context) error {
-	held, err := r.Store.Lock(ctx, coord.LockOptions{
-		TTL: r.Config.Lock.SessionTTL, Delay: r.Config.Lock.LockDelay, Wait: r.Config.Lock.Wait, Holder: r.Holder,
-	})
-	if errors.Is(err, coord.ErrLockHeld) {
-		r.Log.Info("another handler holds the lock and takes the step")
-		return nil
-	}
-	if err != nil {
-		return r.consulErr(ctx, err)
-	}
-	defer func() {
-		if err := held.Release(); err != nil {
-			r.Log.Warn("release lock", "error", err)
+	return r.locked(ctx, func(held *coord.Held) error {
+		lctx := held.Context()
+		rec, err := r.Store.Roll(lctx)
+		if err != nil {
+			return r.consulErr(lctx, err)
 		}
-	}()
-	lctx := held.Context()
-	rec, err := r.Store.Roll(lctx)
-	if err != nil {
-		return r.consulErr(lctx, err)
-	}
-	if !rec.Unreleased() {
-		return nil
-	}
-	return r.endGroup(lctx, rec, rec.Phase == coord.PhaseFailed)
+		if !rec.Unreleased() {
+			return nil
+		}
+		return r.endGroup(lctx, rec, rec.Phase == coord.PhaseFailed)
+	})
 }
 
 // endGroup undoes the roll's changes to the group and records that it did.
@@ -434,6 +429,7 @@ func (t *turn) launch(rec *coord.Roll, in plan.Input, st plan.Step) (next, error
 			return stop, t.cloudErr(t.ctx, fmt.Errorf("prepare the group for the roll: %w", err))
 		}
 	}
+	asked := t.Now() // the entry is dated when the surge was asked for (see surgedAt)
 	inst, err := t.act(t.held, st, func(ctx context.Context) (string, error) {
 		inst, err := t.Cloud.Launch(ctx, st.Image, st.ActionID, rec.Group)
 		return inst.ID, err
@@ -445,7 +441,9 @@ func (t *turn) launch(rec *coord.Roll, in plan.Input, st plan.Step) (next, error
 	if st.Instance == "" {
 		what = "to rebalance the zones"
 	}
-	rec.Add(t.entry(st, fmt.Sprintf("launched %s on %s %s", inst, st.Image, what)))
+	e := t.entry(st, fmt.Sprintf("launched %s on %s %s", inst, st.Image, what))
+	e.Time = asked
+	rec.Add(e)
 	if err := t.Store.PutRoll(t.ctx, rec); err != nil {
 		return stop, t.consulErr(t.ctx, err)
 	}
@@ -664,22 +662,24 @@ func (r *Roller) observe(ctx context.Context, rec *coord.Roll, bad map[string]st
 	return in, nil
 }
 
-// surgedAt returns when the roll in progress last asked for a surge that no retire
-// has answered yet (its latest launch entry, if no retire or fail follows it); zero
-// if none.
+// surgedAt returns when the roll in progress first asked for the surge it is still
+// waiting for: the earliest of the launch entries since the last retire (a surge
+// that has not appeared is asked for again, idempotently, and must not restart the
+// clock); zero if none.
 func surgedAt(rec *coord.Roll) time.Time {
+	var at time.Time
 	if !rec.InProgress() {
-		return time.Time{}
+		return at
 	}
 	for i := len(rec.History) - 1; i >= 0; i-- {
 		switch plan.Kind(rec.History[i].Step) {
 		case plan.Launch:
-			return rec.History[i].Time
+			at = rec.History[i].Time
 		case plan.Retire, plan.Fail:
-			return time.Time{}
+			return at
 		}
 	}
-	return time.Time{}
+	return at
 }
 
 // created returns the creation time of the image with id as the provider listed

@@ -12,8 +12,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/consul-rehydrate/consul-rehydrate/config"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/plan"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
 	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
 )
@@ -238,4 +241,67 @@ func TestRun_HandlersReFireContinuationsAndKeepTheTargetsAge(t *testing.T) {
 	got, err := payload.ParseRequest(fired, r.Config.Roll.EventName)
 	require.NoError(t, err)
 	assert.Equal(t, payload.Request{Continue: true}, got, "a continuation")
+}
+
+// TestSurgedAt_IsWhenTheSurgeStillAwaitedWasFirstAskedFor: a surge that has not
+// appeared is asked for again (idempotently); the clock for its failed launches
+// must not restart each time, or a launch failing for ever never fails the roll.
+func TestSurgedAt_IsWhenTheSurgeStillAwaitedWasFirstAskedFor(t *testing.T) {
+	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	at := func(m int, step plan.Kind) coord.Entry {
+		return coord.Entry{Time: t0.Add(time.Duration(m) * time.Minute), Step: string(step)}
+	}
+	for _, tc := range []struct {
+		name    string
+		phase   string
+		history []coord.Entry
+		want    time.Time
+	}{
+		{"no launch yet", coord.PhaseRolling, []coord.Entry{at(0, plan.Hold)}, time.Time{}},
+		{"asked once", coord.PhaseRolling, []coord.Entry{at(1, plan.Launch), at(2, plan.Wait)}, t0.Add(time.Minute)},
+		{"asked again and again", coord.PhaseRolling, []coord.Entry{at(1, plan.Launch), at(2, plan.Launch), at(3, plan.Launch)}, t0.Add(time.Minute)},
+		{"a retire answered the earlier ones", coord.PhaseRolling, []coord.Entry{at(1, plan.Launch), at(2, plan.Transfer), at(3, plan.Retire), at(4, plan.Launch), at(5, plan.Launch)}, t0.Add(4 * time.Minute)},
+		{"answered, none asked since", coord.PhaseRolling, []coord.Entry{at(1, plan.Launch), at(3, plan.Retire)}, time.Time{}},
+		{"not rolling", coord.PhaseDone, []coord.Entry{at(1, plan.Launch)}, time.Time{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.want, surgedAt(&coord.Roll{Phase: tc.phase, History: tc.history}))
+		})
+	}
+}
+
+// groupSpy is the local provider with a group to restore: it counts End calls.
+type groupSpy struct {
+	*local.Provider
+	ends []bool
+}
+
+func (g *groupSpy) End(_ context.Context, _ *cloud.GroupState, failed bool) error {
+	g.ends = append(g.ends, failed)
+	return nil
+}
+
+// TestRun_AHandlerRestoresTheGroupOfARollThatEndedUnrestored: a roll that ended
+// (done, or failed) with its changes to the group not undone (its handler stopped
+// in between) is restored by the next handler, even a service watch's with no
+// roll in progress, and only once.
+func TestRun_AHandlerRestoresTheGroupOfARollThatEndedUnrestored(t *testing.T) {
+	t.Parallel()
+	r, p, _ := newLocalRoller(t)
+	spy := &groupSpy{Provider: p}
+	r.Cloud = spy
+	ctx := t.Context()
+	for _, phase := range []string{coord.PhaseDone, coord.PhaseFailed} {
+		spy.ends = nil
+		rec := &coord.Roll{Target: "B", Phase: phase, Started: time.Now(), Group: &cloud.GroupState{Suspended: []string{"AZRebalance"}, MaxSize: 3, TemplateVersion: "4"}}
+		require.NoError(t, r.Store.PutRoll(ctx, rec))
+		require.NoError(t, r.Run(ctx, Trigger{}))
+		assert.Equal(t, []bool{phase == coord.PhaseFailed}, spy.ends, phase)
+		got, err := r.Store.Roll(ctx)
+		require.NoError(t, err)
+		require.NotNil(t, got.Group)
+		assert.True(t, got.Group.Released, phase)
+		require.NoError(t, r.Run(ctx, Trigger{}))
+		assert.Len(t, spy.ends, 1, "%s: restored once", phase)
+	}
 }

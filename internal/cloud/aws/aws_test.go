@@ -93,7 +93,16 @@ func group(ids ...string) astypes.AutoScalingGroup {
 func describe(amis map[string]string) func(*ec2.DescribeInstancesInput) (*ec2.DescribeInstancesOutput, error) {
 	return func(in *ec2.DescribeInstancesInput) (*ec2.DescribeInstancesOutput, error) {
 		var r ec2types.Reservation
-		for i, id := range in.InstanceIds {
+		if len(in.InstanceIds) > 0 {
+			return nil, errors.New("described by InstanceIds, which fails on an id EC2 does not know yet")
+		}
+		var ids []string
+		for _, f := range in.Filters {
+			if aws.ToString(f.Name) == "instance-id" {
+				ids = append(ids, f.Values...)
+			}
+		}
+		for i, id := range ids {
 			ami, ok := amis[id]
 			if !ok {
 				continue
@@ -167,13 +176,15 @@ func TestLaunch_NewTemplateVersionThenAbsoluteDesiredCapacity(t *testing.T) {
 	e := &fakeEC2{instances: describe(amis)}
 	p := newProvider(e, a)
 
-	inst, err := p.Launch(context.Background(), "ami-b", "launch/ami-b/3-outdated", nil)
+	// The roll recorded the group's version (a number) when it started.
+	gs := &cloud.GroupState{TemplateVersion: "3"}
+	inst, err := p.Launch(context.Background(), "ami-b", "launch/ami-b/3-outdated", gs)
 	require.NoError(t, err)
 	assert.Equal(t, "i-new", inst.ID)
 	require.Len(t, e.versions, 1)
 	v := e.versions[0]
 	assert.Equal(t, "ami-b", *v.LaunchTemplateData.ImageId)
-	assert.Equal(t, "$Default", *v.SourceVersion, "the same on every repeat, whatever the group's version")
+	assert.Equal(t, "3", *v.SourceVersion, "the recorded version: the same on every repeat, whatever the group's version now")
 	assert.Equal(t, "launch/ami-b/3-outdated", *v.VersionDescription)
 	assert.Equal(t, "launch/ami-b/3-outdated", *v.ClientToken)
 	require.Len(t, a.updates, 1)
@@ -182,7 +193,7 @@ func TestLaunch_NewTemplateVersionThenAbsoluteDesiredCapacity(t *testing.T) {
 	assert.Equal(t, []int32{4}, a.desired)
 
 	// Repeated (a handler killed before its receipt): nothing new is created.
-	inst, err = p.Launch(context.Background(), "ami-b", "launch/ami-b/3-outdated", nil)
+	inst, err = p.Launch(context.Background(), "ami-b", "launch/ami-b/3-outdated", gs)
 	require.NoError(t, err)
 	assert.Equal(t, "i-new", inst.ID)
 	assert.Len(t, e.versions, 1)
