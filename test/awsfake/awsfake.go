@@ -29,6 +29,9 @@
 //
 // Faults (errors, throttling, latency) can be injected per action, and every call
 // is recorded.
+//
+// Each instance also has its own IMDSv2 endpoint (Server.IMDS), serving its
+// identity and its Auto Scaling target lifecycle state as the group moves it.
 package awsfake
 
 import (
@@ -122,6 +125,7 @@ type Server struct {
 	instances map[string]*instance
 	faults    map[string][]*activeFault
 	calls     []Call
+	imds      map[string]*imdsServer // by instance ID; see IMDS
 }
 
 // New starts a fake on a fresh 127.0.0.1 port. Close it when done.
@@ -152,6 +156,7 @@ func New(opts Options) *Server {
 		groups:    map[string]*group{},
 		instances: map[string]*instance{},
 		faults:    map[string][]*activeFault{},
+		imds:      map[string]*imdsServer{},
 	}
 	if s.machines == nil {
 		s.machines = &builtinMachines{boot: opts.BootDelay, shutdown: opts.ShutdownDelay}
@@ -164,9 +169,10 @@ func New(opts Options) *Server {
 	return s
 }
 
-// Close stops the server, cancels the context of Boot and Ready calls in flight,
-// and waits for every machine goroutine (including Shutdowns) to finish. Groups
-// launch nothing after Close. It is safe to call more than once.
+// Close stops the server and every instance's metadata service (IMDS), cancels
+// the context of Boot and Ready calls in flight, and waits for every machine
+// goroutine (including Shutdowns) to finish. Groups launch nothing after Close.
+// It is safe to call more than once.
 func (s *Server) Close() {
 	s.mu.Lock()
 	if s.closed {
@@ -177,6 +183,7 @@ func (s *Server) Close() {
 	s.mu.Unlock()
 	s.cancel()
 	s.http.Close()
+	s.closeIMDS()
 	s.wg.Wait()
 }
 

@@ -309,10 +309,25 @@ type instance struct {
 }
 
 // live reports whether the instance counts toward its group's capacity. A
-// terminating instance does not: the group launches its replacement at once.
-// invented: AWS documents launch-before-terminate only for its instance
-// maintenance policy; replacing at once is what the fake did before and is the
-// harsher case for a roll (more instances at a time).
+// terminating instance does not, from the moment the group decides to
+// terminate it (Terminating:Wait included): the group launches its replacement
+// at once, while a termination hook may still hold the old instance running.
+//
+// That is the documented default. "The default for an Auto Scaling group is to
+// not have an instance maintenance policy, which causes it to respond to
+// instance maintenance events with the default behaviors": for a health check
+// failure, an instance refresh and the maximum instance lifetime the default is
+// "Terminate and launch – New instances are provisioned at the same time your
+// existing instances are terminated"; only rebalancing (AZRebalance, Capacity
+// Rebalancing, a mixed instances policy update) is "Launch before terminating"
+// (user guide, "Instance maintenance policy for Auto Scaling group", table
+// "Instance maintenance event default behaviors"; startRebalance models the
+// latter). A TerminateInstanceInAutoScalingGroup without decrement is not in
+// that table; "If you do not specify the option to decrement the desired
+// capacity, Amazon EC2 Auto Scaling launches instances to replace the ones that
+// are terminated" (docs-2.json) — invented: at once, like the table's other
+// replacements. The fake models no instance maintenance policy (a group with
+// MinHealthyPercentage 100 would launch before terminating).
 func (i *instance) live() bool {
 	return i.lifecycle == "InService" || strings.HasPrefix(i.lifecycle, "Pending")
 }
