@@ -61,6 +61,9 @@ const (
 	KeyAWSLaunchTemplate   = "provider.aws.launch_template"
 	KeyAWSEndpointURL      = "provider.aws.endpoint_url"
 	KeyAWSMaxAttempts      = "provider.aws.max_attempts"
+	KeyAWSLifecycleHook    = "provider.aws.lifecycle_hook"
+	KeyAWSGateMaxHold      = "provider.aws.gate_max_hold"
+	KeyAWSIMDSEndpoint     = "provider.aws.imds_endpoint"
 	KeyAWSImage            = "provider.aws.image"
 	KeyAWSImageOwners      = "provider.aws.image.owners"
 	KeyAWSImageNamePattern = "provider.aws.image.name_pattern"
@@ -116,15 +119,21 @@ const (
 // Defaults of every optional setting. Default (and its counterparts for the
 // provider blocks, beside it) is the only place that applies them.
 const (
-	DefaultLogLevel            = "info"
-	DefaultConsulAddress       = "127.0.0.1:8500"
-	DefaultConsulScheme        = "http"
-	DefaultLockSessionTTL      = 15 * time.Second
-	DefaultLockDelay           = 5 * time.Second
-	DefaultLockWait            = 45 * time.Second // > 2 × session_ttl + lock_delay
-	DefaultRollEventName       = "consul-rehydrate"
-	DefaultRollStabilization   = 10 * time.Second // Consul autopilot's server_stabilization_time
-	DefaultRollLaunchTimeout   = 10 * time.Minute
+	DefaultLogLevel          = "info"
+	DefaultConsulAddress     = "127.0.0.1:8500"
+	DefaultConsulScheme      = "http"
+	DefaultLockSessionTTL    = 15 * time.Second
+	DefaultLockDelay         = 5 * time.Second
+	DefaultLockWait          = 45 * time.Second // > 2 × session_ttl + lock_delay
+	DefaultRollEventName     = "consul-rehydrate"
+	DefaultRollStabilization = 10 * time.Second // Consul autopilot's server_stabilization_time
+	DefaultRollLaunchTimeout = 10 * time.Minute
+	// DefaultAWSLifecycleHook is the termination hook's name the README's
+	// put-lifecycle-hook command creates.
+	DefaultAWSLifecycleHook = "consul-rehydrate"
+	// DefaultAWSGateMaxHold is how long the gate holds a termination at most while
+	// quorum needs the server: a replacement's launch and stabilization, with room.
+	DefaultAWSGateMaxHold      = 15 * time.Minute
 	DefaultRollLeaveTimeout    = 2 * time.Minute
 	DefaultRollMaxTrailingLogs = 250 // Consul autopilot's max_trailing_logs
 	DefaultRollPollInterval    = time.Second
@@ -382,6 +391,13 @@ type AWSProvider struct {
 	EndpointURL string
 	// MaxAttempts is the SDK retryer's attempts, 1 to 20.
 	MaxAttempts int
+	// LifecycleHook is the name of the group's termination lifecycle hook that
+	// the termination gate (handlers/lifecycle) completes.
+	LifecycleHook string
+	// GateMaxHold bounds how long the gate holds a termination for quorum.
+	GateMaxHold time.Duration
+	// IMDSEndpoint, when set, is the instance metadata endpoint (tests).
+	IMDSEndpoint string
 	// Image selects the AMIs that servers may run.
 	Image ImageFilter
 }
@@ -432,8 +448,10 @@ func defaultLocal() *LocalProvider {
 
 func defaultAWS() *AWSProvider {
 	return &AWSProvider{
-		MaxAttempts: DefaultAWSMaxAttempts,
-		Image:       ImageFilter{Owners: []string{DefaultAWSImageOwner}},
+		MaxAttempts:   DefaultAWSMaxAttempts,
+		LifecycleHook: DefaultAWSLifecycleHook,
+		GateMaxHold:   DefaultAWSGateMaxHold,
+		Image:         ImageFilter{Owners: []string{DefaultAWSImageOwner}},
 	}
 }
 

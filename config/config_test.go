@@ -68,6 +68,8 @@ provider "aws" {
 		AutoscalingGroup: "consul-servers",
 		LaunchTemplate:   "consul-server",
 		MaxAttempts:      DefaultAWSMaxAttempts,
+		LifecycleHook:    DefaultAWSLifecycleHook,
+		GateMaxHold:      DefaultAWSGateMaxHold,
 		Image:            ImageFilter{Owners: []string{DefaultAWSImageOwner}, NamePattern: "consul-server-*"},
 	}}, c.Provider)
 }
@@ -398,6 +400,8 @@ target {{ quote .Node }} {{ .Address }}:{{ .Port }}{{ if .Tags }} tags={{ quote 
 				AutoscalingGroup: "consul-servers",
 				LaunchTemplate:   "consul-server",
 				MaxAttempts:      5,
+				LifecycleHook:    "consul-rehydrate",
+				GateMaxHold:      20 * time.Minute,
 				Image: ImageFilter{
 					Owners:      []string{"self"},
 					NamePattern: "consul-server-*",
@@ -468,6 +472,7 @@ func TestKeys_MatchTheFileSchema(t *testing.T) {
 		KeyRollMaxTrailingLogs, KeyRollAllowDowngrade, KeyRollPollInterval,
 		KeyProvider, KeyLocal, KeyLocalStateDir, KeyLocalConsulBinary, KeyLocalAddresses,
 		KeyAWS, KeyAWSRegion, KeyAWSAutoscalingGroup, KeyAWSLaunchTemplate, KeyAWSEndpointURL, KeyAWSMaxAttempts,
+		KeyAWSLifecycleHook, KeyAWSGateMaxHold, KeyAWSIMDSEndpoint,
 		KeyAWSImage, KeyAWSImageOwners, KeyAWSImageNamePattern, KeyAWSImageTags,
 		KeyDeploy, KeyReconfigure,
 	}

@@ -21,6 +21,12 @@ provider "aws" {
   launch_template   = "consul-server"
   max_attempts      = 5
 
+  # The termination gate (handlers/lifecycle, on every server): the group's
+  # termination lifecycle hook it completes, and how long at most it holds a
+  # termination while quorum still needs the server.
+  lifecycle_hook = "consul-rehydrate"
+  gate_max_hold  = "20m"
+
   # The images servers may run: the newest match wins.
   image {
     owners       = ["self"]

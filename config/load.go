@@ -200,6 +200,9 @@ type fileAWS struct {
 	LaunchTemplate   *string    `hcl:"launch_template,optional"`
 	EndpointURL      *string    `hcl:"endpoint_url,optional"`
 	MaxAttempts      *int       `hcl:"max_attempts,optional"`
+	LifecycleHook    *string    `hcl:"lifecycle_hook,optional"`
+	GateMaxHold      *string    `hcl:"gate_max_hold,optional"`
+	IMDSEndpoint     *string    `hcl:"imds_endpoint,optional"`
 	Image            *fileImage `hcl:"image,block"`
 }
 
@@ -475,6 +478,9 @@ func (d *decoder) provider(blocks []fileProvider) ProviderConfig {
 		set(&p.LaunchTemplate, f.LaunchTemplate)
 		set(&p.EndpointURL, f.EndpointURL)
 		set(&p.MaxAttempts, f.MaxAttempts)
+		set(&p.LifecycleHook, f.LifecycleHook)
+		d.duration(&p.GateMaxHold, f.GateMaxHold, KeyAWSGateMaxHold)
+		set(&p.IMDSEndpoint, f.IMDSEndpoint)
 		if f.Image == nil {
 			d.errorf(KeyAWSImage, "missing %s block: it selects the images servers may run", KeyAWSImage)
 		} else {

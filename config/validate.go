@@ -326,6 +326,9 @@ func (p *LocalProvider) validate(servers int, add func(key, format string, args 
 	}
 }
 
+// hookName is the grammar of a lifecycle hook's name.
+var hookName = regexp.MustCompile(`^[A-Za-z0-9\-_/]{1,255}$`)
+
 func (p *AWSProvider) validate(add func(key, format string, args ...any)) {
 	if p.AutoscalingGroup == "" {
 		add(KeyAWSAutoscalingGroup, "%s is required", KeyAWSAutoscalingGroup)
@@ -337,6 +340,18 @@ func (p *AWSProvider) validate(add func(key, format string, args ...any)) {
 		if u, err := url.Parse(p.EndpointURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			add(KeyAWSEndpointURL, "%s %q must be an http or https URL", KeyAWSEndpointURL, p.EndpointURL)
 		}
+	}
+	if p.IMDSEndpoint != "" {
+		if u, err := url.Parse(p.IMDSEndpoint); err != nil || u.Scheme != "http" || u.Host == "" {
+			add(KeyAWSIMDSEndpoint, "%s %q must be an http URL", KeyAWSIMDSEndpoint, p.IMDSEndpoint)
+		}
+	}
+	// LifecycleHookName in the Auto Scaling API model: 1 to 255 of [A-Za-z0-9\-_\/].
+	if !hookName.MatchString(p.LifecycleHook) {
+		add(KeyAWSLifecycleHook, "%s %q must be 1 to 255 letters, digits, '-', '_' or '/'", KeyAWSLifecycleHook, p.LifecycleHook)
+	}
+	if p.GateMaxHold <= 0 {
+		add(KeyAWSGateMaxHold, "%s must be positive, got %s", KeyAWSGateMaxHold, p.GateMaxHold)
 	}
 	if p.MaxAttempts < 1 || p.MaxAttempts > maxAWSMaxAttempts {
 		add(KeyAWSMaxAttempts, "%s must be from 1 to %d, got %d", KeyAWSMaxAttempts, maxAWSMaxAttempts, p.MaxAttempts)

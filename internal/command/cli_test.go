@@ -20,6 +20,7 @@ var ownFlags = map[string][]string{
 	"fire":                 {"image"},
 	"status":               {"json"},
 	"plan":                 {"json"},
+	"leave":                nil,
 	"local up":             {"image", "servers"},
 	"local image register": {"consul-binary", "extra-hcl"},
 	"local down":           nil,

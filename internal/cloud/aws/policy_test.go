@@ -41,12 +41,17 @@ func TestIAMPolicy_GrantsExactlyTheCallsTheProviderMakes(t *testing.T) {
 		// Checked by AWS when UpdateAutoScalingGroup names a launch template.
 		"ec2:RunInstances": true, "ec2:CreateTags": true, "iam:PassRole": true,
 	}
-	for prefix, iface := range map[string]reflect.Type{
-		"ec2:":         reflect.TypeFor[EC2](),
-		"autoscaling:": reflect.TypeFor[AutoScaling](),
+	for _, api := range []struct {
+		prefix string
+		iface  reflect.Type
+	}{
+		{"ec2:", reflect.TypeFor[EC2]()},
+		{"autoscaling:", reflect.TypeFor[AutoScaling]()},
+		// The termination gate's calls (handlers/lifecycle).
+		{"autoscaling:", reflect.TypeFor[Lifecycle]()},
 	} {
-		for i := 0; i < iface.NumMethod(); i++ {
-			want[prefix+iface.Method(i).Name] = true
+		for i := 0; i < api.iface.NumMethod(); i++ {
+			want[api.prefix+api.iface.Method(i).Name] = true
 		}
 	}
 	assert.Equal(t, keys(want), keys(granted))

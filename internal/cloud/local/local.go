@@ -25,6 +25,7 @@ import (
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cluster"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/fault"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/gate"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
 )
 
@@ -454,10 +455,18 @@ func (p *Provider) leave(ctx context.Context, in instanceRecord) error {
 	if !alive(in.PID, cfg) {
 		return nil // crashed or never started: nothing to leave
 	}
+	client := p.clientAPI()
+	// The stop path of every server (scripts/consul.service runs `rehydrate leave`):
+	// a leader hands leadership off first, while it still serves, then leaves. The
+	// node name is the instance ID.
+	if client != nil {
+		if _, err := gate.HandOff(ctx, client, in.ID, gate.Options{Timeout: p.cfg.LeaveTimeout, Poll: pollEvery, Log: p.log}); err != nil {
+			p.log.Warn("leaving without a hand-off", "instance_id", in.ID, "error", err)
+		}
+	}
 	if err := syscall.Kill(in.PID, syscall.SIGTERM); err != nil {
 		return fmt.Errorf("signal server %d: %w", in.PID, err)
 	}
-	client := p.clientAPI()
 	err := poll.Until(ctx, pollEvery, p.cfg.LeaveTimeout, func(context.Context) (bool, error) {
 		return probe(in.PID, cfg).gone() || (client != nil && p.outOfRaft(client, in.Address)), nil
 	})

@@ -1,0 +1,124 @@
+package gate_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cluster"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/gate"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/workload"
+	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
+)
+
+func servers(spec ...string) *cluster.Observation {
+	// Each spec is "name:flags": v voter, h healthy, l leader; e.g. "a:vhl".
+	obs := &cluster.Observation{}
+	for i, s := range spec {
+		name, flags := s[:1], s[2:]
+		has := func(c byte) bool {
+			for j := 0; j < len(flags); j++ {
+				if flags[j] == c {
+					return true
+				}
+			}
+			return false
+		}
+		obs.Servers = append(obs.Servers, cluster.Server{ID: "id-" + name, Name: name, Voter: has('v'), Healthy: has('h'), Leader: has('l'), LastIndex: uint64(100 + i)})
+	}
+	return obs
+}
+
+func TestMayDepart(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		obs     *cluster.Observation
+		self    string
+		servers int
+		ok      bool
+	}{
+		{"3 healthy: one may go", servers("a:vhl", "b:vh", "c:vh"), "a", 3, true},
+		{"3, another unhealthy: hold (it would leave one)", servers("a:vh", "b:vhl", "c:v"), "a", 3, false},
+		{"3, another already gone: hold until a replacement is a voter", servers("a:vh", "b:vhl"), "a", 3, false},
+		{"replacement joined, not a voter yet: hold", servers("a:vh", "b:vhl", "d:h"), "a", 3, false},
+		{"replacement a stable voter: go", servers("a:vh", "b:vhl", "d:vh"), "a", 3, true},
+		{"during a roll's surge, 4 voters: the others are a majority", servers("a:vh", "b:vhl", "c:vh", "d:vh"), "a", 3, true},
+		{"4 voters, one other unhealthy: 2 of 4 is no majority", servers("a:vh", "b:vhl", "c:v", "d:vh"), "a", 3, false},
+		{"5 servers, all healthy", servers("a:vh", "b:vhl", "c:vh", "d:vh", "e:vh"), "a", 5, true},
+		{"5 servers, one other down: hold", servers("a:vh", "b:vhl", "c:vh", "d:vh", "e:v"), "a", 5, false},
+		{"self unhealthy: the others decide", servers("a:v", "b:vhl", "c:vh"), "a", 3, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ok, why := gate.MayDepart(tc.obs, tc.self, tc.servers)
+			assert.Equal(t, tc.ok, ok, why)
+			assert.NotEmpty(t, why)
+		})
+	}
+}
+
+func TestSuccessor_IsTheMostUpToDateHealthyVoterNotLeaving(t *testing.T) {
+	obs := servers("a:vhl", "b:vh", "c:vh", "d:h", "e:v")
+	s := gate.Successor(obs, "a", nil)
+	require.NotNil(t, s)
+	assert.Equal(t, "c", s.Name, "the largest log index among healthy voters")
+	s = gate.Successor(obs, "a", map[string]bool{"c": true})
+	require.NotNil(t, s)
+	assert.Equal(t, "b", s.Name, "not one that is leaving too")
+	assert.Nil(t, gate.Successor(servers("a:vhl", "d:h", "e:v"), "a", nil), "no healthy voter")
+}
+
+// TestLeave_HandsOffThenLeavesWithoutAFailedWrite: the leader's stop path under
+// 50 writes/s: leadership moves to another server first, then the leader leaves
+// through its agent's API, out of the raft configuration, and no write fails.
+func TestLeave_HandsOffThenLeavesWithoutAFailedWrite(t *testing.T) {
+	t.Parallel()
+	c := testcluster.Start(t, testcluster.Options{Servers: 3, Clients: 1})
+	client := c.Clients[0].Client()
+	writer := workload.StartWriter(client, "gate/", 50, 1, 5*time.Second)
+	leaders := workload.WatchLeader(client, 50*time.Millisecond)
+	time.Sleep(2 * time.Second)
+
+	leader := c.Leader(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	require.NoError(t, gate.Leave(ctx, leader.Client(), leader.Name, gate.Options{Timeout: 30 * time.Second}))
+
+	testcluster.WaitFor(t, 30*time.Second, "the old leader out of raft and its agent gone", func() (bool, string) {
+		obs, err := cluster.ObserveRaft(ctx, client)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, s := range obs.Servers {
+			if s.Name == leader.Name {
+				return false, "still in raft"
+			}
+		}
+		return !leader.Running(), fmt.Sprintf("%d in raft, agent running %v", len(obs.Servers), leader.Running())
+	})
+	time.Sleep(2 * time.Second)
+	changes, noLeader := leaders.Stop()
+	res, err := writer.Stop(ctx)
+	require.NoError(t, err)
+	assert.Zero(t, res.Failed, "failed writes")
+	assert.Zero(t, res.Lost, "lost writes")
+	assert.Equal(t, 1, changes, "one leader change: the hand-off")
+	assert.Less(t, noLeader, time.Second)
+	t.Logf("writes ok %d, max %s, leader changes %d, without leader %s", res.OK, res.Max, changes, noLeader)
+
+	// A follower's hand-off moves nothing.
+	now := c.Leader(t)
+	var follower *testcluster.Agent
+	for _, s := range c.Servers {
+		if s != now && s != leader {
+			follower = s
+		}
+	}
+	require.NotNil(t, follower)
+	moved, err := gate.HandOff(ctx, follower.Client(), follower.Name, gate.Options{})
+	require.NoError(t, err)
+	assert.False(t, moved)
+}

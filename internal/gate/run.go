@@ -1,0 +1,183 @@
+package gate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cluster"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/fault"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
+)
+
+// TargetTerminated is the value of the instance metadata item
+// autoscaling/target-lifecycle-state once the group has decided to terminate the
+// instance (EC2 Auto Scaling user guide, "Retrieve the target lifecycle state
+// through instance metadata").
+const TargetTerminated = "Terminated"
+
+// Metadata reads the instance's target lifecycle state (IMDSv2).
+type Metadata interface {
+	TargetLifecycleState(ctx context.Context) (string, error)
+}
+
+// Action is this instance's lifecycle action on the group's termination hook.
+type Action interface {
+	// Heartbeat restarts the hook's heartbeat timeout.
+	Heartbeat(ctx context.Context) error
+	// Complete lets the termination go on (CONTINUE).
+	Complete(ctx context.Context) error
+}
+
+// Gate waits for the group to decide to terminate this server, then lets it go
+// only once that is safe: under the cluster's departure lock (one departure at a
+// time), once MayDepart holds (bounded by MaxHold, then it goes anyway and says
+// so loudly), after HandOff, after the leave; then it completes the lifecycle
+// action. It heartbeats the action meanwhile. A gate stopped anywhere leaves the
+// termination to the hook's heartbeat timeout: nothing worse than a plain shutdown.
+type Gate struct {
+	Consul  *api.Client // this server's own agent
+	Self    string      // this server's node name
+	Cluster string      // the configuration's cluster: the lock's key prefix
+	Servers int         // N
+	Meta    Metadata
+	Action  Action
+
+	// MaxHold bounds the whole wait before the leave: for the lock and for quorum.
+	MaxHold time.Duration
+	// Heartbeat is how often the lifecycle action is heartbeaten while waiting.
+	Heartbeat time.Duration
+	// Poll is how often the target lifecycle state and the raft configuration are read.
+	Poll time.Duration
+	// HandOffTimeout bounds the wait for leadership to move (roll.leave_timeout).
+	HandOffTimeout time.Duration
+	// LockTTL is the departure lock's session TTL (lock.session_ttl).
+	LockTTL time.Duration
+	Log     hclog.Logger
+}
+
+// Run watches the target lifecycle state until it is Terminated, then Departs. It
+// returns when the departure is done, or with ctx (the service stopping).
+func (g *Gate) Run(ctx context.Context) error {
+	g.Log.Info("watching the target lifecycle state", "node", g.Self)
+	for {
+		st, err := g.Meta.TargetLifecycleState(ctx)
+		switch {
+		case err != nil:
+			g.Log.Debug("read target lifecycle state", "error", err)
+		case st == TargetTerminated:
+			g.Log.Info("the group is terminating this server", "node", g.Self)
+			return g.Depart(ctx)
+		}
+		if err := poll.Sleep(ctx, g.Poll); err != nil {
+			return err
+		}
+	}
+}
+
+// departureKey is the lock that lets one server of the cluster depart at a time.
+func (g *Gate) departureKey() string { return coord.New(g.Consul, g.Cluster).Key("departure") }
+
+// Depart runs the gate's steps: lock, quorum hold, hand-off, leave, complete.
+func (g *Gate) Depart(ctx context.Context) error {
+	deadline := time.Now().Add(g.MaxHold)
+	hctx, stopBeats := context.WithCancel(ctx)
+	beats := make(chan struct{})
+	go func() {
+		defer close(beats)
+		g.heartbeat(hctx)
+	}()
+	defer func() { stopBeats(); <-beats }()
+
+	// The lock stays held until this server has left: its session lives on this
+	// node, which the leave takes out of the cluster, so the next gate takes it
+	// only after this server is gone (lock delay included).
+	held := g.lock(ctx, deadline)
+	if held == nil {
+		g.Log.Error("HOLD EXCEEDED: departing without the departure lock", "node", g.Self, "max_hold", g.MaxHold)
+	}
+	g.holdForQuorum(ctx, deadline)
+	fault.Point("gate:held")
+
+	if _, err := HandOff(ctx, g.Consul, g.Self, Options{Timeout: g.HandOffTimeout, Poll: g.Poll, Log: g.Log}); err != nil {
+		g.Log.Warn("leaving without a hand-off", "node", g.Self, "error", err)
+	}
+	fault.Point("gate:handed-off")
+	if err := g.Consul.Agent().Leave(); err != nil {
+		// Already gone (a second run, or the agent stopped): the leave is done.
+		g.Log.Warn("leave", "node", g.Self, "error", err)
+	} else {
+		g.Log.Info("left the cluster", "node", g.Self)
+	}
+	fault.Point("gate:left")
+	stopBeats()
+	<-beats
+	if err := g.Action.Complete(ctx); err != nil {
+		return fmt.Errorf("complete the lifecycle action: %w", err)
+	}
+	g.Log.Info("completed the lifecycle action: the termination goes on", "node", g.Self)
+	return nil
+}
+
+// lock takes the departure lock, waiting until deadline at most; nil if it could not.
+func (g *Gate) lock(ctx context.Context, deadline time.Time) *coord.Held {
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil
+		}
+		held, err := coord.LockKey(ctx, g.Consul, g.departureKey(), coord.LockOptions{
+			TTL: g.LockTTL, Wait: min(left, 30*time.Second), Holder: "lifecycle gate on " + g.Self,
+		})
+		switch {
+		case err == nil:
+			g.Log.Info("took the departure lock", "node", g.Self)
+			return held
+		case errors.Is(err, coord.ErrLockHeld):
+			g.Log.Info("another server is departing; waiting", "node", g.Self)
+		default:
+			g.Log.Warn("take the departure lock", "node", g.Self, "error", err)
+			if poll.Sleep(ctx, g.Poll) != nil {
+				return nil
+			}
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+// holdForQuorum waits until MayDepart, or deadline (then it says so loudly).
+func (g *Gate) holdForQuorum(ctx context.Context, deadline time.Time) {
+	last := ""
+	err := poll.Until(ctx, g.Poll, max(time.Until(deadline), time.Millisecond), func(ctx context.Context) (bool, error) {
+		obs, err := cluster.ObserveRaft(ctx, g.Consul)
+		if err != nil {
+			last = err.Error()
+			return false, nil
+		}
+		ok, why := MayDepart(obs, g.Self, g.Servers)
+		if !ok && why != last {
+			g.Log.Info("holding the termination for quorum", "node", g.Self, "reason", why)
+		}
+		last = why
+		return ok, nil
+	})
+	if err != nil {
+		g.Log.Error("HOLD EXCEEDED: departing although quorum may need this server", "node", g.Self, "max_hold", g.MaxHold, "reason", last)
+	}
+}
+
+// heartbeat keeps the lifecycle action alive until ctx ends.
+func (g *Gate) heartbeat(ctx context.Context) {
+	for poll.Sleep(ctx, g.Heartbeat) == nil {
+		if err := g.Action.Heartbeat(ctx); err != nil && ctx.Err() == nil {
+			g.Log.Warn("lifecycle action heartbeat", "node", g.Self, "error", err)
+		}
+	}
+}
