@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/hashicorp/consul/api"
 
 	"github.com/consul-rehydrate/consul-rehydrate/internal/app"
@@ -72,38 +73,24 @@ func (a *prog) lifecycle() int {
 		a.log.Error("set up consul client", "error", err)
 		return app.ExitConfig
 	}
-	// Who this is, from the instance and from its agent; both must be up before the
-	// gate can do anything, so it waits for them (until stopped).
-	var id awsprovider.Identity
-	var self string
+	// Who this is (from the instance and its agent) and the hook's heartbeat
+	// timeout: the gate can do nothing without them, so it waits for them, until
+	// stopped. At boot the agent and the instance's role may come up after it.
 	md := awsprovider.NewIMDS(pc.IMDSEndpoint)
+	var (
+		action  *awsprovider.LifecycleAction
+		self    string
+		timeout time.Duration
+	)
 	for {
-		if id, err = awsprovider.SelfIdentity(ctx, md); err == nil {
-			if self, err = nodeName(c); err == nil {
-				break
-			}
+		action, self, timeout, err = a.gateSetup(ctx, c, md)
+		if err == nil {
+			break
 		}
-		a.log.Warn("waiting for the instance metadata and the agent", "error", err)
-		if sleepErr := poll.Sleep(ctx, 5*time.Second); sleepErr != nil {
+		a.log.Warn("the gate is waiting for the instance metadata, the agent and the termination hook", "error", err)
+		if poll.Sleep(ctx, time.Second) != nil {
 			return app.ExitOK
 		}
-	}
-	region := pc.Region
-	if region == "" {
-		region = id.Region
-	}
-	setup, cancel := withTimeout(30 * time.Second)
-	defer cancel()
-	_, as, err := awsprovider.NewClients(setup, awsprovider.ClientOptions{Region: region, EndpointURL: pc.EndpointURL, MaxAttempts: pc.MaxAttempts})
-	if err != nil {
-		a.log.Error("set up aws clients", "error", err)
-		return app.ExitConfig
-	}
-	action := &awsprovider.LifecycleAction{Client: as, Group: pc.AutoscalingGroup, Hook: pc.LifecycleHook, InstanceID: id.InstanceID}
-	timeout, err := action.HeartbeatTimeout(setup)
-	if err != nil {
-		a.log.Error("read the termination hook", "error", err)
-		return app.ExitCloud
 	}
 	g := &gate.Gate{
 		Consul: c, Self: self, Cluster: a.cfg.Cluster, Servers: a.cfg.Servers,
@@ -121,6 +108,37 @@ func (a *prog) lifecycle() int {
 	}
 	a.log.Error("termination gate", "error", err)
 	return app.ExitCloud
+}
+
+// gateSetup reads what the gate needs before it can watch: the instance's
+// identity, the agent's node name, AWS clients, and the termination hook's
+// heartbeat timeout.
+func (a *prog) gateSetup(ctx context.Context, c *api.Client, md *imds.Client) (*awsprovider.LifecycleAction, string, time.Duration, error) {
+	pc := a.cfg.Provider.AWS
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	id, err := awsprovider.SelfIdentity(ctx, md)
+	if err != nil {
+		return nil, "", 0, err
+	}
+	self, err := nodeName(c)
+	if err != nil {
+		return nil, "", 0, fmt.Errorf("read the agent's node name: %w", err)
+	}
+	region := pc.Region
+	if region == "" {
+		region = id.Region
+	}
+	_, as, err := awsprovider.NewClients(ctx, awsprovider.ClientOptions{Region: region, EndpointURL: pc.EndpointURL, MaxAttempts: pc.MaxAttempts})
+	if err != nil {
+		return nil, "", 0, err
+	}
+	action := &awsprovider.LifecycleAction{Client: as, Group: pc.AutoscalingGroup, Hook: pc.LifecycleHook, InstanceID: id.InstanceID}
+	timeout, err := action.HeartbeatTimeout(ctx)
+	if err != nil {
+		return nil, "", 0, err
+	}
+	return action, self, timeout, nil
 }
 
 // nodeName returns the node name of the agent c talks to.

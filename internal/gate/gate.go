@@ -148,9 +148,27 @@ func Leave(ctx context.Context, c *api.Client, self string, o Options) error {
 	if _, err := HandOff(ctx, c, self, o); err != nil {
 		o.Log.Warn("leaving without a hand-off", "node", self, "error", err)
 	}
-	if err := c.Agent().Leave(); err != nil {
-		return fmt.Errorf("leave: %w", err)
+	if err := leaveWithin(c, o.Timeout); err != nil {
+		return err
 	}
 	o.Log.Info("left the cluster", "node", self)
 	return nil
+}
+
+// leaveWithin asks the agent to leave (PUT /v1/agent/leave), waiting for the
+// answer at most d plus the ten seconds a server's leave takes by itself (Consul's
+// leave_drain_time, 5s, then up to 5s for its raft removal: Server.Leave). The
+// API's call takes no context, so past the bound it is left to finish alone.
+func leaveWithin(c *api.Client, d time.Duration) error {
+	done := make(chan error, 1)
+	go func() { done <- c.Agent().Leave() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("leave: %w", err)
+		}
+		return nil
+	case <-time.After(d + 10*time.Second):
+		return fmt.Errorf("leave: no answer within %s", d+10*time.Second)
+	}
 }

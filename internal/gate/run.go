@@ -108,7 +108,7 @@ func (g *Gate) Depart(ctx context.Context) error {
 		g.Log.Warn("leaving without a hand-off", "node", g.Self, "error", err)
 	}
 	fault.Point("gate:handed-off")
-	if err := g.Consul.Agent().Leave(); err != nil {
+	if err := leaveWithin(g.Consul, g.HandOffTimeout); err != nil {
 		// Already gone (a second run, or the agent stopped): the leave is done.
 		g.Log.Warn("leave", "node", g.Self, "error", err)
 	} else {
@@ -117,15 +117,17 @@ func (g *Gate) Depart(ctx context.Context) error {
 	fault.Point("gate:left")
 	stopBeats()
 	<-beats
+	g.Log.Info("completing the lifecycle action: the termination goes on", "node", g.Self)
 	if err := g.Action.Complete(ctx); err != nil {
 		return fmt.Errorf("complete the lifecycle action: %w", err)
 	}
-	g.Log.Info("completed the lifecycle action: the termination goes on", "node", g.Self)
+	g.Log.Info("completed the lifecycle action", "node", g.Self)
 	return nil
 }
 
 // lock takes the departure lock, waiting until deadline at most; nil if it could not.
 func (g *Gate) lock(ctx context.Context, deadline time.Time) *coord.Held {
+	start := time.Now()
 	for {
 		left := time.Until(deadline)
 		if left <= 0 {
@@ -136,7 +138,7 @@ func (g *Gate) lock(ctx context.Context, deadline time.Time) *coord.Held {
 		})
 		switch {
 		case err == nil:
-			g.Log.Info("took the departure lock", "node", g.Self)
+			g.Log.Info("took the departure lock", "node", g.Self, "took", time.Since(start).Round(100*time.Millisecond))
 			return held
 		case errors.Is(err, coord.ErrLockHeld):
 			g.Log.Info("another server is departing; waiting", "node", g.Self)

@@ -253,6 +253,12 @@ func WatchLeader(c *api.Client, interval time.Duration) *LeaderWatch {
 			case <-t.C:
 			}
 			l, err := c.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
+			if err != nil && ctx.Err() == nil {
+				// A failed request is not an answer "no leader": the agent may have
+				// asked a server that is leaving. Ask again at once; only a second
+				// failure counts as time without a leader.
+				l, err = c.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
+			}
 			lw.mu.Lock()
 			if err != nil || l == "" {
 				lw.noLeader += interval

@@ -77,8 +77,11 @@ type IMDS interface {
 }
 
 // NewIMDS returns an IMDSv2 client; endpoint "" means the instance's own service.
+// It is enabled whatever AWS_EC2_METADATA_DISABLED says: that variable keeps the
+// SDK's credential chain off the metadata service, and the callers of NewIMDS
+// exist to read it.
 func NewIMDS(endpoint string) *imds.Client {
-	return imds.New(imds.Options{Endpoint: endpoint, EnableFallback: aws.FalseTernary})
+	return imds.New(imds.Options{Endpoint: endpoint, EnableFallback: aws.FalseTernary, ClientEnableState: imds.ClientEnabled})
 }
 
 // SelfIdentity reads the instance's ID, region, AMI and private IP from the instance
