@@ -70,8 +70,9 @@ e2e-aws: $(CONSUL_BIN) ## roll 3 servers through the aws provider against the wi
 # The system tools the tests run for real come from Debian's packages: shellcheck
 # (0.9.0 on bookworm); gpg and gpgv (install-consul.sh's signature check); openssl
 # (user-data.sh's certificate checks); unzip; the aws CLI (user-data.sh reads its
-# secrets from SSM). Each is installed only when missing.
-SYSTEM_TOOLS = shellcheck:shellcheck gpg:gpg gpgv:gpgv openssl:openssl unzip:unzip aws:awscli
+# secrets from SSM); systemd's systemd-analyze and systemctl (the image's units are
+# verified and enabled offline). Each is installed only when missing.
+SYSTEM_TOOLS = shellcheck:shellcheck gpg:gpg gpgv:gpgv openssl:openssl unzip:unzip aws:awscli systemd-analyze:systemd systemctl:systemd
 .PHONY: shellcheck system-tools
 shellcheck: system-tools
 system-tools:

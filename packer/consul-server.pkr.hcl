@@ -177,6 +177,9 @@ build {
     ]
   }
 
+  # The handlers, `rehydrate leave` (consul.service's stop) and the termination gate
+  # `lifecycle` with its unit, rehydrate-lifecycle.service: enabled, so it starts with
+  # Consul on every server launched from the image; not started here.
   provisioner "shell" {
     execute_command = "chmod +x {{ .Path }}; sudo env {{ .Vars }} {{ .Path }}"
     inline = [

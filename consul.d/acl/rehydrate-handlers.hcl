@@ -1,5 +1,7 @@
-# ACL policy for the token the spinup and spindown handlers use on ONE server
-# (token_file in their configuration). It is a template: render it once per server,
+# ACL policy for the token the spinup and spindown handlers, `rehydrate leave`
+# (consul.service's stop) and the termination gate (rehydrate-lifecycle.service) use on
+# ONE server (token_file in their configuration, or CONSUL_HTTP_TOKEN_FILE of the
+# units). It is a template: render it once per server,
 #
 #   consuld.RenderPolicy("rehydrate-handlers", consuld.PolicyVars{
 #       Cluster: "<cluster>", Node: "<node_name>", EventName: "<roll.event_name>"})
@@ -7,9 +9,11 @@
 # CLUSTER_NAME is the configuration's `cluster`, NODE_NAME the server's node_name (the
 # instance id in AWS, scripts/user-data.sh), EVENT_NAME its roll.event_name (default
 # "consul-rehydrate"). Each server gets its own policy and token. It grants only what
-# a roll step does; test/acl proves it is enough and that it reaches no further.
+# a roll step, the stop and the gate do; test/acl proves it is enough and that it
+# reaches no further.
 
-# The lock, roll record, receipts, handled events and bad images of this cluster only.
+# The lock, roll record, receipts, handled events, bad images and the gate's departure
+# lock (rehydrate/CLUSTER_NAME/departure) of this cluster only.
 # The trailing slash matters: "rehydrate/prod" would also cover "rehydrate/prod-2/".
 key_prefix "rehydrate/CLUSTER_NAME/" {
   policy = "write"
@@ -58,14 +62,30 @@ operator = "write"
 mesh    = "deny"
 peering = "deny"
 
-# The servers' node meta in the catalog (every server's, so every node), and this
-# agent's own node meta (GET /v1/agent/self needs agent:read on its node).
+# The servers in the catalog and their node meta (every server's, so every node).
 node_prefix "" {
-  policy = "read"
-}
-agent "NODE_NAME" {
   policy = "read"
 }
 service "consul" {
   policy = "read"
+}
+
+# This agent only (an exact rule: no other node's agent). agent:read for its node name
+# and meta (GET /v1/agent/self). agent:write for the leave of `rehydrate leave`
+# (consul.service's stop) and of the termination gate: PUT /v1/agent/leave checks
+# AgentWriteAllowed on the agent's own node (Consul 1.22 agent/agent_endpoint.go,
+# AgentLeave). agent:write on this node ALSO allows, per the same file (every
+# AgentWriteAllowed check), on this agent only:
+#   - PUT /v1/agent/reload (AgentReload): reload its configuration files;
+#   - PUT /v1/agent/join/<address>, with ?wan (AgentJoin): join it to other agents;
+#   - PUT /v1/agent/token/<name> (AgentToken): replace its ACL tokens (default, agent,
+#     agent_recovery, replication, dns, config_file_service_registration) with any
+#     secret the caller knows; acl.hcl persists them (enable_token_persistence). E.g.
+#     this token as the default one would lend its rights to every token-less request
+#     to this agent.
+# Force-leave of a member (PUT /v1/agent/force-leave) is operator:write (above), not
+# this rule. Maintenance mode needs node:write or service:write, the monitor and the
+# metrics agent:read, so agent:write adds nothing there.
+agent "NODE_NAME" {
+  policy = "write"
 }

@@ -2,8 +2,8 @@
 // that each ACL policy of consul.d/acl, rendered for its cluster, node and service by
 // consuld.RenderPolicy, is enough for its job; that a token without it, or rendered for
 // another node or cluster, is refused and changes nothing; and that each reaches no
-// further than its own cluster's keys, its own node's sessions and keys, and its own
-// event.
+// further than its own cluster's keys, its own node's sessions and keys, its own
+// event, and (the handlers' policy) the leave of its own node's agent.
 package acl
 
 import (

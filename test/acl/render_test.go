@@ -55,7 +55,7 @@ func TestRenderPolicy_RendersExactlyTheScopedRules(t *testing.T) {
 		want []string
 	}{
 		{consuld.PolicyRehydrateHandlers, consuld.PolicyVars{Cluster: "prod", Node: "i-0123456789abcdef0", EventName: "consul-rehydrate"}, []string{
-			`agent "i-0123456789abcdef0" read`,
+			`agent "i-0123456789abcdef0" write`,
 			`event "consul-rehydrate" write`,
 			`key_prefix "rehydrate/prod/" write`,
 			`mesh deny`,
