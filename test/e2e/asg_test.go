@@ -29,11 +29,14 @@ const (
 // Terraform leaves one: on $Latest, whose $Default (version 1) is stale, so only
 // $Latest carries the servers' user data. EC2 does not describe a new instance for
 // 3 s, and the group answers ScalingActivityInProgress to the calls that change
-// it. The roll completes, and every new server launched with the latest settings.
+// it. The termination gate runs on every server: the roll's retires go through the
+// group's termination hook. The roll completes, and every new server launched with
+// the latest settings.
 func TestAWSGroup_LatestTemplateLaggingEC2AndABusyGroup(t *testing.T) {
 	t.Parallel()
 	userData := base64.StdEncoding.EncodeToString([]byte("#!/bin/bash\n/usr/local/sbin/consul-user-data\n"))
-	e, fake := newAWSEnv(t, func(s *awsSetup) {
+	g := newGates(t)
+	e, fake := newAWSEnv(t, g.shape, func(s *awsSetup) {
 		s.fake.DescribeLag = 3 * time.Second
 		s.group.Version = "$Latest"
 		s.before = func(f *awsfake.Server) {
@@ -41,6 +44,9 @@ func TestAWSGroup_LatestTemplateLaggingEC2AndABusyGroup(t *testing.T) {
 			require.EqualValues(t, 2, v)
 		}
 	})
+	// The termination gate on every server, and the group's hook: the roll's own
+	// retires go through it, never waiting out its heartbeat timeout.
+	g.attach(e, fake)
 	fake.AddImage(awsfake.Image{ID: amiB, Name: "consul-server-2", CreationDate: time.Now().Add(-time.Hour), Tags: map[string]string{"role": "consul-server"}})
 	fake.ActivityInProgress("SetDesiredCapacity", 2)
 	fake.ActivityInProgress("UpdateAutoScalingGroup", 1)
@@ -68,6 +74,12 @@ func TestAWSGroup_LatestTemplateLaggingEC2AndABusyGroup(t *testing.T) {
 		}
 	}
 	assert.GreaterOrEqual(t, rolled, 3)
+	for _, i := range fake.Instances() {
+		if i.ImageID == amiA {
+			assert.True(t, completed(fake, i.ID), "the gate of retired %s completed its hook", i.ID)
+			assert.Contains(t, g.logOf(i.ID), "left the cluster")
+		}
+	}
 	rec := e.rollRecord("e2e-aws")
 	require.NotNil(t, rec.Group)
 	assert.Equal(t, "2", rec.Group.TemplateVersion, "$Latest resolved to a number when the roll started")

@@ -37,24 +37,41 @@ type localMachines struct {
 	mu    sync.Mutex
 	adopt []cloud.Instance
 	n     int
+	// booted and stopping, if set, run when an instance's server is up and before
+	// it is shut down: the termination gate's service starts and stops with them.
+	booted   func(id, ip string)
+	stopping func(id string)
 }
 
 func (m *localMachines) Boot(ctx context.Context, ami string) (string, string, error) {
 	m.mu.Lock()
+	booted := m.booted
 	if len(m.adopt) > 0 {
 		i := m.adopt[0]
 		m.adopt = m.adopt[1:]
 		m.mu.Unlock()
+		if booted != nil {
+			booted(i.ID, i.Address)
+		}
 		return i.ID, i.Address, nil
 	}
 	m.n++
 	n := m.n
 	m.mu.Unlock()
 	inst, err := m.p.Launch(ctx, ami, fmt.Sprintf("asg-launch-%d", n), nil)
+	if err == nil && booted != nil {
+		booted(inst.ID, inst.Address)
+	}
 	return inst.ID, inst.Address, err
 }
 
 func (m *localMachines) Shutdown(ctx context.Context, id string) error {
+	m.mu.Lock()
+	stopping := m.stopping
+	m.mu.Unlock()
+	if stopping != nil {
+		stopping(id)
+	}
 	return m.p.Terminate(ctx, id, "asg-terminate/"+id)
 }
 
@@ -67,6 +84,8 @@ type awsSetup struct {
 	// before runs after the images and the launch template are seeded, before
 	// the group is made.
 	before func(*awsfake.Server)
+	// machines, if set, is given the group's machines before the group is made.
+	machines func(*localMachines)
 }
 
 // newAWSEnv starts a 3-server cluster whose instances live in a fake Auto Scaling
@@ -139,6 +158,9 @@ provider "aws" {
 	machines.mu.Lock()
 	machines.p, machines.adopt = e.p, booted
 	machines.mu.Unlock()
+	if setup.machines != nil {
+		setup.machines(machines)
+	}
 
 	fake.AddImage(awsfake.Image{ID: "ami-0aaaaaaaaaaaaaaaa", Name: "consul-server-1", CreationDate: time.Now().Add(-48 * time.Hour), Tags: map[string]string{"role": "consul-server"}})
 	fake.AddImage(awsfake.Image{ID: "ami-0cccccccccccccccc", Name: "other-thing", CreationDate: time.Now(), Tags: map[string]string{"role": "web"}})
