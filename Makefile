@@ -9,6 +9,8 @@ CONSUL_VERSION      := 1.22.3
 STATICCHECK_VERSION := v0.8.2
 AEMM_VERSION        := v1.13.0
 PACKER_VERSION      := 1.12.0
+# The Lambda runtime interface emulator: a pseudo-version, the module has no tags.
+RIE_VERSION         := v0.0.0-20261030222936-bef5c4ba774d
 
 CACHE_DIR   ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/consul-rehydrate
 CONSUL_DIR  := $(CACHE_DIR)/consul-$(CONSUL_VERSION)
@@ -20,6 +22,8 @@ AEMM        := $(AEMM_DIR)/ec2-metadata-mock
 PACKER_DIR  := $(CACHE_DIR)/packer-$(PACKER_VERSION)
 PACKER      := $(PACKER_DIR)/packer
 PACKER_AMAZON := $(PACKER_DIR)/plugins/github.com/hashicorp/amazon/packer-plugin-amazon_v1.3.4_x5.0_linux_amd64
+RIE_DIR     := $(CACHE_DIR)/aws-lambda-rie-$(RIE_VERSION)
+RIE         := $(RIE_DIR)/aws-lambda-rie
 
 HANDLERS := $(notdir $(wildcard handlers/*))
 # -parallel 4 and -p 4: the tests mostly wait on Consul, so more tests and more
@@ -28,8 +32,9 @@ HANDLERS := $(notdir $(wildcard handlers/*))
 # on 2 cores, its slowest package (test/e2e, ~236 s) no slower.
 GO_TEST_FLAGS ?= -race -count=1 -timeout 45m -parallel 4 -p 4
 
-# Tests and the demo find the pinned consul, ec2-metadata-mock and packer first on PATH.
-export PATH := $(CONSUL_DIR):$(AEMM_DIR):$(PACKER_DIR):$(PATH)
+# Tests and the demo find the pinned consul, ec2-metadata-mock, packer and the Lambda
+# runtime interface emulator first on PATH.
+export PATH := $(CONSUL_DIR):$(AEMM_DIR):$(PACKER_DIR):$(RIE_DIR):$(PATH)
 export PACKER_PLUGIN_PATH := $(PACKER_DIR)/plugins
 export CHECKPOINT_DISABLE := 1
 
@@ -62,6 +67,14 @@ demo: $(CONSUL_BIN) build ## roll a real local cluster from image A to B under w
 $(AEMM):
 	@mkdir -p $(AEMM_DIR)
 	GOBIN=$(AEMM_DIR) go install github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock@$(AEMM_VERSION)
+
+$(RIE):
+	@mkdir -p $(RIE_DIR)
+	GOBIN=$(RIE_DIR) go install github.com/aws/aws-lambda-runtime-interface-emulator/cmd/aws-lambda-rie@$(RIE_VERSION)
+
+.PHONY: e2e-trigger
+e2e-trigger: $(CONSUL_BIN) $(RIE) ## the image-published Lambda under the real runtime emulator, against the AWS fake and a local cluster
+	go test -count=1 -timeout 15m -run 'TestTrigger' -v ./test/e2e/ | grep -E '^\{"servers"|^(--- |ok|FAIL|PASS)|Error'
 
 .PHONY: e2e-aws
 e2e-aws: $(CONSUL_BIN) ## roll 3 servers through the aws provider against the wire-level EC2/ASG fake
@@ -100,7 +113,7 @@ validate: $(CONSUL_BIN) $(AEMM) $(PACKER_AMAZON) shellcheck ## packer validate+f
 	go test -count=1 ./test/validate/ ./test/userdata/
 
 .PHONY: test
-test: $(CONSUL_BIN) $(AEMM) $(PACKER_AMAZON) shellcheck ## unit and integration tests against a real Consul, race detector on
+test: $(CONSUL_BIN) $(AEMM) $(PACKER_AMAZON) $(RIE) shellcheck ## unit and integration tests against a real Consul, race detector on
 	go test $(GO_TEST_FLAGS) ./...
 
 .PHONY: bench

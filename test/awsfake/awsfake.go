@@ -124,6 +124,7 @@ type Server struct {
 	groups    map[string]*group
 	instances map[string]*instance
 	faults    map[string][]*activeFault
+	params    map[string]Parameter // SSM Parameter Store
 	calls     []Call
 	imds      map[string]*imdsServer // by instance ID; see IMDS
 }
@@ -387,6 +388,10 @@ var services = map[string]*service{
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	at := time.Now()
+	if target := r.Header.Get("X-Amz-Target"); strings.HasPrefix(target, "AmazonSSM.") {
+		s.serveSSM(w, r, target, at)
+		return
+	}
 	_ = r.ParseForm() // a bad body leaves the form empty: InvalidAction
 	p := r.Form
 	action, rid := p.Get("Action"), requestID()

@@ -1,0 +1,303 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/command"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/workload"
+	"github.com/consul-rehydrate/consul-rehydrate/test/awsfake"
+	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
+)
+
+var (
+	bootstrapOnce sync.Once
+	bootstrapPath string
+	bootstrapErr  error
+)
+
+// lambdaBootstrap builds handlers/image-published as Lambda's provided runtimes
+// want it: -tags lambda.norpc, named bootstrap.
+func lambdaBootstrap(t *testing.T) string {
+	t.Helper()
+	bootstrapOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "rehydrate-lambda-")
+		if err != nil {
+			bootstrapErr = err
+			return
+		}
+		bootstrapPath = filepath.Join(dir, "bootstrap")
+		out, err := exec.Command("go", "build", "-tags", "lambda.norpc", "-o", bootstrapPath, "../../handlers/image-published").CombinedOutput()
+		if err != nil {
+			bootstrapErr = fmt.Errorf("build the lambda: %v\n%s", err, out)
+		}
+	})
+	require.NoError(t, bootstrapErr)
+	return bootstrapPath
+}
+
+// lambdaRIE is the function running under the real aws-lambda-rie, on loopback
+// ports of its own (its defaults, 0.0.0.0:8080 and 127.0.0.1:9001, are shared).
+type lambdaRIE struct {
+	url string
+	log *bytes.Buffer
+	mu  *sync.Mutex
+}
+
+func startLambda(t *testing.T, env ...string) *lambdaRIE {
+	t.Helper()
+	rie, err := exec.LookPath("aws-lambda-rie")
+	require.NoError(t, err, "aws-lambda-rie not on PATH: run the tests with `make test`, which installs it")
+	boot := lambdaBootstrap(t)
+	api, rapid := freeLoopbackPort(t), freeLoopbackPort(t)
+	cmd := exec.Command(rie, "--runtime-interface-emulator-address", "127.0.0.1:"+api, "--runtime-api-address", "127.0.0.1:"+rapid, boot)
+	cmd.Dir = filepath.Dir(boot)
+	cmd.Env = append(os.Environ(), env...)
+	l := &lambdaRIE{url: "http://127.0.0.1:" + api + "/2015-03-31/functions/function/invocations", log: &bytes.Buffer{}, mu: &sync.Mutex{}}
+	w := lockedWriter{l.log, l.mu}
+	cmd.Stdout, cmd.Stderr = w, w
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("lambda log:\n%s", testcluster.Tail(l.logs(), 40))
+		}
+	})
+	testcluster.WaitFor(t, 10*time.Second, "the runtime emulator to listen", func() (bool, string) {
+		resp, err := http.Get("http://127.0.0.1:" + api + "/")
+		if err != nil {
+			return false, err.Error()
+		}
+		resp.Body.Close()
+		return true, ""
+	})
+	return l
+}
+
+type lockedWriter struct {
+	b  *bytes.Buffer
+	mu *sync.Mutex
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (l *lambdaRIE) logs() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.log.String()
+}
+
+// waitLog waits (up to 5 s: the emulator copies the function's output after it
+// answers) until the function has logged s.
+func (l *lambdaRIE) waitLog(t *testing.T, s string) {
+	t.Helper()
+	testcluster.WaitFor(t, 5*time.Second, "the function to log "+s, func() (bool, string) {
+		return strings.Contains(l.logs(), s), testcluster.Tail(l.logs(), 3)
+	})
+}
+
+// invoke posts an event as EventBridge's asynchronous invocation would, and returns
+// the function's answer: "null" for success, an error object for a failure.
+func (l *lambdaRIE) invoke(t *testing.T, event string) string {
+	t.Helper()
+	c := &http.Client{Timeout: 3 * time.Minute}
+	resp, err := c.Post(l.url, "application/json", strings.NewReader(event))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return strings.TrimSpace(string(b))
+}
+
+// amiEvent is an "EC2 AMI State Change" as EventBridge delivers it (EC2 user guide,
+// "Monitor AMI events using Amazon EventBridge").
+func amiEvent(image, state string) string {
+	return fmt.Sprintf(`{"version":"0","id":"7f8b8b2e-5f8e-4e0a-9d2b-1d0b6c7d1e2f","detail-type":"EC2 AMI State Change","source":"aws.ec2","account":"123456789012","time":"2026-11-29T12:00:00Z","region":"us-east-1","resources":["arn:aws:ec2:us-east-1::image/%s"],"detail":{"RequestId":"3b7e1f9a-0c55-4b7c-9a6f-2f1f6f0d3c11","ImageId":%q,"State":%q,"ErrorMessage":""}}`, image, image, state)
+}
+
+// triggerToken makes the trigger's Consul token (its documented policy: the roll's
+// event, reads of the servers) and stores it as the SSM parameter the function reads.
+func triggerToken(t *testing.T, e *env, fake *awsfake.Server) string {
+	t.Helper()
+	pol, _, err := e.client.ACL().PolicyCreate(&api.ACLPolicy{Name: "trigger-" + strings.ToLower(t.Name()[len(t.Name())-8:]), Rules: `
+event "consul-rehydrate" { policy = "write" }
+service "consul" { policy = "read" }
+node_prefix "" { policy = "read" }
+`}, nil)
+	require.NoError(t, err)
+	tok, _, err := e.client.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
+	require.NoError(t, err)
+	const name = "/consul-rehydrate/e2e-aws/trigger-token"
+	fake.AddParameter(awsfake.Parameter{Name: name, Value: tok.SecretID})
+	return name
+}
+
+// kvAndEvents is the cluster's KV under rehydrate/ (keys and modify indexes) and the
+// number of consul-rehydrate events the agent has seen.
+func kvAndEvents(t *testing.T, e *env) (string, int) {
+	t.Helper()
+	kvs, _, err := e.client.KV().List("rehydrate/", &api.QueryOptions{RequireConsistent: true})
+	require.NoError(t, err)
+	var b strings.Builder
+	for _, kv := range kvs {
+		fmt.Fprintf(&b, "%s@%d ", kv.Key, kv.ModifyIndex)
+	}
+	evs, _, err := e.client.Event().List("consul-rehydrate", nil)
+	require.NoError(t, err)
+	return b.String(), len(evs)
+}
+
+// TestTrigger_APublishedImageRollsTheClusterOnce: the image-published Lambda, built
+// as `bootstrap` and run by the real runtime interface emulator, against the AWS
+// fake and a real local cluster. An "available" event for an image whose tags
+// arrive 5 s later rolls the cluster to it; the same event delivered twice makes
+// one roll; a failed image, one outside the filter, an older one and a malformed
+// event fire nothing and change nothing, and succeed; with Consul unreachable the
+// invocation fails, having changed nothing.
+func TestTrigger_APublishedImageRollsTheClusterOnce(t *testing.T) {
+	t.Parallel()
+	e, fake := newAWSEnv(t)
+	param := triggerToken(t, e, fake)
+	// The function talks to the cluster through an address that outlives the
+	// servers the roll replaces (the local provider's client agent; in a VPC an
+	// internal load balancer or DNS name in front of the servers' HTTPS API), with
+	// the cluster's CA; its token comes from SSM.
+	_, srvEnv := e.asServer()
+	env := []string{"REHYDRATE_CONFIG=" + e.cfgPath, "REHYDRATE_TOKEN_PARAMETER=" + param, "REHYDRATE_TAG_WAIT=15s",
+		"CONSUL_HTTP_ADDR=" + e.httpAddr, srvEnv[0]}
+	fn := startLambda(t, env...)
+
+	// 1. Published, tagged 5 s later.
+	fake.AddImage(awsfake.Image{ID: amiB, Name: "consul-server-2", CreationDate: time.Now().Add(-time.Hour)})
+	go func() {
+		time.Sleep(5 * time.Second)
+		fake.SetImageTags(amiB, map[string]string{"role": "consul-server"})
+	}()
+	writer := workload.StartWriter(e.client, "trigger/", 20, 3, 5*time.Second)
+	start := time.Now()
+	got := fn.invoke(t, amiEvent(amiB, "available"))
+	triggered := time.Since(start)
+	require.Equal(t, "null", got, fn.logs())
+	assert.GreaterOrEqual(t, triggered, 5*time.Second, "fired only once the tags were there")
+	fn.waitLog(t, "fired the event")
+
+	// 2. Delivered again while the roll runs: a trigger of that roll, not another.
+	require.Equal(t, "null", fn.invoke(t, amiEvent(amiB, "available")), fn.logs())
+	st := e.waitRolled(amiB, 5*time.Minute)
+	res, err := writer.Stop(context.Background())
+	require.NoError(t, err)
+	launches, dones := 0, 0
+	for _, h := range st.Roll.History {
+		switch h.Step {
+		case "launch":
+			launches++
+		case "done":
+			dones++
+		}
+	}
+	// One roll: one done, and a launch per server (one more when the group's
+	// placement put a surge beside another: see the README's zones).
+	assert.Equal(t, 1, dones, "one roll")
+	assert.GreaterOrEqual(t, launches, 3)
+	assert.LessOrEqual(t, launches, 4)
+	line, _ := json.Marshal(struct {
+		command.DemoResult
+		TriggerSeconds float64 `json:"trigger_seconds"`
+	}{command.DemoResult{
+		Servers: 3, Image: amiB, AllOnTarget: true, RollSeconds: time.Since(start).Round(100 * time.Millisecond).Seconds(),
+		WritesOK: res.OK, WritesFailed: res.Failed, WritesLost: res.Lost, MaxWriteMS: res.Max.Milliseconds(),
+	}, triggered.Round(100 * time.Millisecond).Seconds()})
+	fmt.Println(string(line))
+	assert.Zero(t, res.Failed)
+	assert.Zero(t, res.Lost)
+
+	// 3. Nothing to fire: each succeeds, says why, and changes nothing. (First the
+	// roll's last write: restoring the group after "done".)
+	testcluster.WaitFor(t, time.Minute, "the group restored after the roll", func() (bool, string) {
+		rec := e.rollRecord("e2e-aws")
+		return rec.Group != nil && rec.Group.Released, "not yet"
+	})
+	// And the roll's own trailing continuations, handled (and recorded) as
+	// "nothing" once it is done: wait until the KV has been still for 5 s.
+	last, _ := kvAndEvents(t, e)
+	still := time.Now()
+	testcluster.WaitFor(t, time.Minute, "the KV still for 5s", func() (bool, string) {
+		now, _ := kvAndEvents(t, e)
+		if now != last {
+			last, still = now, time.Now()
+		}
+		return time.Since(still) >= 5*time.Second, kvDiff(last, now)
+	})
+	// (ami-0ccc…, tagged role=web, is seeded by newAWSEnv; ami-0eee… does not exist.)
+	for _, c := range []struct{ name, event, log string }{
+		{"already rolled (a late duplicate)", amiEvent(amiB, "available"), "every server already runs the image"},
+		{"a failed image", amiEvent("ami-0eeeeeeeeeeeeeeee", "failed"), "not available"},
+		{"outside the filter", amiEvent("ami-0cccccccccccccccc", "available"), "does not match the image filter"},
+		{"older than what runs", amiEvent(amiA, "available"), "older than one a server runs"},
+		{"malformed", `{"detail-type":"EC2 AMI State Change","source":"aws.ec2","detail":{"ImageId":"ami-0eeeeeeeeeeeeeeee; rm -rf /","State":"available"}}`, "refusing the invocation's event"},
+		{"another source", `{"version":"0","id":"x","detail-type":"EC2 Instance State-change Notification","source":"aws.ec2","account":"1","time":"t","region":"r","resources":[],"detail":{}}`, "not an EC2 AMI State Change"},
+		{"not JSON", `{"detail":`, "refusing the invocation's event"},
+	} {
+		kvBefore, evBefore := kvAndEvents(t, e)
+		got := fn.invoke(t, c.event)
+		assert.Equal(t, "null", got, "%s: the invocation succeeds", c.name)
+		fn.waitLog(t, c.log)
+		kvAfter, evAfter := kvAndEvents(t, e)
+		assert.Equal(t, evBefore, evAfter, "%s: no event fired", c.name)
+		assert.Equal(t, kvBefore, kvAfter, "%s: nothing in KV changed: %s", c.name, kvDiff(kvBefore, kvAfter))
+	}
+
+	// 4. Consul unreachable: the invocation fails, so EventBridge retries it.
+	down := startLambda(t, "REHYDRATE_CONFIG="+e.cfgPath, "REHYDRATE_TOKEN_PARAMETER="+param, "REHYDRATE_TAG_WAIT=5s",
+		"CONSUL_HTTP_ADDR=https://127.0.0.1:1", srvEnv[0])
+	kvBefore, evBefore := kvAndEvents(t, e)
+	got = down.invoke(t, amiEvent(amiB, "available"))
+	assert.Contains(t, got, "errorMessage", "the invocation fails")
+	assert.Contains(t, got, "consul")
+	kvAfter, evAfter := kvAndEvents(t, e)
+	assert.Equal(t, evBefore, evAfter)
+	assert.Equal(t, kvBefore, kvAfter)
+}
+
+// kvDiff names the keys (with their modify index) only one side has.
+func kvDiff(before, after string) string {
+	b, a := map[string]bool{}, map[string]bool{}
+	for _, k := range strings.Fields(before) {
+		b[k] = true
+	}
+	for _, k := range strings.Fields(after) {
+		a[k] = true
+	}
+	var out []string
+	for k := range b {
+		if !a[k] {
+			out = append(out, "-"+k)
+		}
+	}
+	for k := range a {
+		if !b[k] {
+			out = append(out, "+"+k)
+		}
+	}
+	return strings.Join(out, " ")
+}
