@@ -6,6 +6,8 @@
 # the `image` block of the handlers' configuration.
 #
 # Needs `make build` first: the handler binaries are uploaded from ../bin/.
+# With -var fire_after_build=true (and -var rehydrate_config=FILE), ../bin/rehydrate
+# then asks the cluster to roll to the new image (fire-after-build.sh).
 # `packer validate` does not run the amazon-ami data source (no AWS calls)
 # unless -evaluate-datasources is given.
 
@@ -96,6 +98,32 @@ variable "image_tags" {
     condition     = alltrue([for k in keys(var.image_tags) : length(regexall("^(?i)aws:", k)) == 0])
     error_message = "Tag keys may not start with \"aws:\"."
   }
+}
+
+variable "fire_after_build" {
+  description = "After a successful build, run `rehydrate fire --image <the new AMI>` from this machine (packer/fire-after-build.sh). Off by default: the EventBridge trigger can start the roll instead."
+  type        = bool
+  default     = false
+}
+
+variable "rehydrate_config" {
+  description = "The handlers' configuration file `rehydrate fire` reads (its -config) when fire_after_build is set. Default: $REHYDRATE_CONFIG, as for rehydrate itself."
+  type        = string
+  default     = env("REHYDRATE_CONFIG")
+
+  validation {
+    condition     = var.rehydrate_config == "" ? true : fileexists(var.rehydrate_config)
+    error_message = "The rehydrate_config must name an existing file (the configuration `rehydrate fire` reads)."
+  }
+}
+
+locals {
+  # Packer's variable validation may refer to its own variable only, and Packer has no
+  # assertion function, so the pair is checked here: file() of a sentence fails the run,
+  # at validate as at build, with the sentence in its error ("no file exists at ..."),
+  # before a build of several minutes is spent.
+  fire_after_build = var.fire_after_build && var.rehydrate_config == "" ? file("ERROR: fire_after_build=true needs rehydrate_config=FILE or $REHYDRATE_CONFIG") : var.fire_after_build
+  manifest         = "${path.root}/packer-manifest.json"
 }
 
 locals {
@@ -200,11 +228,37 @@ build {
     ]
   }
 
-  post-processor "manifest" {
-    output     = "${path.root}/packer-manifest.json"
-    strip_path = true
-    custom_data = {
-      consul_version = var.consul_version
+  # One chain, so the manifest is written before the roll is fired: the AMI id reaches
+  # the fire step only through it. A post-processor's build.ID is the temporary build
+  # instance, not the image (packer-plugin-sdk's PopulateProvisionHookData sets ID from
+  # "instance_id"), and shell-local passes no artifact id to its script
+  # (packer-plugin-sdk shell-local/run.go); the manifest records each build's
+  # artifact_id, "<region>:<ami id>" for amazon-ebs (packer-plugin-amazon
+  # builder/common/artifact.go, Artifact.Id), with the run's PACKER_RUN_UUID.
+  post-processors {
+    post-processor "manifest" {
+      output     = local.manifest
+      strip_path = true
+      custom_data = {
+        consul_version = var.consul_version
+      }
+    }
+
+    # Present only with -var fire_after_build=true. The values reach the script as
+    # environment variables, which shell-local quotes, never spliced into a command.
+    dynamic "post-processor" {
+      for_each = local.fire_after_build ? ["fire"] : []
+      labels   = ["shell-local"]
+      content {
+        script          = "${path.root}/fire-after-build.sh"
+        execute_command = ["/bin/sh", "-c", "{{.Vars}} /bin/sh '{{.Script}}'"]
+        environment_vars = [
+          "REHYDRATE_BIN=${path.root}/../bin/rehydrate",
+          "REHYDRATE_CONFIG=${var.rehydrate_config}",
+          "MANIFEST=${local.manifest}",
+          "BUILD_REGION=${var.region}",
+        ]
+      }
     }
   }
 }
