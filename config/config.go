@@ -48,6 +48,7 @@ const (
 	KeyRollMaxTrailingLogs = "roll.max_trailing_logs"
 	KeyRollAllowDowngrade  = "roll.allow_downgrade"
 	KeyRollPollInterval    = "roll.poll_interval"
+	KeyRollStuckWarning    = "roll.stuck_warning"
 
 	KeyProvider          = "provider"
 	KeyLocal             = "provider.local"
@@ -128,6 +129,9 @@ const (
 	DefaultRollEventName     = "consul-rehydrate"
 	DefaultRollStabilization = 10 * time.Second // Consul autopilot's server_stabilization_time
 	DefaultRollLaunchTimeout = 10 * time.Minute
+	// DefaultRollStuckWarning is half of DefaultRollLaunchTimeout: unset, the
+	// warning threshold follows roll.launch_timeout (see RollConfig.StuckWarning).
+	DefaultRollStuckWarning = DefaultRollLaunchTimeout / 2
 	// DefaultAWSLifecycleHook is the termination hook's name the README's
 	// put-lifecycle-hook command creates.
 	DefaultAWSLifecycleHook = "consul-rehydrate"
@@ -343,6 +347,12 @@ type RollConfig struct {
 	AllowDowngrade bool
 	// PollInterval is how often bounded waits re-check.
 	PollInterval time.Duration
+	// StuckWarning is how long a roll in progress may go without progress (a step
+	// taken) before `rehydrate check` warns; past LaunchTimeout it is critical.
+	// Unset, it is half of LaunchTimeout: a launch that has used half its allowance
+	// is slow, while a healthy one (boot, join, stabilization) stays well inside it.
+	// It must be less than LaunchTimeout, or the warning would never come first.
+	StuckWarning time.Duration
 }
 
 // ProviderConfig is the one provider block: Type says which of Local and AWS
@@ -434,6 +444,7 @@ func Default() *Config {
 			LeaveTimeout:    DefaultRollLeaveTimeout,
 			MaxTrailingLogs: DefaultRollMaxTrailingLogs,
 			PollInterval:    DefaultRollPollInterval,
+			StuckWarning:    DefaultRollStuckWarning,
 		},
 	}
 }

@@ -395,6 +395,7 @@ target {{ quote .Node }} {{ .Address }}:{{ .Port }}{{ if .Tags }} tags={{ quote 
 			c.Cluster, c.Servers, c.LogLevel = "prod-eu", 5, "warn"
 			c.Consul.TokenFile = filepath.Join(dir, "consul.token")
 			c.Roll.LaunchTimeout = 20 * 60e9
+			c.Roll.StuckWarning = 10 * time.Minute // unset: half of launch_timeout
 			c.Provider = ProviderConfig{Type: ProviderAWS, AWS: &AWSProvider{
 				Region:           "eu-west-1",
 				AutoscalingGroup: "consul-servers",
@@ -424,6 +425,38 @@ target {{ quote .Node }} {{ .Address }}:{{ .Port }}{{ if .Tags }} tags={{ quote 
 			c, err := LoadFor(filepath.Join(dir, tt.file), tt.jobs, NoEnv)
 			require.NoError(t, err)
 			assert.Equal(t, tt.want(dir), c)
+		})
+	}
+}
+
+// roll.stuck_warning: unset, half of launch_timeout; set, it must come before it.
+func TestParse_StuckWarning(t *testing.T) {
+	tests := []struct {
+		name, roll string
+		want       time.Duration
+		err        string
+	}{
+		{name: "unset: half the default launch_timeout", want: DefaultRollStuckWarning},
+		{name: "unset: half of launch_timeout", roll: `launch_timeout = "3m"`, want: 90 * time.Second},
+		{name: "set", roll: "launch_timeout = \"3m\"\nstuck_warning = \"1m\"", want: time.Minute},
+		{name: "not before launch_timeout", roll: "launch_timeout = \"3m\"\nstuck_warning = \"3m\"",
+			err: "config.hcl:9:1: roll.stuck_warning must be less than roll.launch_timeout (3m), got 3m"},
+		{name: "zero", roll: `stuck_warning = "0s"`, err: "roll.stuck_warning must be positive, got 0s"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := minimal
+			if tt.roll != "" {
+				src += "roll {\n" + tt.roll + "\n}\n"
+			}
+			c, err := ParseFor([]byte(src), "config.hcl", JobRoll, NoEnv)
+			if tt.err != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tt.err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, c.Roll.StuckWarning)
 		})
 	}
 }
@@ -469,7 +502,7 @@ func TestKeys_MatchTheFileSchema(t *testing.T) {
 		KeyConsulTLSInsecureSkipVerify,
 		KeyLock, KeyLockSessionTTL, KeyLockLockDelay, KeyLockWait,
 		KeyRoll, KeyRollEventName, KeyRollStabilization, KeyRollLaunchTimeout, KeyRollLeaveTimeout,
-		KeyRollMaxTrailingLogs, KeyRollAllowDowngrade, KeyRollPollInterval,
+		KeyRollMaxTrailingLogs, KeyRollAllowDowngrade, KeyRollPollInterval, KeyRollStuckWarning,
 		KeyProvider, KeyLocal, KeyLocalStateDir, KeyLocalConsulBinary, KeyLocalAddresses,
 		KeyAWS, KeyAWSRegion, KeyAWSAutoscalingGroup, KeyAWSLaunchTemplate, KeyAWSEndpointURL, KeyAWSMaxAttempts,
 		KeyAWSLifecycleHook, KeyAWSGateMaxHold, KeyAWSIMDSEndpoint,

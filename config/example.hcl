@@ -78,6 +78,10 @@ roll {
   launch_timeout = "10m"
   # How long a retiring server may take to leave gracefully.
   leave_timeout = "2m"
+  # How long a roll in progress may go without taking a step before
+  # `rehydrate check` warns; after launch_timeout it is critical.
+  # Default: half of launch_timeout.
+  stuck_warning = "5m"
   # How far behind the leader's log a new server may be and still count as
   # caught up. Matches Consul autopilot's max_trailing_logs.
   max_trailing_logs = 250

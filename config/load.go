@@ -179,6 +179,7 @@ type fileRoll struct {
 	MaxTrailingLogs *int    `hcl:"max_trailing_logs,optional"`
 	AllowDowngrade  *bool   `hcl:"allow_downgrade,optional"`
 	PollInterval    *string `hcl:"poll_interval,optional"`
+	StuckWarning    *string `hcl:"stuck_warning,optional"`
 }
 
 // fileProvider defers the body's decoding until the label names its schema.
@@ -267,6 +268,11 @@ func (d *decoder) config(body hcl.Body) *Config {
 		set(&c.Roll.MaxTrailingLogs, r.MaxTrailingLogs)
 		set(&c.Roll.AllowDowngrade, r.AllowDowngrade)
 		d.duration(&c.Roll.PollInterval, r.PollInterval, KeyRollPollInterval)
+		d.duration(&c.Roll.StuckWarning, r.StuckWarning, KeyRollStuckWarning)
+	}
+	if f.Roll == nil || f.Roll.StuckWarning == nil {
+		// Unset, the warning follows the launch_timeout it warns ahead of.
+		c.Roll.StuckWarning = c.Roll.LaunchTimeout / 2
 	}
 	c.Provider = d.provider(f.Providers)
 	c.Deploys = d.deploys(f.Deploys)

@@ -140,6 +140,7 @@ func (c *Config) validate(jobs Jobs) []problem {
 		{key: KeyRollLaunchTimeout, d: c.Roll.LaunchTimeout, positive: true},
 		{key: KeyRollLeaveTimeout, d: c.Roll.LeaveTimeout, positive: true},
 		{key: KeyRollPollInterval, d: c.Roll.PollInterval, positive: true},
+		{key: KeyRollStuckWarning, d: c.Roll.StuckWarning, positive: true},
 	}
 	for _, r := range durations {
 		switch {
@@ -154,6 +155,10 @@ func (c *Config) validate(jobs Jobs) []problem {
 	if floor := 2*c.Lock.SessionTTL + c.Lock.LockDelay; c.Lock.Wait > 0 && c.Lock.Wait <= floor {
 		add(KeyLockWait, "%s must be more than 2 × %s + %s (%s), got %s: a handler must outwait a crashed holder's session",
 			KeyLockWait, KeyLockSessionTTL, KeyLockLockDelay, short(floor), short(c.Lock.Wait))
+	}
+	if c.Roll.StuckWarning >= c.Roll.LaunchTimeout && c.Roll.StuckWarning > 0 && c.Roll.LaunchTimeout > 0 {
+		add(KeyRollStuckWarning, "%s must be less than %s (%s), got %s: past %s a stuck roll is critical, so the warning must come first",
+			KeyRollStuckWarning, KeyRollLaunchTimeout, short(c.Roll.LaunchTimeout), short(c.Roll.StuckWarning), KeyRollLaunchTimeout)
 	}
 	if c.Roll.EventName == "" || strings.ContainsAny(c.Roll.EventName, "/ \t\r\n") {
 		add(KeyRollEventName, "%s %q must be non-empty, without spaces or /", KeyRollEventName, c.Roll.EventName)

@@ -95,7 +95,7 @@ install -d -m 0755 "$ROOT/usr/local/bin" "$ROOT/usr/local/sbin" "$ROOT/etc/syste
 install -m 0755 "$work/bin/consul" "$ROOT/usr/local/bin/consul"
 install -d "${own_consul[@]}" -m 0750 "$ROOT/etc/consul.d" "$ROOT/opt/consul" "$ROOT/opt/consul/data"
 # The shared, secret-free configuration only: no encrypt, no tls, no token.
-install "${own_consul[@]}" -m 0640 "$SRC/consul.d/server.hcl" "$SRC/consul.d/watches.hcl" "$SRC/consul.d/acl.hcl" "$ROOT/etc/consul.d/"
+install "${own_consul[@]}" -m 0640 "$SRC/consul.d/server.hcl" "$SRC/consul.d/watches.hcl" "$SRC/consul.d/acl.hcl" "$SRC/consul.d/check-roll.hcl" "$ROOT/etc/consul.d/"
 install -m 0644 "$SRC/scripts/consul.service" "$ROOT/etc/systemd/system/consul.service"
 install -m 0755 "$SRC/scripts/user-data.sh" "$ROOT/usr/local/sbin/consul-user-data"
 "$ROOT/usr/local/bin/consul" version

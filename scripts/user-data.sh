@@ -37,7 +37,10 @@
 #                   by the servers of the cluster: they are interchangeable
 #   agent-token     the agent's ACL token (acl.tokens.agent): node:write on its node,
 #                   service:read; with default deny a server without it cannot
-#                   update its own catalog entry
+#                   update its own catalog entry. It also registers the services of
+#                   the agent's own files (acl.tokens.config_file_service_registration):
+#                   give it a service identity for consul-rehydrate, whose check
+#                   (consul.d/check-roll.hcl, `rehydrate check`) is the roll's alarm
 #   handler-token   the spinup and spindown handlers' ACL token, written to
 #                   /etc/consul-rehydrate/consul.token; consul.service points
 #                   CONSUL_HTTP_TOKEN_FILE at it, so the agent's token-less watches
@@ -222,7 +225,8 @@ ports {
 
 acl {
   tokens {
-    agent = "$agent_token"
+    agent                           = "$agent_token"
+    config_file_service_registration = "$agent_token"
   }
 }
 

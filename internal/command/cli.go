@@ -31,6 +31,7 @@ var commands = []command{
 	{name: "fire", synopsis: "ask the cluster to roll (to --image, or the newest allowed image)", flags: fireFlags},
 	{name: "status", synopsis: "servers, images, the roll's phase and history", flags: statusFlags},
 	{name: "plan", synopsis: "the next step and why; changes nothing", flags: planFlags},
+	{name: "check", synopsis: "a Consul script check: is a roll stuck or failed? (exit 0 passing, 1 warning, else critical)", flags: noFlags((*prog).check)},
 	{name: "leave", synopsis: "hand leadership off if this agent's server leads, then leave gracefully (the consul unit's stop)", flags: leaveFlags},
 	{name: "local up", synopsis: "start a local cluster (local provider)", flags: localUpFlags},
 	{name: "local image register", synopsis: "register a local image", args: []string{"NAME"}, flags: localRegisterFlags},

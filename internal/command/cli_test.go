@@ -20,6 +20,7 @@ var ownFlags = map[string][]string{
 	"fire":                 {"image"},
 	"status":               {"json"},
 	"plan":                 {"json"},
+	"check":                nil,
 	"leave":                nil,
 	"local up":             {"image", "servers"},
 	"local image register": {"consul-binary", "extra-hcl"},

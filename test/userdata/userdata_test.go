@@ -213,7 +213,8 @@ func TestUserData_RendersGossipEncryptionTLSAndTokensFromTheSecrets(t *testing.T
 		"allow_tls = true",
 		`http = "127.0.0.1"`,
 		"https = 8501",
-		`agent = "` + agentToken + `"`,
+		`agent                           = "` + agentToken + `"`,
+		`config_file_service_registration = "` + agentToken + `"`,
 	} {
 		assert.Contains(t, secure, want)
 	}

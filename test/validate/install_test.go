@@ -250,7 +250,7 @@ func TestHashiCorpKey_IsHashiCorpsReleaseKey(t *testing.T) {
 var shippedSecretSetting = regexp.MustCompile(`(?m)^\s*(encrypt|ca_file|cert_file|key_file|agent|default|initial_management)\s*=`)
 
 // TestImage_BakesNoSecret: what install-consul.sh puts into /etc is the shared,
-// secret-free configuration only (server.hcl, watches.hcl, acl.hcl): no gossip key,
+// secret-free configuration only (server.hcl, watches.hcl, acl.hcl, check-roll.hcl): no gossip key,
 // no certificate, no token. Those come at boot from the secret store.
 func TestImage_BakesNoSecret(t *testing.T) {
 	release1 := newGnuPG(t, "release key <release@example.invalid>")
@@ -262,10 +262,10 @@ func TestImage_BakesNoSecret(t *testing.T) {
 	require.NoError(t, err, out)
 
 	assert.ElementsMatch(t, []string{
-		"etc/consul.d/acl.hcl", "etc/consul.d/server.hcl", "etc/consul.d/watches.hcl",
+		"etc/consul.d/acl.hcl", "etc/consul.d/server.hcl", "etc/consul.d/watches.hcl", "etc/consul.d/check-roll.hcl",
 		"etc/systemd/system/consul.service", "usr/local/bin/consul", "usr/local/sbin/consul-user-data",
 	}, files(t, root))
-	for _, f := range []string{"acl.hcl", "server.hcl", "watches.hcl"} {
+	for _, f := range []string{"acl.hcl", "server.hcl", "watches.hcl", "check-roll.hcl"} {
 		b, err := os.ReadFile(filepath.Join(root, "etc/consul.d", f))
 		require.NoError(t, err)
 		assert.NotRegexp(t, shippedSecretSetting, string(b), f)

@@ -75,7 +75,7 @@ func TestScripts_NoEarlyExitingReaderUnderPipefail(t *testing.T) {
 func serverConfigDir(t *testing.T, extra map[string]string) string {
 	t.Helper()
 	dir := t.TempDir()
-	for _, f := range []string{"server.hcl", "watches.hcl", "acl.hcl"} {
+	for _, f := range []string{"server.hcl", "watches.hcl", "acl.hcl", "check-roll.hcl"} {
 		b, err := os.ReadFile(filepath.Join("../../consul.d", f))
 		require.NoError(t, err)
 		require.NoError(t, os.WriteFile(filepath.Join(dir, f), b, 0o644))
