@@ -350,7 +350,10 @@ func TestGate_TheGroupTerminatesTheLeaderThenTwoServersAtOnce(t *testing.T) {
 	}
 	assert.Zero(t, r.WritesFailed)
 	assert.Zero(t, r.WritesLost)
-	assert.Zero(t, r.SecondsWithoutLeader)
+	// A hand-off is a raft election on the spot: the client sees no leader for
+	// milliseconds, more under load (one 100 ms sample, 0.1, in a full parallel
+	// suite under the race detector). Not the seconds of an election timeout.
+	assert.LessOrEqual(t, r.SecondsWithoutLeader, 0.3, "no election timeout's worth of time without a leader")
 	assert.GreaterOrEqual(t, r.MinHealthyVoters, 2)
 
 	// 2. Two followers terminated at once, replacements launched.
