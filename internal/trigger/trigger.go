@@ -57,7 +57,7 @@ func (t *Trigger) Handle(ctx context.Context, payload []byte) error {
 		// downgrade): a plain event asks for exactly that.
 		return t.fire(ctx, nil, "the scheduled backstop: the newest allowed image")
 	}
-	img, ok, err := t.await(ctx, req.Image)
+	img, imgs, ok, err := t.await(ctx, req.Image)
 	if err != nil {
 		return err
 	}
@@ -65,7 +65,7 @@ func (t *Trigger) Handle(ctx context.Context, payload []byte) error {
 		t.Log.Info("not firing: the image does not match the image filter", "image_id", req.Image, "took", t.TagWait)
 		return nil
 	}
-	running, err := t.running(ctx)
+	running, err := t.running(ctx, imgs)
 	if err != nil {
 		return err
 	}
@@ -89,8 +89,8 @@ func (t *Trigger) Handle(ctx context.Context, payload []byte) error {
 }
 
 // await looks for id among the allowed images until it is there or TagWait has
-// passed.
-func (t *Trigger) await(ctx context.Context, id string) (cloud.Image, bool, error) {
+// passed; it returns the image and the allowed images it was found among.
+func (t *Trigger) await(ctx context.Context, id string) (cloud.Image, []cloud.Image, bool, error) {
 	var found cloud.Image
 	delay := t.FirstRetry
 	if delay <= 0 {
@@ -101,19 +101,19 @@ func (t *Trigger) await(ctx context.Context, id string) (cloud.Image, bool, erro
 		imgs, err := t.Images.Images(ctx)
 		if err != nil {
 			// The invocation fails: a transient AWS error is EventBridge's to retry.
-			return found, false, fmt.Errorf("list images: %w", err)
+			return found, nil, false, fmt.Errorf("list images: %w", err)
 		}
 		for _, img := range imgs {
 			if img.ID == id {
-				return img, true, nil
+				return img, imgs, true, nil
 			}
 		}
 		if time.Now().Add(delay).After(deadline) {
-			return found, false, nil
+			return found, nil, false, nil
 		}
 		t.Log.Info("the image does not match the filter yet; looking again", "image_id", id, "took", delay)
 		if err := poll.Sleep(ctx, delay); err != nil {
-			return found, false, err
+			return found, nil, false, err
 		}
 		delay = min(2*delay, time.Minute)
 	}
@@ -125,16 +125,12 @@ type runningImage struct {
 }
 
 // running returns the images the servers run (their node meta image_id), with
-// their creation time from the allowed images (zero if the filter no longer lists
-// them).
-func (t *Trigger) running(ctx context.Context) (map[string]runningImage, error) {
+// their creation time from imgs, the allowed images await just listed (zero if the
+// filter no longer lists them).
+func (t *Trigger) running(ctx context.Context, imgs []cloud.Image) (map[string]runningImage, error) {
 	svcs, _, err := t.Consul.Catalog().Service("consul", "", (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("%w: read the servers' images: %w", ErrConsul, err)
-	}
-	imgs, err := t.Images.Images(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("list images: %w", err)
 	}
 	out := map[string]runningImage{}
 	for _, s := range svcs {
