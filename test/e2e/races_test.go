@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -61,6 +62,28 @@ func (e *env) storm(n int) []int {
 	return codes
 }
 
+// serving reports whether in's agent has joined, registered itself as a passing
+// consul server, and accepts connections on its HTTPS port.
+func (e *env) serving(in cloud.Instance) bool {
+	entries, _, err := e.client.Health().Service("consul", "", true, nil)
+	if err != nil {
+		return false
+	}
+	registered := false
+	for _, en := range entries {
+		registered = registered || en.Node.Address == in.Address
+	}
+	if !registered {
+		return false
+	}
+	conn, err := net.DialTimeout("tcp", net.JoinHostPort(in.Address, "8501"), time.Second)
+	if err != nil {
+		return false
+	}
+	_ = conn.Close()
+	return true
+}
+
 func (e *env) live() []cloud.Instance {
 	insts, err := e.p.Instances(context.Background())
 	require.NoError(e.t, err)
@@ -105,9 +128,12 @@ func TestRaces_EventStormsWatchStormsAndReplaysMakeExactlyOneRoll(t *testing.T) 
 				return
 			case <-time.After(3 * time.Second):
 			}
-			// The storm runs on the surge server (see asServer): wait until it runs.
+			// The storm runs on the surge server (see asServer): wait until its agent
+			// serves, as a watch's own agent always does. A running instance's agent
+			// may not be listening yet (CI once stormed it 0.2 s after its launch).
 			live := e.live()
-			if storms >= 4 || len(live) != e.servers+1 || live[len(live)-1].State != cloud.StateRunning {
+			if storms >= 4 || len(live) != e.servers+1 || live[len(live)-1].State != cloud.StateRunning ||
+				!e.serving(live[len(live)-1]) {
 				continue
 			}
 			for i, c := range e.storm(10) {
