@@ -40,7 +40,14 @@ type DemoResult struct {
 	WritesLost    int     `json:"writes_lost"`
 	MaxWriteMS    int64   `json:"max_write_ms"`
 	LeaderChanges int     `json:"leader_changes"`
+	// Linearizable is whether the recorded history of the load (writes, consistent
+	// reads, check-and-sets) admits a linearization; nil when it was not checked.
+	Linearizable *bool `json:"linearizable,omitempty"`
 }
+
+// demoCheckTimeout bounds the linearizability check of the demo's history: a
+// check that runs out of time counts as not linearizable.
+const demoCheckTimeout = time.Minute
 
 // DemoConfig writes the configuration `local demo` uses when given none: a cluster
 // on 127.0.1.0/24 with Consul's default stabilization time, state under dir.
@@ -111,9 +118,14 @@ func (a *prog) demo(servers int) int {
 		return app.ExitConsul
 	}
 
-	writer := workload.StartWriter(c, "demo/writes/", 20, 3, 5*time.Second)
+	// Every attempt is recorded and the history checked for linearizability at the
+	// end: the check-and-sets on 3 hot keys are where a stale read or a lost
+	// update would show.
+	rec := workload.NewRecorder()
+	writer := workload.StartWriterRecorded(c, "demo/writes/", 20, 3, 5*time.Second, rec)
+	caser := workload.StartCAS(c, []string{"demo/cas/0", "demo/cas/1", "demo/cas/2"}, 5, 3, 5*time.Second, rec)
 	leaders := workload.WatchLeader(c, 100*time.Millisecond)
-	fmt.Fprintln(out, "writing 20 keys/s through the client agent")
+	fmt.Fprintln(out, "writing 20 keys/s and check-and-setting 3 hot keys 5 times/s through the client agent")
 
 	if _, err := p.RegisterImage(ctx, "B", local.ImageOptions{}); err != nil {
 		a.log.Error("register image B", "error", err)
@@ -129,24 +141,39 @@ func (a *prog) demo(servers int) int {
 
 	done, err := a.follow(ctx, p, c, "B", servers, start)
 	changes, _ := leaders.Stop()
+	cas := caser.Stop()
 	readCtx, readCancel := withTimeout(30 * time.Second) // even when ctx was interrupted
 	defer readCancel()
 	res, werr := writer.Stop(readCtx)
+	rollSeconds := time.Since(start).Round(100 * time.Millisecond).Seconds()
 	if err != nil {
 		a.log.Error("roll", "error", err)
 	}
 	if werr != nil {
 		a.log.Error("verify writes", "error", werr)
 	}
+	lin := rec.Check(demoCheckTimeout)
 	summary := DemoResult{
-		Servers: servers, Image: "B", AllOnTarget: done, RollSeconds: time.Since(start).Round(100 * time.Millisecond).Seconds(),
+		Servers: servers, Image: "B", AllOnTarget: done, RollSeconds: rollSeconds,
 		WritesOK: res.OK, WritesFailed: res.Failed, WritesLost: res.Lost, MaxWriteMS: res.Max.Milliseconds(), LeaderChanges: changes,
+		Linearizable: &lin.Linearizable,
 	}
 	fmt.Fprintf(out, "\nrolled %d servers from A to B in %.1fs: %d writes ok, %d failed, %d lost, slowest %dms, %d leader change(s)\n",
 		servers, summary.RollSeconds, res.OK, res.Failed, res.Lost, summary.MaxWriteMS, changes)
+	fmt.Fprintf(out, "check-and-sets: %d ok, %d conflicts, %d failed\n", cas.OK, cas.Conflicts, cas.Failed)
+	switch {
+	case lin.Linearizable:
+		fmt.Fprintf(out, "the history of %d operations (%d with unknown outcome) is linearizable\n", lin.Ops, lin.Unknown)
+	case lin.TimedOut:
+		fmt.Fprintf(out, "the history of %d operations could not be checked within %v: counted as not linearizable\n", lin.Ops, demoCheckTimeout)
+	default:
+		fmt.Fprintf(out, "the history of %d operations is NOT linearizable: %s\n", lin.Ops, lin.Detail)
+	}
 	line, _ := json.Marshal(summary)
 	fmt.Fprintln(out, string(line))
-	if !done || err != nil || werr != nil {
+	// A write lost or a history no order explains is the roll being visible to
+	// clients, whatever else went right.
+	if !done || err != nil || werr != nil || res.Lost > 0 || !lin.Linearizable {
 		return app.ExitError
 	}
 	return app.ExitOK

@@ -1,7 +1,8 @@
 // Package workload puts a cluster under a steady KV load during a roll and measures
 // what the roll cost it: failed and lost writes, write latency, failed consistent
-// reads, leader changes, time without a leader. The demo, the end-to-end tests and
-// the benchmarks (test/bench) share it.
+// reads, leader changes, time without a leader; and, through a Recorder, whether the
+// history of every operation is linearizable (see internal/linear). The demo, the
+// end-to-end tests and the benchmarks (test/bench) share it.
 package workload
 
 import (
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/consul-rehydrate/consul-rehydrate/internal/linear"
 )
 
 // Writer writes Prefix/<n> at a fixed rate until stopped.
@@ -20,9 +23,12 @@ type Writer struct {
 	c      *api.Client
 	prefix string
 
+	rec *Recorder
+
 	mu       sync.Mutex
 	acked    []int
 	failed   int
+	failedN  []int           // the failed writes' numbers, kept only when recording
 	lat      []time.Duration // acknowledged writes
 	spent    []time.Duration // every write, acknowledged or failed
 	stop     context.CancelFunc
@@ -67,8 +73,14 @@ func Summarize(d []time.Duration) Percentiles {
 // tries (at least 1), 100ms apart, each bounded by timeout: a client that retries
 // briefly, as applications do, and no more.
 func StartWriter(c *api.Client, prefix string, rate, attempts int, timeout time.Duration) *Writer {
+	return StartWriterRecorded(c, prefix, rate, attempts, timeout, nil)
+}
+
+// StartWriterRecorded is StartWriter recording every attempt and every write in rec
+// (nil: none), and, at Stop, the read-back of every key written.
+func StartWriterRecorded(c *api.Client, prefix string, rate, attempts int, timeout time.Duration, rec *Recorder) *Writer {
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &Writer{c: c, prefix: prefix, stop: cancel, done: make(chan struct{}), attempts: max(attempts, 1)}
+	w := &Writer{c: c, prefix: prefix, rec: rec, stop: cancel, done: make(chan struct{}), attempts: max(attempts, 1)}
 	go w.run(ctx, rate, timeout)
 	return w
 }
@@ -108,8 +120,10 @@ func (w *Writer) write(n int, timeout time.Duration) {
 			time.Sleep(100 * time.Millisecond)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		a := w.rec.begin()
 		_, err := w.c.KV().Put(kv, (&api.WriteOptions{}).WithContext(ctx))
 		cancel()
+		a.end(linear.Op{Key: kv.Key, Kind: linear.Put, Value: string(kv.Value)}, err)
 		if err == nil {
 			took := time.Since(start)
 			w.mu.Lock()
@@ -117,14 +131,19 @@ func (w *Writer) write(n int, timeout time.Duration) {
 			w.lat = append(w.lat, took)
 			w.spent = append(w.spent, took)
 			w.mu.Unlock()
+			w.rec.sample("write", start, false)
 			return
 		}
 	}
 	took := time.Since(start)
 	w.mu.Lock()
 	w.failed++
+	if w.rec != nil {
+		w.failedN = append(w.failedN, n)
+	}
 	w.spent = append(w.spent, took)
 	w.mu.Unlock()
+	w.rec.sample("write", start, true)
 }
 
 // Stop stops writing, waits for writes in flight, then reads every acknowledged key
@@ -137,16 +156,26 @@ func (w *Writer) Stop(ctx context.Context) (Result, error) {
 	r := Result{OK: len(w.acked), Failed: w.failed, Spent: Summarize(w.spent)}
 	lat := Summarize(w.lat)
 	r.Max, r.P50, r.P99 = lat.Max, lat.P50, lat.P99
+	a := w.rec.begin()
 	pairs, _, err := w.c.KV().List(w.prefix, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
 	if err != nil {
 		return r, fmt.Errorf("read back %s: %w", w.prefix, err)
 	}
-	have := make(map[string]bool, len(pairs))
+	have := make(map[string]string, len(pairs))
 	for _, p := range pairs {
-		have[p.Key] = true
+		have[p.Key] = string(p.Value)
+	}
+	// The read-back is one consistent read of every key written, acknowledged or
+	// not: recorded as a read of each, it makes a lost write a violation.
+	for _, ns := range [][]int{w.acked, w.failedN} {
+		for _, n := range ns {
+			k := w.prefix + strconv.Itoa(n)
+			v, ok := have[k]
+			a.end(linear.Op{Key: k, Kind: linear.Get, Present: ok, Out: v}, nil)
+		}
 	}
 	for _, n := range w.acked {
-		if !have[w.prefix+strconv.Itoa(n)] {
+		if _, ok := have[w.prefix+strconv.Itoa(n)]; !ok {
 			r.Lost++
 		}
 	}
@@ -160,6 +189,7 @@ type Reader struct {
 	key      string
 	want     []byte
 	attempts int
+	rec      *Recorder
 
 	mu     sync.Mutex
 	failed int
@@ -182,8 +212,15 @@ type ReadResult struct {
 // with RequireConsistent. Each read gets `attempts` tries (at least 1), 100ms apart,
 // each bounded by timeout, as a writer's writes do.
 func StartReader(c *api.Client, key string, want []byte, rate, attempts int, timeout time.Duration) *Reader {
+	return StartReaderRecorded(c, key, want, rate, attempts, timeout, nil)
+}
+
+// StartReaderRecorded is StartReader recording every attempt and every read in rec
+// (nil: none). The history starts with whatever key held: the reads are checked
+// against each other and against any other recorded operation on key.
+func StartReaderRecorded(c *api.Client, key string, want []byte, rate, attempts int, timeout time.Duration, rec *Recorder) *Reader {
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &Reader{c: c, key: key, want: want, attempts: max(attempts, 1), stop: cancel, done: make(chan struct{})}
+	r := &Reader{c: c, key: key, want: want, attempts: max(attempts, 1), rec: rec, stop: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
 		pace(ctx, rate, func(int) { r.read(timeout) })
@@ -199,8 +236,10 @@ func (r *Reader) read(timeout time.Duration) {
 			time.Sleep(100 * time.Millisecond)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		a := r.rec.begin()
 		kv, _, err := r.c.KV().Get(r.key, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
 		cancel()
+		a.end(readOp(r.key, kv), err)
 		// A wrong answer is not retried: it is a wrong answer.
 		if err == nil {
 			ok = kv != nil && string(kv.Value) == string(r.want)
@@ -208,6 +247,7 @@ func (r *Reader) read(timeout time.Duration) {
 		}
 	}
 	took := time.Since(start)
+	r.rec.sample("read", start, !ok)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.spent = append(r.spent, took)
@@ -216,6 +256,15 @@ func (r *Reader) read(timeout time.Duration) {
 	} else {
 		r.failed++
 	}
+}
+
+// readOp is a consistent read of key that returned kv (nil: absent).
+func readOp(key string, kv *api.KVPair) linear.Op {
+	op := linear.Op{Key: key, Kind: linear.Get}
+	if kv != nil {
+		op.Present, op.Out = true, string(kv.Value)
+	}
+	return op
 }
 
 // Stop stops reading and waits for the reads in flight.

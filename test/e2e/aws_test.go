@@ -238,7 +238,11 @@ func TestAWSRoll_ThroughTheAutoScalingGroup(t *testing.T) {
 	fake.ServerError("SetDesiredCapacity", 1)
 	fake.ServerError("TerminateInstanceInAutoScalingGroup", 1)
 	fake.Throttle("CreateLaunchTemplateVersion", 1)
-	writer := workload.StartWriter(e.client, "writes/", 20, 3, 5*time.Second)
+	// Every attempt of the load is recorded, check-and-sets on 3 hot keys included,
+	// and the history must be linearizable: no stale read, no lost update.
+	rec := workload.NewRecorder()
+	writer := workload.StartWriterRecorded(e.client, "writes/", 20, 3, 5*time.Second, rec)
+	caser := workload.StartCAS(e.client, []string{"cas/0", "cas/1", "cas/2"}, 5, 3, 5*time.Second, rec)
 	leaders := workload.WatchLeader(e.client, 100*time.Millisecond)
 	group := watchGroup(t, fake, "consul-servers", "drain", "scale-in")
 	start := time.Now()
@@ -254,10 +258,20 @@ func TestAWSRoll_ThroughTheAutoScalingGroup(t *testing.T) {
 	})
 	seen := group.Stop()
 	changes, _ := leaders.Stop()
+	cas := caser.Stop()
 	res, err := writer.Stop(ctx)
+	rollSeconds := time.Since(start).Round(100 * time.Millisecond).Seconds() // before the check
 	require.NoError(t, err)
 	assert.Zero(t, res.Failed, "failed writes")
 	assert.Zero(t, res.Lost, "lost writes")
+	assert.Zero(t, cas.Failed, "failed check-and-sets")
+	assert.Positive(t, cas.OK, "check-and-sets that went through")
+	checkStart := time.Now()
+	lin := rec.Check(time.Minute)
+	t.Logf("check-and-sets %+v; linearizability of %d attempts (%d unknown) checked in %v: %+v",
+		cas, lin.Ops, lin.Unknown, time.Since(checkStart).Round(time.Millisecond), lin)
+	assert.True(t, lin.Linearizable, "the history is linearizable: %s", lin.Detail)
+	assert.Positive(t, lin.Ops)
 
 	g := fake.Group("consul-servers")
 	assert.Equal(t, 3, g.Desired, "the group is back to N")
@@ -293,8 +307,9 @@ func TestAWSRoll_ThroughTheAutoScalingGroup(t *testing.T) {
 	final := fake.Group("consul-servers")
 	result := awsRollResult{
 		DemoResult: command.DemoResult{
-			Servers: 3, Image: "ami-0bbbbbbbbbbbbbbbb", AllOnTarget: true, RollSeconds: time.Since(start).Round(100 * time.Millisecond).Seconds(),
+			Servers: 3, Image: "ami-0bbbbbbbbbbbbbbbb", AllOnTarget: true, RollSeconds: rollSeconds,
 			WritesOK: res.OK, WritesFailed: res.Failed, WritesLost: res.Lost, MaxWriteMS: res.Max.Milliseconds(), LeaderChanges: changes,
+			Linearizable: &lin.Linearizable,
 		},
 		AZsAtEnd: azs, MaxInstances: seen.maxInstances, TerminatedByGroup: terminatedByGroup,
 		ProcessesResumed: len(final.Suspended) == 0, MaxSizeRestored: final.Max == 3,
