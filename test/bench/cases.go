@@ -26,15 +26,13 @@ import (
 
 	"github.com/consul-rehydrate/consul-rehydrate/config"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
-	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud/local"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
-	"github.com/consul-rehydrate/consul-rehydrate/internal/payload"
-	"github.com/consul-rehydrate/consul-rehydrate/internal/workload"
 )
 
 const (
 	rate        = 20 // writes/s and consistent reads/s, through the client agent
-	attempts    = 3  // per write and per read, 100ms apart, as the demo's writer
+	casRate     = 10 // check-and-set read-modify-writes/s, over casKeys
+	attempts    = 3  // per operation, 100ms apart, as the demo's writer
 	opTimeout   = 5 * time.Second
 	readKey     = "bench/read"
 	readValue   = "written before the roll"
@@ -43,263 +41,21 @@ const (
 	warmUp = 5 * time.Second
 	// rollBoundPerServer bounds our roll: N x this.
 	rollBoundPerServer = 90 * time.Second
-	// answerBound bounds the naive roll's wait for a replacement to answer HTTP.
-	answerBound = time.Minute
-	// settleBound is how long the naive roll's cluster gets, after the last
-	// replacement answers, to be a healthy cluster of N voters again.
+	// settleBound is how long the instance refresh's cluster gets, after its last
+	// step, to be a healthy cluster of N voters again (the load goes on meanwhile).
 	settleBound = 30 * time.Second
+	// checkBound bounds each linearizability check.
+	checkBound  = 30 * time.Second
 	invocations = 50
 )
 
-// load is the workload running during a roll.
-type load struct {
-	w       *workload.Writer
-	r       *workload.Reader
-	leaders *workload.LeaderWatch
-	health  *healthWatch
-}
-
-func startLoad(ctx context.Context, cl *cluster) (*load, error) {
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if _, err := cl.c.KV().Put(&api.KVPair{Key: readKey, Value: []byte(readValue)}, (&api.WriteOptions{}).WithContext(wctx)); err != nil {
-		return nil, fmt.Errorf("write %s: %w", readKey, err)
-	}
-	return &load{
-		w:       workload.StartWriter(cl.writeC, "bench/writes/", rate, attempts, opTimeout),
-		r:       workload.StartReader(cl.readC, readKey, []byte(readValue), rate, attempts, opTimeout),
-		leaders: workload.WatchLeader(cl.c, 100*time.Millisecond),
-		health:  watchHealth(cl.c, sampleEvery),
-	}, nil
-}
-
-// stop stops the workload and records what it saw in r; it returns when each server
-// was first seen healthy, and healthy and a voter.
-func (l *load) stop(r *Roll) (firstHealthy, firstVoter map[string]time.Time) {
-	firstHealthy, firstVoter = l.health.Stop()
-	changes, noLeader := l.leaders.Stop()
-	r.LeaderChanges, r.NoLeaderSeconds = changes, round1(noLeader.Seconds())
-	// Both stop at once: each waits for its operations in flight, up to 15 s.
-	reads := make(chan workload.ReadResult)
-	go func() { reads <- l.r.Stop() }()
-	// The read-back needs a leader; a cluster that lost quorum has none, and then
-	// lost writes are unknown, not zero.
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
-	defer cancel()
-	wr, err := l.w.Stop(ctx)
-	rr := <-reads
-	r.Reads = &Reads{OK: rr.OK, Failed: rr.Failed, LatencyMS: ms(rr.Latency), SpentMS: ms(rr.Spent)}
-	r.Writes = &Writes{OK: wr.OK, Failed: wr.Failed,
-		LatencyMS: Latency{P50: msOf(wr.P50), P99: msOf(wr.P99), Max: msOf(wr.Max)}, SpentMS: ms(wr.Spent)}
-	if err == nil {
-		r.Writes.Lost = &wr.Lost
-	} else {
-		r.Writes.LostUnknown = err.Error()
-	}
-	return firstHealthy, firstVoter
-}
-
-// ourRoll rolls a fresh cluster of servers servers (keys keys of ~1 KB loaded first)
-// from A to B through the real watches, under load. after, if set, runs on the
-// cluster once it rolled, before it is torn down.
-func (b *bench) ourRoll(ctx context.Context, servers, keys int, after func(context.Context, *cluster) error) (r Roll) {
-	name := fmt.Sprintf("ours-%d", servers)
-	if keys > 0 {
-		name += fmt.Sprintf("-%dkeys", keys)
-	}
-	r = Roll{Kind: "ours", Servers: servers, Keys: keys}
-	fail := func(err error) Roll {
-		r.Error = err.Error()
-		return r
-	}
-	cl, err := b.newCluster(ctx, name, servers, true)
-	if err != nil {
-		return fail(err)
-	}
-	defer cl.down(b.logs)
-	if keys > 0 {
-		progress("%s: loading %d keys of ~1 KB", name, keys)
-		t := time.Now()
-		if err := loadKeys(ctx, cl.c, keys); err != nil {
-			return fail(err)
-		}
-		r.LoadSeconds = ptr(round1(time.Since(t).Seconds()))
-		progress("%s: loaded %d keys in %.1fs", name, keys, *r.LoadSeconds)
-	}
-	l, err := startLoad(ctx, cl)
-	if err != nil {
-		return fail(err)
-	}
-	if _, err := cl.p.RegisterImage(ctx, "B", local.ImageOptions{}); err != nil {
-		l.stop(&r)
-		return fail(err)
-	}
-	body, _ := payload.NewRequestPayload("B")
-	sleep(ctx, warmUp)
-	b.observe(name + " start")
-	start := time.Now()
-	if _, _, err := cl.c.Event().Fire(&api.UserEvent{Name: config.DefaultRollEventName, Payload: body}, nil); err != nil {
-		l.stop(&r)
-		return fail(fmt.Errorf("fire: %w", err))
-	}
-	progress("%s: registered image B and fired the event; the watches roll it", name)
-	rec, seen, err := cl.waitRolled(ctx, "B", time.Duration(servers)*rollBoundPerServer)
-	r.RollSeconds = round1(time.Since(start).Seconds())
-	b.observe(name + " end")
-	r.Completed = err == nil
-	// The retired servers' processes finish exiting meanwhile; timed alongside.
-	gone := make(chan *float64, 1)
-	go func() {
-		if err == nil && cl.waitOldGone(ctx, "B", time.Minute) {
-			gone <- ptr(round1(time.Since(start).Seconds()))
-		}
-		close(gone)
-	}()
-	firstHealthy, firstVoter := l.stop(&r)
-	r.OldGoneSeconds = <-gone
-	for _, in := range sortedByLaunch(seen) {
-		r.NewServers = append(r.NewServers, newServer(in, firstHealthy, firstVoter))
-	}
-	if rec != nil {
-		for _, h := range rec.History {
-			r.History = append(r.History, Step{AtSeconds: round1(h.Time.Sub(start).Seconds()), Step: h.Step, Instance: h.Instance, Detail: h.Detail})
-		}
-	}
-	r.summarize()
-	progress("%s: %s", name, r.oneLine())
-	if err != nil {
-		return fail(err)
-	}
-	if after != nil {
-		if err := after(ctx, cl); err != nil {
-			return fail(err)
-		}
-	}
-	return r
-}
-
-// naiveRoll replaces every server of a fresh cluster without watches the way an ASG
-// instance refresh with MinHealthyPercentage=100 does: for each old server in launch
-// order, terminate it without a leave, launch a replacement on B, and wait only until
-// the replacement's process answers HTTP. Quorum may be lost: the workload's failures
-// are data, and every wait is bounded.
-func (b *bench) naiveRoll(ctx context.Context, servers int) (r Roll) {
-	name := fmt.Sprintf("naive-%d", servers)
-	r = Roll{Kind: "naive", Servers: servers}
-	fail := func(err error) Roll {
-		r.Error = err.Error()
-		return r
-	}
-	cl, err := b.newCluster(ctx, name, servers, false)
-	if err != nil {
-		return fail(err)
-	}
-	defer cl.down(b.logs)
-	olds, err := cl.p.Instances(ctx)
-	if err != nil {
-		return fail(err)
-	}
-	l, err := startLoad(ctx, cl)
-	if err != nil {
-		return fail(err)
-	}
-	if _, err := cl.p.RegisterImage(ctx, "B", local.ImageOptions{}); err != nil {
-		l.stop(&r)
-		return fail(err)
-	}
-	sleep(ctx, warmUp)
-	b.observe(name + " start")
-	start := time.Now()
-	var news []cloud.Instance
-	answered := map[string]float64{}
-	var stepErr error
-	for i, old := range olds {
-		progress("%s: killing %s, launching its replacement on B", name, old.ID)
-		if stepErr = replace(ctx, cl.p, old.ID); stepErr != nil {
-			break
-		}
-		// Launch is timed from the call, as an ASG times an instance from its launch.
-		t := time.Now()
-		in, err := cl.p.Launch(ctx, "B", fmt.Sprintf("naive/%d", i), nil)
-		if err != nil {
-			stepErr = err
-			break
-		}
-		news = append(news, in)
-		if err := waitAnswer(ctx, in.Address, answerBound); err != nil {
-			stepErr = fmt.Errorf("replacement %s: %w", in.ID, err)
-			break
-		}
-		answered[in.ID] = time.Since(t).Seconds()
-	}
-	r.RollSeconds = round1(time.Since(start).Seconds())
-	r.Completed = stepErr == nil
-	if stepErr == nil {
-		ids := map[string]bool{}
-		for _, in := range news {
-			ids[in.ID] = true
-		}
-		progress("%s: every replacement answers; waiting up to %s for a healthy cluster of %d voters", name, settleBound, servers)
-		if took, ok := waitRecovered(ctx, cl.c, ids, settleBound); ok {
-			r.RecoveredAfterSeconds = ptr(round1(took.Seconds()))
-		}
-		r.Recovered = ptr(r.RecoveredAfterSeconds != nil)
-	}
-	b.observe(name + " end")
-	firstHealthy, firstVoter := l.stop(&r)
-	for _, in := range news {
-		ns := newServer(in, firstHealthy, firstVoter)
-		if s, ok := answered[in.ID]; ok {
-			ns.LaunchToAnswerSeconds = ptr(round2(s))
-		}
-		r.NewServers = append(r.NewServers, ns)
-	}
-	r.summarize()
-	progress("%s: %s", name, r.oneLine())
-	if stepErr != nil {
-		return fail(stepErr)
-	}
-	return r
-}
+// casKeys are the hot keys of the check-and-set load.
+var casKeys = []string{"bench/hot/0", "bench/hot/1", "bench/hot/2"}
 
 func sleep(ctx context.Context, d time.Duration) {
 	select {
 	case <-ctx.Done():
 	case <-time.After(d):
-	}
-}
-
-// replace ends an old server as a crash would: SIGKILL, then Terminate, which skips
-// the leave of a dead process and marks the instance terminated.
-func replace(ctx context.Context, p *local.Provider, id string) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := p.Kill(ctx, id); err != nil {
-		return err
-	}
-	return p.Terminate(ctx, id, "")
-}
-
-// waitAnswer polls GET /v1/agent/self on the agent at ip every 100ms until it answers
-// 200, bounded.
-func waitAnswer(ctx context.Context, ip string, bound time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, bound)
-	defer cancel()
-	hc := &http.Client{Timeout: time.Second}
-	u := "http://" + net.JoinHostPort(ip, "8500") + "/v1/agent/self"
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-		if resp, err := hc.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("no HTTP answer from %s within %s", ip, bound)
-		case <-time.After(100 * time.Millisecond):
-		}
 	}
 }
 

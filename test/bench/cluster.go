@@ -45,16 +45,17 @@ type cluster struct {
 	p       *local.Provider
 	// c talks to the client agent; writes and reads use clients of their own, from
 	// their own source addresses (Consul limits connections per client address).
-	c, writeC, readC *api.Client
-	clientAddr       string
-	block            int
-	lock             *os.File
+	c, writeC, readC, casC *api.Client
+	clientAddr             string
+	block                  int
+	lock                   *os.File
 }
 
-// newCluster brings up servers servers on image A in a fresh block, with the real
-// watches (the handlers in b.binDir) if watches is set. On error it has torn down
+// newCluster brings up servers servers on image A (imageA: its binary, default the
+// pinned Consul) in a fresh block, with the real watches (the handlers in b.binDir)
+// if watches is set. On error it has torn down
 // whatever it started; otherwise the caller must call down.
-func (b *bench) newCluster(ctx context.Context, name string, servers int, watches bool) (cl *cluster, err error) {
+func (b *bench) newCluster(ctx context.Context, name string, servers int, watches bool, imageA local.ImageOptions) (cl *cluster, err error) {
 	cl = &cluster{name: name, servers: servers}
 	if cl.block, cl.lock, err = allocateBlock(); err != nil {
 		return nil, err
@@ -84,7 +85,7 @@ func (b *bench) newCluster(ctx context.Context, name string, servers int, watche
 	}
 	upCtx, cancel := context.WithTimeout(ctx, upBound)
 	defer cancel()
-	if _, err = cl.p.RegisterImage(upCtx, "A", local.ImageOptions{}); err != nil {
+	if _, err = cl.p.RegisterImage(upCtx, "A", imageA); err != nil {
 		return cl, err
 	}
 	progress("%s: starting %d servers on image A in 127.0.%d.0/24 (watches: %v)", name, servers, cl.block, watches)
@@ -102,6 +103,9 @@ func (b *bench) newCluster(ctx context.Context, name string, servers int, watche
 		return cl, err
 	}
 	if cl.readC, err = cl.newClient(sources(cl.block, 220)); err != nil {
+		return cl, err
+	}
+	if cl.casC, err = cl.newClient(sources(cl.block, 180)); err != nil {
 		return cl, err
 	}
 	return cl, nil
@@ -152,8 +156,9 @@ func allocateBlock() (int, *os.File, error) {
 	return 0, nil, errors.New("allocate block: every block in 127.0.200-250 is in use")
 }
 
-// sources returns 20 loopback addresses of the block from .first on, which the
-// provider never gives an agent (it counts up from .1).
+// sources returns 20 loopback addresses of the block from .first on (.180, .200,
+// .220), which the provider never gives an agent in a benchmark: it counts up from .1
+// and no case launches more than 20 agents.
 func sources(block, first int) []net.IP {
 	var out []net.IP
 	for i := range 20 {
@@ -187,18 +192,33 @@ func (cl *cluster) newClient(from []net.IP) (*api.Client, error) {
 }
 
 // healthWatch samples autopilot every interval and remembers when each server was
-// first seen healthy, and first seen healthy and a voter.
+// first seen healthy, and first seen healthy and a voter; and how exposed the
+// cluster was: the fewest healthy voters and the lowest failure tolerance autopilot
+// reported, and how long it had fewer than n healthy voters. A roll clients cannot
+// see may still leave a cluster one failure from losing quorum; this shows it.
 type healthWatch struct {
 	mu           sync.Mutex
 	firstHealthy map[string]time.Time
 	firstVoter   map[string]time.Time
+	exposure     Exposure
 	stop         context.CancelFunc
 	done         chan struct{}
 }
 
-func watchHealth(c *api.Client, interval time.Duration) *healthWatch {
+// Exposure is how close to losing quorum a cluster came, as autopilot saw it.
+type Exposure struct {
+	// MinHealthyVoters and MinFailureTolerance: the lowest seen in any sample.
+	MinHealthyVoters    int `json:"min_healthy_voters"`
+	MinFailureTolerance int `json:"min_failure_tolerance"`
+	// SecondsBelowN: samples with fewer than N healthy voters, times the interval.
+	SecondsBelowN float64 `json:"seconds_below_n_voters"`
+	Samples       int     `json:"samples"`
+}
+
+func watchHealth(c *api.Client, interval time.Duration, n int) *healthWatch {
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &healthWatch{firstHealthy: map[string]time.Time{}, firstVoter: map[string]time.Time{}, stop: cancel, done: make(chan struct{})}
+	h := &healthWatch{firstHealthy: map[string]time.Time{}, firstVoter: map[string]time.Time{}, stop: cancel, done: make(chan struct{}),
+		exposure: Exposure{MinHealthyVoters: n, MinFailureTolerance: (n - 1) / 2}}
 	go func() {
 		defer close(h.done)
 		t := time.NewTicker(interval)
@@ -218,6 +238,19 @@ func watchHealth(c *api.Client, interval time.Duration) *healthWatch {
 			}
 			now := time.Now()
 			h.mu.Lock()
+			voters := 0
+			for _, s := range rep.Servers {
+				if s.Healthy && s.Voter {
+					voters++
+				}
+			}
+			e := &h.exposure
+			e.Samples++
+			e.MinHealthyVoters = min(e.MinHealthyVoters, voters)
+			e.MinFailureTolerance = min(e.MinFailureTolerance, rep.FailureTolerance)
+			if voters < n {
+				e.SecondsBelowN += interval.Seconds()
+			}
 			for _, s := range rep.Servers {
 				if _, seen := h.firstHealthy[s.Name]; s.Healthy && !seen {
 					h.firstHealthy[s.Name] = now
@@ -233,10 +266,12 @@ func watchHealth(c *api.Client, interval time.Duration) *healthWatch {
 }
 
 // Stop stops sampling and returns what was seen (node name = instance ID).
-func (h *healthWatch) Stop() (firstHealthy, firstVoter map[string]time.Time) {
+func (h *healthWatch) Stop() (firstHealthy, firstVoter map[string]time.Time, exposure Exposure) {
 	h.stop()
 	<-h.done
-	return h.firstHealthy, h.firstVoter
+	exposure = h.exposure
+	exposure.SecondsBelowN = round1(exposure.SecondsBelowN)
+	return h.firstHealthy, h.firstVoter, exposure
 }
 
 // waitRolled polls until the roll record says done on image and the live servers
