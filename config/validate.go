@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"os"
 	"path"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -30,15 +29,10 @@ const (
 )
 
 var (
-	// clusterName keeps the name safe in a KV path, a log line and a tag.
-	clusterName = regexp.MustCompile(`^[a-z0-9_-]{1,63}$`)
-	// datacenterName is what Consul accepts for a datacenter.
-	datacenterName = regexp.MustCompile(`^[a-z0-9_-]+$`)
-	// serviceName keeps a deployed service's name safe in a KV path.
-	serviceName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
-	logLevels   = []string{"trace", "debug", "info", "warn", "error"}
-	schemes     = []string{"http", "https"}
-	loopback    = netip.MustParsePrefix("127.0.0.0/8")
+	// The names' grammars: see grammar.go.
+	logLevels = []string{"trace", "debug", "info", "warn", "error"}
+	schemes   = []string{"http", "https"}
+	loopback  = netip.MustParsePrefix("127.0.0.0/8")
 )
 
 // problem is one thing wrong with a Config, named by the key it concerns.
@@ -71,7 +65,7 @@ func (c *Config) validate(jobs Jobs) []problem {
 		if rolls {
 			add(KeyCluster, "%s is required", KeyCluster)
 		}
-	case !clusterName.MatchString(c.Cluster):
+	case !clusterName.match(c.Cluster):
 		add(KeyCluster, "%s %q must be 1 to 63 characters of a-z, 0-9, - and _", KeyCluster, c.Cluster)
 	}
 	switch {
@@ -98,7 +92,7 @@ func (c *Config) validate(jobs Jobs) []problem {
 		// leave the file saying one thing and the program doing another.
 		add(KeyConsulScheme, "%s \"http\" contradicts the https:// of %s %q: drop one", KeyConsulScheme, KeyConsulAddress, cc.Address)
 	}
-	if cc.Datacenter != "" && !datacenterName.MatchString(cc.Datacenter) {
+	if cc.Datacenter != "" && !datacenterName.match(cc.Datacenter) {
 		add(KeyConsulDatacenter, "%s %q must be characters of a-z, 0-9, - and _", KeyConsulDatacenter, cc.Datacenter)
 	}
 	if cc.InlineToken != "" && cc.TokenFile != "" {
@@ -196,10 +190,10 @@ func (c *Config) validate(jobs Jobs) []problem {
 
 func (r *ReconfigureConfig) validate(add func(key, format string, args ...any)) {
 	key := KeyReconfigure + "." + r.Name
-	if !serviceName.MatchString(r.Name) {
+	if !serviceName.match(r.Name) {
 		add(key, "reconfigure name %q must be 1 to 63 characters of a-z, A-Z, 0-9, - and _, starting with a letter or digit", r.Name)
 	}
-	if !serviceName.MatchString(r.Service) {
+	if !serviceName.match(r.Service) {
 		add(key+"."+AttrReconfigureService, "%s.%s %q must be a service name: 1 to 63 characters of a-z, A-Z, 0-9, - and _", key, AttrReconfigureService, r.Service)
 	}
 	if _, err := template.New(r.TemplateName()).Funcs(TemplateFuncs).Parse(r.Template); err != nil {
@@ -239,7 +233,7 @@ var TemplateFuncs = tmplfunc.Funcs()
 
 func (d *DeployConfig) validate(add func(key, format string, args ...any)) {
 	key := KeyDeploy + "." + d.Service
-	if !serviceName.MatchString(d.Service) {
+	if !serviceName.match(d.Service) {
 		add(key, "deploy service %q must be 1 to 63 characters of a-z, A-Z, 0-9, - and _, starting with a letter or digit", d.Service)
 	}
 	for _, cmd := range []struct {
@@ -279,16 +273,12 @@ func (d *DeployConfig) validate(add func(key, format string, args ...any)) {
 	}
 }
 
-// artifactPatternChars are the characters an artifact pattern may have: a URL's or a
-// path's, and path.Match's wildcards.
-var artifactPatternChars = regexp.MustCompile(`^[A-Za-z0-9._~:/?=&%+*\[\]^!,-]+$`)
-
 // checkArtifactPattern reports a pattern of deploy.<service>.artifacts that does not
 // parse, or whose scheme://host part has a wildcard: "https://*.example.com/*"
 // would let "https://evil.test?.example.com/x" through, whose host is evil.test.
 // The artifact's host must be spelled out.
 func checkArtifactPattern(p string) error {
-	if !artifactPatternChars.MatchString(p) {
+	if !artifactPatternChars.match(p) {
 		return fmt.Errorf("want a URL or path pattern of A-Z, a-z, 0-9 and . _ ~ : / ? = & %% + - with path.Match wildcards * ? [ ]")
 	}
 	if _, err := path.Match(p, ""); err != nil {
@@ -331,9 +321,6 @@ func (p *LocalProvider) validate(servers int, add func(key, format string, args 
 	}
 }
 
-// hookName is the grammar of a lifecycle hook's name.
-var hookName = regexp.MustCompile(`^[A-Za-z0-9\-_/]{1,255}$`)
-
 func (p *AWSProvider) validate(add func(key, format string, args ...any)) {
 	if p.AutoscalingGroup == "" {
 		add(KeyAWSAutoscalingGroup, "%s is required", KeyAWSAutoscalingGroup)
@@ -352,7 +339,7 @@ func (p *AWSProvider) validate(add func(key, format string, args ...any)) {
 		}
 	}
 	// LifecycleHookName in the Auto Scaling API model: 1 to 255 of [A-Za-z0-9\-_\/].
-	if !hookName.MatchString(p.LifecycleHook) {
+	if !hookName.match(p.LifecycleHook) {
 		add(KeyAWSLifecycleHook, "%s %q must be 1 to 255 letters, digits, '-', '_' or '/'", KeyAWSLifecycleHook, p.LifecycleHook)
 	}
 	if p.GateMaxHold <= 0 {

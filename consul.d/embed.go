@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // Paths the shipped files use; the local provider replaces them with its own.
@@ -140,18 +141,18 @@ type PolicyVars struct {
 // "rehydrate/" + "" + "/" is not what anyone meant and key_prefix "deploy/web/nodes/" +
 // "" would cover every node.
 var (
-	// clusterGrammar is config's (config/validate.go clusterName).
-	clusterGrammar = regexp.MustCompile(`^[a-z0-9_-]{1,63}$`)
+	// clusterGrammar is config's (config/grammar.go clusterName).
+	clusterGrammar = lazy(`^[a-z0-9_-]{1,63}$`)
 	// nodeGrammar is a node name Consul calls valid: letters, digits and dashes, at most
 	// 63 characters, a DNS label (Consul agent/config/builder.go warns about any other
 	// node_name; internal/dnsutil InvalidNameRe, MaxLabelLength). The instance ids
 	// scripts/user-data.sh uses as node names are of this form.
-	nodeGrammar = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,62}$`)
-	// serviceGrammar is config's (config/validate.go serviceName).
-	serviceGrammar = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
+	nodeGrammar = lazy(`^[A-Za-z0-9][A-Za-z0-9-]{0,62}$`)
+	// serviceGrammar is config's (config/grammar.go serviceName).
+	serviceGrammar = lazy(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
 	// eventGrammar is a stricter form of config's roll.event_name rule (no spaces, no
 	// '/'), which the default "consul-rehydrate" meets.
-	eventGrammar = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+	eventGrammar = lazy(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
 )
 
 // RenderPolicy renders the policy template name ("rehydrate-handlers",
@@ -166,7 +167,7 @@ func RenderPolicy(name string, v PolicyVars) (string, error) {
 	}
 	params := []struct {
 		placeholder, field, value string
-		grammar                   *regexp.Regexp
+		grammar                   func() *regexp.Regexp
 		want                      string
 	}{
 		{ClusterName, "Cluster", v.Cluster, clusterGrammar, "1 to 63 characters of a-z, 0-9, - and _"},
@@ -181,7 +182,7 @@ func RenderPolicy(name string, v PolicyVars) (string, error) {
 		switch {
 		case p.value == "" && used:
 			problems = append(problems, fmt.Sprintf("%s is required (policy %s uses it)", p.field, name))
-		case p.value != "" && !p.grammar.MatchString(p.value):
+		case p.value != "" && !p.grammar().MatchString(p.value):
 			problems = append(problems, fmt.Sprintf("%s %q must be %s", p.field, p.value, p.want))
 		}
 		pairs = append(pairs, p.placeholder, p.value)
@@ -213,4 +214,11 @@ func rules(src string) string {
 
 func isComment(line string) bool {
 	return strings.HasPrefix(strings.TrimSpace(line), "#")
+}
+
+// lazy compiles expr on first use: a bounded repetition compiles to one copy of its
+// class per repeat, and compiling these at package init cost every handler run, most
+// of which never render a file, thousands of allocations.
+func lazy(expr string) func() *regexp.Regexp {
+	return sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(expr) })
 }

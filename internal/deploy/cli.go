@@ -186,7 +186,7 @@ func withClient(f *app.Flags, problems []string, run func(*app.Program, *api.Cli
 	return app.ExitOK
 }
 
-func serviceName(s string) bool { return segment.MatchString(s) }
+func serviceName(s string) bool { return segment().MatchString(s) }
 
 // View is what `deploy status` shows.
 type View struct {

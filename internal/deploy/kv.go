@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -112,18 +113,18 @@ func ServiceKey(service, name string) string { return Prefix + service + "/" + n
 
 // segment is what a service or node name may be in a key: Consul's node names
 // and service names, and nothing that walks out of the prefix.
-var segment = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+var segment = lazy(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
 
 // nodeName reports whether s is a node name the deploy keys may hold: a segment
 // without "..". Catalog node names are chosen by whoever registers them (the
 // catalog takes nearly any string), so the rollout refuses the others.
-func nodeName(s string) bool { return segment.MatchString(s) && !strings.Contains(s, "..") }
+func nodeName(s string) bool { return segment().MatchString(s) && !strings.Contains(s, "..") }
 
 // ParseDesiredKey splits deploy/<service>/nodes/<node>/desired.
 func ParseDesiredKey(key string) (service, node string, err error) {
 	parts := strings.Split(key, "/")
 	if len(parts) != 5 || parts[0]+"/" != Prefix || parts[2] != "nodes" || parts[4] != KeyDesired ||
-		!segment.MatchString(parts[1]) || !segment.MatchString(parts[3]) || strings.Contains(key, "..") {
+		!segment().MatchString(parts[1]) || !segment().MatchString(parts[3]) || strings.Contains(key, "..") {
 		return "", "", fmt.Errorf("%w: key %q is not %s<service>/nodes/<node>/%s", ErrBadDesired, key, Prefix, KeyDesired)
 	}
 	return parts[1], parts[3], nil
@@ -151,15 +152,15 @@ const (
 )
 
 var (
-	deploymentID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]*$`)
+	deploymentID = lazy(`^[A-Za-z0-9][A-Za-z0-9_.:-]*$`)
 	// versionGrammar is what a version may be. A version reaches the deploy and
 	// rollback commands (REHYDRATE_DEPLOY_VERSION, _PREVIOUS_VERSION), which put it in
 	// paths, URLs and argv, often through a shell: so no "/", no shell
 	// metacharacters, no spaces or control characters, no leading "-" (an option),
 	// and no ".." (checked apart). Semantic versions (1.4.2-rc.1+build.5) and tags
 	// (v2, 2026.01.15_1) fit.
-	versionGrammar = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
-	sha256Grammar  = regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
+	versionGrammar = lazy(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
+	sha256Grammar  = lazy(`^[0-9a-fA-F]{64}$`)
 )
 
 // CheckVersion reports what is wrong with v as a version: desired, current and a
@@ -168,7 +169,7 @@ func CheckVersion(v string) error {
 	if v == "" {
 		return errors.New("missing version")
 	}
-	if !versionGrammar.MatchString(v) || strings.Contains(v, "..") {
+	if !versionGrammar().MatchString(v) || strings.Contains(v, "..") {
 		return fmt.Errorf("version %q must be 1 to %d characters of A-Z, a-z, 0-9 and . _ + -, starting with a letter or digit, without \"..\"",
 			v, maxVersionLen)
 	}
@@ -202,7 +203,7 @@ func (d Desired) Check() error {
 	switch {
 	case d.ID == "":
 		return fmt.Errorf("%w: missing id", ErrBadDesired)
-	case len(d.ID) > maxIDLen || !deploymentID.MatchString(d.ID):
+	case len(d.ID) > maxIDLen || !deploymentID().MatchString(d.ID):
 		return fmt.Errorf("%w: id %q must be up to %d characters of A-Z, a-z, 0-9, _ . : -", ErrBadDesired, d.ID, maxIDLen)
 	}
 	if err := CheckVersion(d.Version); err != nil {
@@ -211,7 +212,7 @@ func (d Desired) Check() error {
 	switch {
 	case len(d.Artifact) > maxArtifactLen || !printable.Is(d.Artifact):
 		return fmt.Errorf("%w: artifact must be up to %d printable characters", ErrBadDesired, maxArtifactLen)
-	case d.SHA256 != "" && !sha256Grammar.MatchString(d.SHA256):
+	case d.SHA256 != "" && !sha256Grammar().MatchString(d.SHA256):
 		return fmt.Errorf("%w: sha256 %q must be 64 hex digits (a SHA-256 as sha256sum prints it)", ErrBadDesired, d.SHA256)
 	}
 	return nil
@@ -421,4 +422,11 @@ func (s kv) current(ctx context.Context, service, node string) (string, error) {
 		return "", err
 	}
 	return string(p.Value), nil
+}
+
+// lazy compiles expr on first use: a bounded repetition compiles to one copy of its
+// class per repeat, and these were compiled at the start of every handler run that
+// links this package (spinup does, through internal/command), deploying or not.
+func lazy(expr string) func() *regexp.Regexp {
+	return sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(expr) })
 }
