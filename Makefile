@@ -6,6 +6,10 @@ SHELL := /usr/bin/env bash
 .DEFAULT_GOAL := help
 
 CONSUL_VERSION      := 1.22.3
+# The older Consul that image A runs in the upgrade roll (test/e2e/upgrade_test.go and
+# the bench): the oldest release that builds from the module proxy (no v1.21.x does;
+# scripts/tools/consul-old/go.mod says why).
+CONSUL_OLD_VERSION  := 1.22.0
 STATICCHECK_VERSION := v0.8.2
 AEMM_VERSION        := v1.13.0
 PACKER_VERSION      := 1.12.0
@@ -15,6 +19,8 @@ RIE_VERSION         := v0.0.0-20261030222936-bef5c4ba774d
 CACHE_DIR   ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/consul-rehydrate
 CONSUL_DIR  := $(CACHE_DIR)/consul-$(CONSUL_VERSION)
 CONSUL_BIN  := $(CONSUL_DIR)/consul
+CONSUL_OLD_DIR := $(CACHE_DIR)/consul-$(CONSUL_OLD_VERSION)
+CONSUL_OLD_BIN := $(CONSUL_OLD_DIR)/consul
 TOOLS_BIN   := $(CACHE_DIR)/tools
 STATICCHECK := $(TOOLS_BIN)/staticcheck-$(STATICCHECK_VERSION)
 AEMM_DIR    := $(CACHE_DIR)/ec2-metadata-mock-$(AEMM_VERSION)
@@ -37,6 +43,9 @@ GO_TEST_FLAGS ?= -race -count=1 -timeout 45m -parallel 4 -p 4
 export PATH := $(CONSUL_DIR):$(AEMM_DIR):$(PACKER_DIR):$(RIE_DIR):$(PATH)
 export PACKER_PLUGIN_PATH := $(PACKER_DIR)/plugins
 export CHECKPOINT_DISABLE := 1
+# The upgrade roll's older Consul is not put on PATH (the pinned one must win there):
+# the tests and the bench find it here.
+export REHYDRATE_CONSUL_OLD := $(CONSUL_OLD_BIN)
 
 .PHONY: help
 help: ## show the targets
@@ -55,10 +64,26 @@ $(CONSUL_BIN):
 	@mv $@.tmp $@
 	@$@ version | sed -n 1p
 
+.PHONY: consul-old
+consul-old: $(CONSUL_OLD_BIN) ## build the older Consul of the upgrade roll into the cache (no-op when cached)
+
+# As $(CONSUL_BIN), from its own module: the two Consuls' dependency graphs differ.
+# The version is pinned in two places (here and that go.mod): a build that is not
+# CONSUL_OLD_VERSION fails rather than being cached under its name.
+$(CONSUL_OLD_BIN):
+	@echo "building consul $(CONSUL_OLD_VERSION) into $(CONSUL_OLD_DIR) (cold: ~10 min)"
+	@mkdir -p $(CONSUL_OLD_DIR)
+	cd scripts/tools/consul-old && go build -trimpath -ldflags='-s -w' -o $@.tmp github.com/hashicorp/consul
+	@$@.tmp version | sed -n 1p | grep -Fx 'Consul v$(CONSUL_OLD_VERSION)' || \
+	  { echo "scripts/tools/consul-old/go.mod does not pin consul $(CONSUL_OLD_VERSION)"; rm -f $@.tmp; exit 1; }
+	@mv $@.tmp $@
+
+# Static (CGO_ENABLED=0): a watch handler runs at every health change and event, and a
+# static binary spares each run the dynamic loader (see BENCHMARKS.md, section 7).
 .PHONY: build
 build: ## build every handler into bin/
 	@mkdir -p bin
-	go build -trimpath -o bin/ $(addprefix ./handlers/,$(HANDLERS))
+	CGO_ENABLED=0 go build -trimpath -o bin/ $(addprefix ./handlers/,$(HANDLERS))
 
 .PHONY: demo
 demo: $(CONSUL_BIN) build ## roll a real local cluster from image A to B under write load (SERVERS=3)
@@ -113,11 +138,11 @@ validate: $(CONSUL_BIN) $(AEMM) $(PACKER_AMAZON) shellcheck ## packer validate+f
 	go test -count=1 ./test/validate/ ./test/userdata/
 
 .PHONY: test
-test: $(CONSUL_BIN) $(AEMM) $(PACKER_AMAZON) $(RIE) shellcheck ## unit and integration tests against a real Consul, race detector on
+test: $(CONSUL_BIN) $(CONSUL_OLD_BIN) $(AEMM) $(PACKER_AMAZON) $(RIE) shellcheck ## unit and integration tests against a real Consul, race detector on
 	go test $(GO_TEST_FLAGS) ./...
 
 .PHONY: bench
-bench: $(CONSUL_BIN) ## benchmark our roll against a naive one, and idle handlers (~10 min; writes test/bench/BENCHMARKS.md)
+bench: $(CONSUL_BIN) $(CONSUL_OLD_BIN) ## benchmark our roll against an ASG instance refresh, a Consul upgrade, 5 servers with data, idle handlers (<20 min; writes test/bench/BENCHMARKS.md and its pictures)
 	go run ./test/bench -out test/bench/BENCHMARKS.md -json test/bench/benchmarks.json
 
 $(STATICCHECK):

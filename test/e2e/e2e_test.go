@@ -85,6 +85,9 @@ type envOptions struct {
 	imagesBefore []string
 	// launchTimeout is roll.launch_timeout, default 3m.
 	launchTimeout string
+	// consulA, if set, is the consul binary of image A (default the provider's, the
+	// pinned one): a roll to B is then a Consul upgrade.
+	consulA string
 }
 
 func newEnvWith(t *testing.T, o envOptions) *env {
@@ -145,6 +148,10 @@ provider "local" {
 
 	for _, img := range o.imagesBefore {
 		out, code := e.run("local", "image", "register", img)
+		require.Equal(t, app.ExitOK, code, out)
+	}
+	if o.consulA != "" {
+		out, code := e.run("local", "image", "register", "--consul-binary", o.consulA, "A")
 		require.Equal(t, app.ExitOK, code, out)
 	}
 	up := []string{"local", "up", "--servers", fmt.Sprint(o.servers), "--image", "A"}
