@@ -390,6 +390,18 @@ func (rep *Report) mdSteady(p printer) {
 			readLat(s.Reads), readLat(r.Reads), s.ReadP99Ratio, casLat(s.CAS), casLat(r.CAS))
 	}
 	p("\n")
+	p("At 20 writes/s over a roll of under a minute, a p99 is decided by the slowest ten or so operations, so a few moments decide it. Where they fall, against the roll's steps (seconds after the roll started):\n\n")
+	for _, r := range rolls {
+		var slow, steps []string
+		for _, o := range r.Slowest {
+			slow = append(slow, fmt.Sprintf("%.0f ms %s +%.1f", o.MS, o.Kind, o.AtSeconds))
+		}
+		for _, h := range r.History {
+			steps = append(steps, fmt.Sprintf("%s +%.1f", h.Step, h.AtSeconds))
+		}
+		p("- %s: slowest %s; steps %s\n", r.Case, strings.Join(slow, ", "), strings.Join(steps, ", "))
+	}
+	p("\n")
 }
 
 func readLat(r *Reads) string {

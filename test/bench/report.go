@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -104,6 +105,9 @@ type Roll struct {
 	// PeakRSS (scale): each server's peak resident memory (VmHWM) while the data was
 	// loaded and rolled.
 	PeakRSS []ServerRSS `json:"peak_rss,omitempty"`
+	// Slowest: the 12 slowest operations of the roll, to tell a p99 made by the
+	// roll's steps (clustered at them) from one made by the machine (spread out).
+	Slowest []SlowOp `json:"slowest,omitempty"`
 	Error   string      `json:"error,omitempty"`
 
 	// For the latency-over-time picture: every operation, and when the roll started.
@@ -234,7 +238,30 @@ func (r Roll) err() error {
 }
 
 // summarize fills the catch-up and launch figures from NewServers.
+// SlowOp is one operation of the load: its start, in seconds after the roll
+// started, and the time it took, all its attempts included.
+type SlowOp struct {
+	AtSeconds float64 `json:"at_seconds"`
+	Kind      string  `json:"kind"`
+	MS        float64 `json:"ms"`
+	Failed    bool    `json:"failed,omitempty"`
+}
+
+// slowest returns the n slowest of samples, timed from start.
+func slowest(samples []workload.Sample, start time.Time, n int) []SlowOp {
+	s := slices.Clone(samples)
+	slices.SortFunc(s, func(a, b workload.Sample) int { return cmp.Compare(b.Took, a.Took) })
+	var out []SlowOp
+	for _, x := range s[:min(n, len(s))] {
+		out = append(out, SlowOp{AtSeconds: round1(x.Start.Sub(start).Seconds()), Kind: x.Kind, MS: round1(float64(x.Took) / 1e6), Failed: x.Failed})
+	}
+	return out
+}
+
 func (r *Roll) summarize() {
+	if !r.start.IsZero() && len(r.samples) > 0 {
+		r.Slowest = slowest(r.samples, r.start, 12)
+	}
 	var catchUp, launch []float64
 	for _, s := range r.NewServers {
 		if s.CatchUpSeconds != nil {
