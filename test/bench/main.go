@@ -1,5 +1,5 @@
 // Command bench measures what a roll costs, on real local clusters, and writes
-// BENCHMARKS.md, benchmarks.json and two latency-over-time pictures (SVG) beside
+// BENCHMARKS.md, benchmarks.json and three latency-over-time pictures (SVG) beside
 // them. `make bench` runs it.
 //
 // Every case runs in the same run on the same machine, one after another, on the

@@ -32,6 +32,7 @@ const (
 var pictures = []struct{ roll, file, title string }{
 	{caseOurs3, "ours-3.svg", "Our roll, 3 servers"},
 	{caseRefW10, "refresh-3-w10.svg", "Instance refresh (warmup 10 s, graceful leave), 3 servers"},
+	{caseRefW0K, "refresh-3-w0-100000keys.svg", "Instance refresh (warmup 0 s, graceful leave), 3 servers, 100 000 keys"},
 }
 
 func (rep *Report) rollCase(name string) *Roll {
@@ -565,7 +566,7 @@ func (rep *Report) mdPictures(p printer) {
 		return
 	}
 	p("## 6. Latency over time\n\n")
-	p("Every operation of the load (writes, consistent reads, check-and-sets) as a dot: its start, in seconds since the roll started, against the time it took, all its attempts included (log scale, the same on both pictures). Failed operations are red crosses. The vertical lines are the roll's steps.\n\n")
+	p("Every operation of the load (writes, consistent reads, check-and-sets) as a dot: its start, in seconds since the roll started, against the time it took, all its attempts included (log scale, the same on every picture). Failed operations are red crosses. The vertical lines are the roll's steps.\n\n")
 	for _, pic := range pictures {
 		if slices.Contains(rep.Pictures, pic.roll) {
 			p("![%s: latency of every operation over time](%s)\n\n", pic.title, pic.file)

@@ -108,7 +108,7 @@ type Roll struct {
 	// Slowest: the 12 slowest operations of the roll, to tell a p99 made by the
 	// roll's steps (clustered at them) from one made by the machine (spread out).
 	Slowest []SlowOp `json:"slowest,omitempty"`
-	Error   string      `json:"error,omitempty"`
+	Error   string   `json:"error,omitempty"`
 
 	// For the latency-over-time picture: every operation, and when the roll started.
 	samples []workload.Sample
