@@ -327,13 +327,23 @@ type Entry struct {
 // InProgress reports whether r is a roll still under way.
 func (r *Roll) InProgress() bool { return r != nil && r.Phase == PhaseRolling }
 
-// Add appends a history entry, keeping the newest MaxHistory.
-func (r *Roll) Add(e Entry) {
+// Add appends a history entry, keeping the newest MaxHistory, and reports whether
+// it did. An entry that repeats the newest one (same step, instance and detail) is
+// not added: a step taken again idempotently, as a surge that has not appeared yet
+// is asked for again, or a hold for the same reason, changed nothing, and would
+// crowd older entries out. The newest entry keeps its time: when it first happened.
+func (r *Roll) Add(e Entry) bool {
+	if n := len(r.History); n > 0 {
+		if last := r.History[n-1]; last.Step == e.Step && last.Instance == e.Instance && last.Detail == e.Detail {
+			return false
+		}
+	}
 	r.History = append(r.History, e)
 	if len(r.History) > MaxHistory {
 		r.History = r.History[len(r.History)-MaxHistory:]
 	}
 	r.Updated = e.Time
+	return true
 }
 
 // Roll reads the roll record; nil when there has never been a roll.

@@ -289,3 +289,27 @@ func TestRoll_CompletedTargetIsCarriedOverUntilAnotherCompletes(t *testing.T) {
 func ended(h *coord.Held) func(context.Context) (bool, error) {
 	return func(context.Context) (bool, error) { return h.Context().Err() != nil, nil }
 }
+
+// A step taken again idempotently (a surge asked for again before it appears) is
+// not a new entry: it would crowd out the history and count as another launch.
+func TestRoll_AddSkipsARepeatOfTheNewestEntry(t *testing.T) {
+	t0 := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	launch := coord.Entry{Time: t0, Step: "launch", Instance: "i-1", Detail: "launched i-9 on B to replace i-1"}
+	r := &coord.Roll{Target: "B", Phase: coord.PhaseRolling, Started: t0}
+	assert.True(t, r.Add(launch))
+	again := launch
+	again.Time = t0.Add(time.Second)
+	assert.False(t, r.Add(again), "the same launch, asked for again")
+	assert.Equal(t, []coord.Entry{launch}, r.History, "the first keeps its time")
+	assert.Equal(t, t0, r.Updated)
+
+	retire := coord.Entry{Time: t0.Add(time.Minute), Step: "retire", Instance: "i-1", Detail: "retired i-1"}
+	assert.True(t, r.Add(retire))
+	later := launch
+	later.Time = t0.Add(2 * time.Minute)
+	assert.True(t, r.Add(later), "a repeat of an older entry, not the newest, is added")
+	other := later
+	other.Detail = "launched i-8 on B to replace i-1"
+	assert.True(t, r.Add(other), "another detail is another entry")
+	assert.Len(t, r.History, 4)
+}

@@ -331,8 +331,7 @@ func (t *turn) hold(rec *coord.Roll, in plan.Input, st plan.Step) (next, error) 
 	if !rec.InProgress() {
 		rec = rec.Next(st.Image, created(in, st.Image), t.Now())
 	}
-	if n := len(rec.History); n == 0 || rec.History[n-1].Detail != st.Reason {
-		rec.Add(t.entry(st, st.Reason))
+	if rec.Add(t.entry(st, st.Reason)) {
 		if err := t.Store.PutRoll(t.ctx, rec); err != nil {
 			return stop, t.consulErr(t.ctx, err)
 		}

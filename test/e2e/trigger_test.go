@@ -206,8 +206,9 @@ func TestTrigger_APublishedImageRollsTheClusterOnce(t *testing.T) {
 	st := e.waitRolled(amiB, 5*time.Minute)
 	res, err := writer.Stop(context.Background())
 	require.NoError(t, err)
-	// Instances launched, not launch entries: a handler that re-takes a launch
-	// (the same action id, which launches nothing new) adds an entry too.
+	// Instances launched, not launch entries: a surge asked for again before it
+	// appears launches nothing new, and only a repeat of the newest entry is folded
+	// into it (coord.Roll.Add); a hold in between makes it an entry of its own.
 	launched, dones := map[string]bool{}, 0
 	for _, h := range st.Roll.History {
 		switch h.Step {
