@@ -319,24 +319,7 @@ func (p *Provider) Launch(ctx context.Context, imageID, actionID string, _ *clou
 // Terminating a terminated instance does nothing; an ID never launched is
 // ErrUnknownInstance.
 func (p *Provider) Terminate(ctx context.Context, instanceID, actionID string) error {
-	var rec instanceRecord
-	done := false
-	err := p.withState(func(s *state) (bool, error) {
-		in := s.instance(instanceID)
-		switch {
-		case in == nil:
-			return false, ErrUnknownInstance
-		case in.State == cloud.StateTerminated:
-			done = true
-			return false, nil
-		}
-		rec = *in
-		// shutting-down is recorded before the leave, so a terminator killed mid-way
-		// leaves the instance visibly on its way out; the next Terminate finishes it.
-		changed := in.State != cloud.StateShuttingDown
-		in.State = cloud.StateShuttingDown
-		return changed, nil
-	})
+	rec, done, err := p.shuttingDown(instanceID)
 	if err != nil || done {
 		if err != nil {
 			return fmt.Errorf("terminate instance %q: %w", instanceID, err)
@@ -349,20 +332,46 @@ func (p *Provider) Terminate(ctx context.Context, instanceID, actionID string) e
 		return fmt.Errorf("terminate instance %q: %w", instanceID, err)
 	}
 	fault.Point("left")
-	err = p.withState(func(s *state) (bool, error) {
-		in := s.instance(instanceID)
-		if in == nil {
-			return false, ErrUnknownInstance // the state dir was replaced under us
-		}
-		// Out of raft, the process may still be draining: it stays shutting-down until
-		// it has exited (see refresh).
-		return p.refresh(in), nil
-	})
-	if err != nil {
+	if err := p.settle(instanceID); err != nil {
 		return fmt.Errorf("terminate instance %q: %w", instanceID, err)
 	}
 	p.log.Info("instance's server left; the instance is shutting down", "instance_id", instanceID)
 	return nil
+}
+
+// shuttingDown marks the instance shutting-down and returns its record; done if it
+// is already terminated. It is recorded before the server is stopped, so a
+// terminator killed mid-way leaves the instance visibly on its way out; the next
+// call finishes it. An ID never launched is ErrUnknownInstance.
+func (p *Provider) shuttingDown(instanceID string) (rec instanceRecord, done bool, err error) {
+	err = p.withState(func(s *state) (bool, error) {
+		in := s.instance(instanceID)
+		switch {
+		case in == nil:
+			return false, ErrUnknownInstance
+		case in.State == cloud.StateTerminated:
+			done = true
+			return false, nil
+		}
+		rec = *in
+		changed := in.State != cloud.StateShuttingDown
+		in.State = cloud.StateShuttingDown
+		return changed, nil
+	})
+	return rec, done, err
+}
+
+// settle records what became of a shutting-down instance once its server was
+// stopped: it stays shutting-down while the process drains, terminated once it has
+// exited (see refresh).
+func (p *Provider) settle(instanceID string) error {
+	return p.withState(func(s *state) (bool, error) {
+		in := s.instance(instanceID)
+		if in == nil {
+			return false, ErrUnknownInstance // the state dir was replaced under us
+		}
+		return p.refresh(in), nil
+	})
 }
 
 // Kill SIGKILLs the instance's server, as a crash would: the instance stays running,

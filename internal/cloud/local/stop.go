@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"syscall"
 	"time"
-
-	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
 )
 
 // Shutdown stops the instance's server as an EC2 instance shutdown does when nothing
@@ -23,22 +21,7 @@ import (
 // Shutting down a terminated instance does nothing; an ID never launched is
 // ErrUnknownInstance.
 func (p *Provider) Shutdown(ctx context.Context, instanceID string, bound time.Duration) (killed bool, err error) {
-	var rec instanceRecord
-	done := false
-	err = p.withState(func(s *state) (bool, error) {
-		in := s.instance(instanceID)
-		switch {
-		case in == nil:
-			return false, ErrUnknownInstance
-		case in.State == cloud.StateTerminated:
-			done = true
-			return false, nil
-		}
-		rec = *in
-		changed := in.State != cloud.StateShuttingDown
-		in.State = cloud.StateShuttingDown
-		return changed, nil
-	})
+	rec, done, err := p.shuttingDown(instanceID)
 	if err != nil || done {
 		if err != nil {
 			err = fmt.Errorf("shut down instance %q: %w", instanceID, err)
@@ -64,14 +47,7 @@ func (p *Provider) Shutdown(ctx context.Context, instanceID string, bound time.D
 		}
 		killed = true
 	}
-	err = p.withState(func(s *state) (bool, error) {
-		in := s.instance(instanceID)
-		if in == nil {
-			return false, ErrUnknownInstance
-		}
-		return p.refresh(in), nil
-	})
-	if err != nil {
+	if err := p.settle(instanceID); err != nil {
 		return killed, fmt.Errorf("shut down instance %q: %w", instanceID, err)
 	}
 	p.log.Info("instance shut down", "instance_id", instanceID)
