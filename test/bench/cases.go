@@ -110,60 +110,68 @@ func sortedByLaunch(m map[string]cloud.Instance) []cloud.Instance {
 // loadKeys writes keys keys of ~1 KB under bench/data/ in KV transactions of 64
 // operations, from 4 goroutines, and checks they are all there.
 func loadKeys(ctx context.Context, c *api.Client, keys int) error {
-	const batch, workers = 64, 4
+	const batch = 64
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	value := bytes.Repeat([]byte("0123456789abcdef"), 64) // 1 KiB
-	starts := make(chan int)
+	err := parallel(ctx, (keys+batch-1)/batch, 4, func(ctx context.Context, b int) error {
+		var ops api.TxnOps
+		for k := b * batch; k < min((b+1)*batch, keys); k++ {
+			ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: fmt.Sprintf("bench/data/%06d", k), Value: value}})
+		}
+		ok, resp, _, err := c.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+		if err == nil && !ok {
+			err = fmt.Errorf("transaction rolled back: %v", resp.Errors)
+		}
+		if err != nil {
+			return fmt.Errorf("load keys %d..: %w", b*batch, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return countKeys(ctx, c, "bench/data/", keys)
+}
+
+// parallel calls do(ctx, i) for i in [0, n), workers at a time, and returns the
+// first error, after which it starts no more calls (ctx, as do sees it, is then
+// cancelled); bounded by ctx.
+func parallel(ctx context.Context, n, workers int, do func(ctx context.Context, i int) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	next := make(chan int)
 	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var firstErr error
 	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for s := range starts {
-				var ops api.TxnOps
-				for k := s; k < min(s+batch, keys); k++ {
-					ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: fmt.Sprintf("bench/data/%06d", k), Value: value}})
-				}
-				ok, resp, _, err := c.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
-				if err == nil && !ok {
-					err = fmt.Errorf("transaction rolled back: %v", resp.Errors)
-				}
-				if err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = fmt.Errorf("load keys %d..: %w", s, err)
-						cancel()
-					}
-					mu.Unlock()
+		wg.Go(func() {
+			for i := range next {
+				if err := do(ctx, i); err != nil {
+					cancel(err)
 				}
 			}
-		}()
+		})
 	}
 feed:
-	for s := 0; s < keys; s += batch {
+	for i := range n {
 		select {
-		case starts <- s:
+		case next <- i:
 		case <-ctx.Done():
 			break feed
 		}
 	}
-	close(starts)
+	close(next)
 	wg.Wait()
-	if firstErr != nil {
-		return firstErr
-	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("load keys: %w", err)
-	}
-	got, _, err := c.KV().Keys("bench/data/", "", (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	return context.Cause(ctx)
+}
+
+// countKeys checks, with a consistent read, that prefix holds want keys.
+func countKeys(ctx context.Context, c *api.Client, prefix string, want int) error {
+	got, _, err := c.KV().Keys(prefix, "", (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
 	if err != nil {
 		return fmt.Errorf("count loaded keys: %w", err)
 	}
-	if len(got) != keys {
-		return fmt.Errorf("loaded %d keys, %d are there", keys, len(got))
+	if len(got) != want {
+		return fmt.Errorf("loaded %d keys, %d are there", want, len(got))
 	}
 	return nil
 }

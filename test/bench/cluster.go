@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -201,8 +202,11 @@ type healthWatch struct {
 	firstHealthy map[string]time.Time
 	firstVoter   map[string]time.Time
 	exposure     Exposure
-	stop         context.CancelFunc
-	done         chan struct{}
+	// versionsAtOnce is the most Consul versions autopilot listed in one sample:
+	// more than one while an upgrade roll runs mixed.
+	versionsAtOnce int
+	stop           context.CancelFunc
+	done           chan struct{}
 }
 
 // Exposure is how close to losing quorum a cluster came, as autopilot saw it.
@@ -251,6 +255,13 @@ func watchHealth(c *api.Client, interval time.Duration, n int) *healthWatch {
 			if voters < n {
 				e.SecondsBelowN += interval.Seconds()
 			}
+			versions := map[string]bool{}
+			for _, s := range rep.Servers {
+				if v := strings.TrimSpace(s.Version); v != "" {
+					versions[v] = true
+				}
+			}
+			h.versionsAtOnce = max(h.versionsAtOnce, len(versions))
 			for _, s := range rep.Servers {
 				if _, seen := h.firstHealthy[s.Name]; s.Healthy && !seen {
 					h.firstHealthy[s.Name] = now

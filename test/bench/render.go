@@ -486,7 +486,7 @@ func (rep *Report) mdUpgrade(p printer) {
 		return
 	}
 	p("## 4. Upgrading Consul\n\n")
-	p("Our roll of a fresh cluster whose image A runs an older Consul (`$REHYDRATE_CONSUL_OLD`, which `make bench` builds) to image B, the pinned Consul, under the same load: the servers run mixed versions while it runs. The versions are what each server answers on `GET /v1/agent/self` (Config.Version) before and after; \"mixed\" is whether autopilot listed two versions at once in a 1 s sample during the roll. ")
+	p("Our roll of a fresh cluster whose image A runs an older Consul (`$REHYDRATE_CONSUL_OLD`, which `make bench` builds) to image B, the pinned Consul, under the same load: the servers run mixed versions while it runs. The versions are what each server answers on `GET /v1/agent/self` (Config.Version) before and after; \"mixed\" is whether autopilot listed two versions at once in one of its 200 ms samples (the same samples as the exposure figures) during the roll. ")
 	p("The older Consul is v1.22.0 (`make consul-old`), the oldest release that builds from the Go module proxy here: v1.21.5's own `consul/envoyextensions` v0.8.4 is refused, and with `envoyextensions` v0.9.2 and `troubleshoot` v0.8.3 required instead, both pull `consul/sdk` v0.17.1, whose `iptables.Setup` takes an argument no v1.21.x passes (`scripts/tools/consul-old/go.mod`).\n\n")
 	table(p, rolls, func(r *Roll) string { return fmt.Sprintf("%d servers", r.Servers) }, append([]row{
 		{"from version", func(r *Roll) string { return orDash(r.FromVersion) }},

@@ -113,6 +113,8 @@ type Roll struct {
 	// For the latency-over-time picture: every operation, and when the roll started.
 	samples []workload.Sample
 	start   time.Time
+	// versionsAtOnce: the most Consul versions autopilot listed in one sample.
+	versionsAtOnce int
 }
 
 // Steady is the same load with no roll.

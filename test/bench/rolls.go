@@ -50,7 +50,7 @@ func startLoad(ctx context.Context, cl *cluster, phase string) (*load, error) {
 // returns when each server was first seen healthy, and healthy and a voter.
 func (l *load) stop(r *Roll) (firstHealthy, firstVoter map[string]time.Time) {
 	firstHealthy, firstVoter, exposure := l.health.Stop()
-	r.Exposure = &exposure
+	r.Exposure, r.versionsAtOnce = &exposure, l.health.versionsAtOnce
 	changes, noLeader := l.leaders.Stop()
 	r.LeaderChanges, r.NoLeaderSeconds = changes, round1(noLeader.Seconds())
 	// All stop at once: each waits for its operations in flight, up to 15 s.

@@ -34,53 +34,18 @@ func loadBytes(ctx context.Context, c *api.Client, total int64) (int, error) {
 	// Incompressible would not matter (Consul does not compress its snapshots'
 	// values); distinct per key, so no layer can share them.
 	base := bytes.Repeat([]byte("0123456789abcdef"), scaleValue/16)
-	next := make(chan int)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var firstErr error
-	for range scaleWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			v := slices.Clone(base)
-			for k := range next {
-				copy(v, fmt.Sprintf("%08d", k))
-				_, err := c.KV().Put(&api.KVPair{Key: fmt.Sprintf("bench/big/%06d", k), Value: v}, (&api.WriteOptions{}).WithContext(ctx))
-				if err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = fmt.Errorf("load bench/big/%06d: %w", k, err)
-						cancel()
-					}
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-feed:
-	for k := range keys {
-		select {
-		case next <- k:
-		case <-ctx.Done():
-			break feed
+	err := parallel(ctx, keys, scaleWorkers, func(ctx context.Context, k int) error {
+		v := slices.Clone(base)
+		copy(v, fmt.Sprintf("%08d", k))
+		if _, err := c.KV().Put(&api.KVPair{Key: fmt.Sprintf("bench/big/%06d", k), Value: v}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+			return fmt.Errorf("load bench/big/%06d: %w", k, err)
 		}
-	}
-	close(next)
-	wg.Wait()
-	if firstErr != nil {
-		return 0, firstErr
-	}
-	if err := ctx.Err(); err != nil {
-		return 0, fmt.Errorf("load bytes: %w", err)
-	}
-	got, _, err := c.KV().Keys("bench/big/", "", (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+		return nil
+	})
 	if err != nil {
-		return 0, fmt.Errorf("count loaded keys: %w", err)
+		return 0, err
 	}
-	if len(got) != keys {
-		return 0, fmt.Errorf("loaded %d keys, %d are there", keys, len(got))
-	}
-	return keys, nil
+	return keys, countKeys(ctx, c, "bench/big/", keys)
 }
 
 // rssWatch samples every server's peak resident memory (VmHWM, which the kernel

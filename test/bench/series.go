@@ -34,27 +34,15 @@ func (im *images) register(ctx context.Context, cl *cluster) (string, error) {
 // steady state, the handler invocations, then (keys) 100 000 keys and our roll
 // again.
 func (b *bench) ours3(ctx context.Context, rep *Report, roll, keys bool, add func(Roll), note func(string, error)) {
-	cl, err := b.newCluster(ctx, caseOurs3, 3, true, local.ImageOptions{})
-	if err != nil {
-		add(Roll{Case: caseOurs3, Kind: "ours", Servers: 3, Error: err.Error()})
+	cl, im, ok := b.ourCluster(ctx, caseOurs3, 3, roll, add, note)
+	if cl != nil {
+		defer cl.down(b.logs)
+	}
+	if !ok {
 		return
 	}
-	defer cl.down(b.logs)
-	var im images
 	if roll {
-		img, err := im.register(ctx, cl)
-		if err != nil {
-			add(Roll{Case: caseOurs3, Kind: "ours", Servers: 3, Error: err.Error()})
-			return
-		}
-		r := b.rollOurs(ctx, cl, caseOurs3, img, 0)
-		if r.Completed {
-			note("steady state after "+caseOurs3, b.steady(ctx, cl, &r))
-		}
-		add(r)
-		if !r.Completed {
-			return
-		}
+		var err error
 		rep.Invocations, rep.StartupBaselines, err = b.invocations(ctx, cl)
 		note("invocations", err)
 	}
@@ -80,6 +68,32 @@ func (b *bench) ours3(ctx context.Context, rep *Report, roll, keys bool, add fun
 	r = b.rollOurs(ctx, cl, caseOurs3Keys, img, keysCase)
 	r.LoadSeconds = load
 	add(r)
+}
+
+// ourCluster brings up name's cluster of servers servers with the real watches and,
+// if roll, runs our roll to a new image and then its steady state. ok says whether
+// the cluster may go on to its next case; the caller downs cl when it is not nil.
+func (b *bench) ourCluster(ctx context.Context, name string, servers int, roll bool, add func(Roll), note func(string, error)) (cl *cluster, im *images, ok bool) {
+	cl, err := b.newCluster(ctx, name, servers, true, local.ImageOptions{})
+	if err != nil {
+		add(Roll{Case: name, Kind: "ours", Servers: servers, Error: err.Error()})
+		return nil, nil, false
+	}
+	im = &images{}
+	if !roll {
+		return cl, im, true
+	}
+	img, err := im.register(ctx, cl)
+	if err != nil {
+		add(Roll{Case: name, Kind: "ours", Servers: servers, Error: err.Error()})
+		return cl, im, false
+	}
+	r := b.rollOurs(ctx, cl, name, img, 0)
+	if r.Completed {
+		note("steady state after "+name, b.steady(ctx, cl, &r))
+	}
+	add(r)
+	return cl, im, r.Completed
 }
 
 // refreshPair runs the instance refresh with a warmup of 10 s, then 0 s, on a
@@ -147,27 +161,12 @@ func (b *bench) refreshPair(ctx context.Context, keys int, add func(Roll)) {
 // ours5 runs, on one 5-server cluster with the real watches: our roll and its
 // steady state, then (scale) scaleBytes of KV and our roll again.
 func (b *bench) ours5(ctx context.Context, roll, scale bool, scaleBytes int64, add func(Roll), note func(string, error)) {
-	cl, err := b.newCluster(ctx, caseOurs5, 5, true, local.ImageOptions{})
-	if err != nil {
-		add(Roll{Case: caseOurs5, Kind: "ours", Servers: 5, Error: err.Error()})
-		return
+	cl, im, ok := b.ourCluster(ctx, caseOurs5, 5, roll, add, note)
+	if cl != nil {
+		defer cl.down(b.logs)
 	}
-	defer cl.down(b.logs)
-	var im images
-	if roll {
-		img, err := im.register(ctx, cl)
-		if err != nil {
-			add(Roll{Case: caseOurs5, Kind: "ours", Servers: 5, Error: err.Error()})
-			return
-		}
-		r := b.rollOurs(ctx, cl, caseOurs5, img, 0)
-		if r.Completed {
-			note("steady state after "+caseOurs5, b.steady(ctx, cl, &r))
-		}
-		add(r)
-		if !r.Completed {
-			return
-		}
+	if !ok {
+		return
 	}
 	if !scale || ctx.Err() != nil {
 		return

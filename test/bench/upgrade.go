@@ -5,9 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -49,9 +46,8 @@ func (b *bench) upgradeRoll(ctx context.Context, servers int) (r Roll) {
 		r.Error = err.Error()
 		return r
 	}
-	vw := watchVersions(cl.c, time.Second)
 	r = b.rollOurs(ctx, cl, name, "B", 0)
-	r.MixedVersions = ptr(vw.Stop())
+	r.MixedVersions = ptr(r.versionsAtOnce > 1)
 	r.FromVersion = from
 	if r.Completed {
 		to, err := cl.agentVersions(ctx)
@@ -105,57 +101,4 @@ func (cl *cluster) agentVersions(ctx context.Context) (string, error) {
 		return v, nil
 	}
 	return "", errors.New("no live server")
-}
-
-// versionWatch samples the versions autopilot lists for the servers (each server's
-// own build tag) and remembers whether one sample had more than one.
-type versionWatch struct {
-	mu    sync.Mutex
-	mixed bool
-	stop  context.CancelFunc
-	done  chan struct{}
-}
-
-func watchVersions(c *api.Client, every time.Duration) *versionWatch {
-	ctx, cancel := context.WithCancel(context.Background())
-	w := &versionWatch{stop: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(w.done)
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			qctx, qcancel := context.WithTimeout(ctx, 2*time.Second)
-			st, err := c.Operator().AutopilotState((&api.QueryOptions{}).WithContext(qctx))
-			qcancel()
-			if err != nil {
-				continue
-			}
-			var vs []string
-			for _, s := range st.Servers {
-				if !slices.Contains(vs, s.Version) && strings.TrimSpace(s.Version) != "" {
-					vs = append(vs, s.Version)
-				}
-			}
-			if len(vs) > 1 {
-				w.mu.Lock()
-				w.mixed = true
-				w.mu.Unlock()
-			}
-		}
-	}()
-	return w
-}
-
-// Stop stops sampling and reports whether the versions were ever seen mixed.
-func (w *versionWatch) Stop() bool {
-	w.stop()
-	<-w.done
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.mixed
 }
