@@ -39,7 +39,4 @@ func TestPlotRoll_WritesAnSVGWithStepsAndFailures(t *testing.T) {
 			t.Errorf("the SVG has no %q", want)
 		}
 	}
-	if os.Getenv("BENCH_PLOT_KEEP") != "" {
-		os.WriteFile(os.Getenv("BENCH_PLOT_KEEP"), b, 0o644)
-	}
 }
