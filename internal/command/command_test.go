@@ -113,3 +113,16 @@ func TestExitCode_TellsALostLockFromADeadlineWhateverFailedUnderThem(t *testing.
 		})
 	}
 }
+
+// The promise: make demo says in its first lines that it runs with gossip
+// encryption, TLS and ACLs (the local provider always does: internal/cloud/local
+// TestSecureCluster_*), and where the secrets it made are.
+func TestDemoBanner_SaysTheClusterRunsWithGossipEncryptionTLSAndACLs(t *testing.T) {
+	b := demoBanner(3, "/tmp/demo/state")
+	lines := strings.Split(strings.TrimSuffix(b, "\n"), "\n")
+	require.LessOrEqual(t, len(lines), 5, "the first lines, not buried in the roll's output")
+	assert.Contains(t, lines[0], "starting 3 servers")
+	for _, want := range []string{"gossip encryption", "TLS on RPC and HTTPS", "verify_incoming", "ACLs on with default deny", "/tmp/demo/state/secrets"} {
+		assert.Contains(t, b, want)
+	}
+}

@@ -234,6 +234,7 @@ func (rep *Report) markdown() string {
 		p(" **Up to %d Consul agents of something else (tests?) were running during this run; its figures are noisier than they should be.**", others)
 	}
 	p("\n\n")
+	p("Every cluster here, ours and the instance refresh's alike, runs secured as the shipped image is (the local provider always does): gossip encryption verified both ways, TLS on RPC and HTTPS (verify_incoming, verify_outgoing, verify_server_hostname; no plain HTTP) and default-deny ACLs; the load and the handlers hold ACL tokens. So every figure below is with TLS paid for.\n\n")
 	p("The load, in every roll and steady state, through the client agent: %d writes/s of new keys, %d consistent reads/s of a key written before, and %d check-and-set read-modify-writes/s (a consistent read, then a CAS on its ModifyIndex) cycling over %d hot keys; each operation gets %d attempts of at most %s, 100 ms apart, and starts %s before the roll. \"Spent\" is the time an operation took, all its attempts included, a failed one too. Catch-up: from a new server's launch to the first %s sample in which autopilot lists it healthy and a voter.\n\n",
 		rate, rate, casRate, len(casKeys), attempts, opTimeout, warmUp, sampleEvery)
 
