@@ -58,6 +58,11 @@ type GroupState struct {
 	// when the roll started: the source of every version the roll creates, and what
 	// the group goes back to if the roll fails.
 	TemplateVersion string `json:"template_version,omitempty"`
+	// GroupVersion is the group's launch template version as the group named it
+	// when the roll started ("$Latest", "$Default" or a number): what a failed roll
+	// puts back, so a group that followed $Latest follows it again. Empty in a
+	// record written before it existed: TemplateVersion is put back instead.
+	GroupVersion string `json:"group_version,omitempty"`
 	// Released is set once End has run: the processes are resumed and the sizes
 	// restored. A handler that finds a finished roll not released releases it.
 	Released bool `json:"released,omitempty"`

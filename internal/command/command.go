@@ -82,6 +82,7 @@ func (a *prog) provider() (roll.Provider, error) {
 			return awsprovider.New(e, as, awsprovider.Config{
 				Group: pc.AutoscalingGroup, LaunchTemplate: pc.LaunchTemplate, Servers: a.cfg.Servers,
 				Owners: pc.Image.Owners, NamePattern: pc.Image.NamePattern, Tags: pc.Image.Tags, Logger: a.log,
+				LaunchTimeout: a.cfg.Roll.LaunchTimeout,
 			}), nil
 		}}, nil
 	default:

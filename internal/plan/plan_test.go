@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -408,6 +409,7 @@ func (w *world) remove(id string) {
 func TestNext_SafetyProperties(t *testing.T) {
 	rng := rand.New(rand.NewSource(1))
 	images := []string{"A", "B", "C"}
+	kinds, rebalances := map[Kind]int{}, 0
 	for iter := 0; iter < 20000; iter++ {
 		n := []int{3, 5}[rng.Intn(2)]
 		w := newWorld(0, "")
@@ -433,6 +435,11 @@ func TestNext_SafetyProperties(t *testing.T) {
 		azs := []string{"a", "b", "c"}[:1+rng.Intn(3)]
 		for i := range w.in.Instances {
 			w.in.Instances[i].AZ = azs[rng.Intn(len(azs))]
+		}
+		// The group's zones (cloud.Survey): those the instances are in, perhaps one
+		// more left empty; or none, as from a provider without zones.
+		if rng.Intn(4) > 0 {
+			w.in.Zones = []string{"a", "b", "c"}[:len(azs)+rng.Intn(4-len(azs))]
 		}
 		// The downgrade rule: a last completed target, a request, an image pulled
 		// from the filter.
@@ -502,10 +509,50 @@ func TestNext_SafetyProperties(t *testing.T) {
 				require.GreaterOrEqual(t, zones(w.in.Instances, s.Instance), zones(w.in.Instances, newest.ID),
 					"retire %s left fewer zones than before the surge %s: %+v", s.Instance, newest.ID, w.in.Instances)
 			}
+			// The surplus trimmed once every server is on the target goes from a
+			// zone that keeps a server.
+			if outdated == 0 && crowdedZone(w.in.Instances) > 1 {
+				require.Equal(t, zones(w.in.Instances, ""), zones(w.in.Instances, s.Instance),
+					"trimmed %s lost a zone: %+v", s.Instance, w.in.Instances)
+			}
 		case Transfer:
 			require.True(t, w.srv(s.Instance).Leader)
+		case Done:
+			// Done only once the servers are spread as evenly as the zones allow.
+			if len(w.in.Zones) >= 2 {
+				per := map[string]int{}
+				for _, i := range w.in.Instances {
+					if i.Live() {
+						per[i.AZ]++
+					}
+				}
+				most, least := per[w.in.Zones[0]], per[w.in.Zones[0]]
+				for _, z := range w.in.Zones {
+					most, least = max(most, per[z]), min(least, per[z])
+				}
+				require.LessOrEqual(t, most-least, 1, "done while spread %v over %v: %s", per, w.in.Zones, s)
+			}
+		}
+		kinds[s.Kind]++
+		if s.Kind == Launch && strings.HasSuffix(s.ActionID, "/rebalance") {
+			rebalances++
 		}
 	}
+	// The zone branch was reached: rolls that end unbalanced surge to rebalance.
+	assert.Positive(t, rebalances, "no rebalancing launch in %v", kinds)
+	assert.Positive(t, kinds[Done], "no roll done in %v", kinds)
+}
+
+// crowdedZone is how many live servers the most crowded zone holds.
+func crowdedZone(insts []cloud.Instance) int {
+	per, most := map[string]int{}, 0
+	for _, i := range insts {
+		if i.Live() {
+			per[i.AZ]++
+			most = max(most, per[i.AZ])
+		}
+	}
+	return most
 }
 
 // onlyTargetsInCrowdedZones reports whether every most crowded zone holds only

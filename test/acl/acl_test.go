@@ -95,7 +95,8 @@ func TestHandlerPolicy_IsEnoughForARollStepAndNothingLessIs(t *testing.T) {
 	fake.AddImage(awsfake.Image{ID: "ami-0aaaaaaaaaaaaaaaa", Name: "consul-server-1", CreationDate: time.Now().Add(-48 * time.Hour)})
 	fake.AddImage(awsfake.Image{ID: "ami-0bbbbbbbbbbbbbbbb", Name: "consul-server-2", CreationDate: time.Now().Add(-time.Hour)})
 	fake.AddLaunchTemplate("consul-server", "ami-0aaaaaaaaaaaaaaaa")
-	fake.AddGroup(awsfake.Group{Name: "consul-servers", LaunchTemplate: "consul-server", Version: "1", Min: 3, Max: 3, Desired: 3})
+	fake.AddGroup(awsfake.Group{Name: "consul-servers", LaunchTemplate: "consul-server", Version: "1", Min: 3, Max: 3, Desired: 3,
+		AZs: []string{"us-east-1a", "us-east-1b", "us-east-1c"}})
 	testcluster.WaitFor(t, 10*time.Second, "the group to be in service", func() (bool, string) {
 		n := 0
 		for _, i := range fake.Group("consul-servers").Instances {

@@ -228,7 +228,7 @@ func (s *Server) updateAutoScalingGroup(p url.Values) (any, error) {
 	}
 	// "If specified, the value must be either 0 or a number equal to or greater
 	// than 86,400 seconds (1 day)" (UpdateAutoScalingGroupType$MaxInstanceLifetime).
-	if hasLifetime && lifetime != 0 && lifetime < 86400 {
+	if hasLifetime && lifetime != 0 && time.Duration(lifetime)*time.Second < minLifetime {
 		return nil, validationError("Maximum instance lifetime must be equal to 0 or between 86400 and 31536000 seconds (inclusive).")
 	}
 	checkType := g.healthCheckType
@@ -386,8 +386,20 @@ func (s *Server) terminateInstanceInAutoScalingGroup(p url.Values) (any, error) 
 	g := s.groups[inst.group]
 	now := time.Now()
 	if inst.terminating() {
-		// Already on its way out: nothing changes (the desired capacity is not
-		// decremented twice).
+		// Already on its way out: it is not terminated twice, but a decrement asked
+		// for again is made again, bounded by MinSize like the first.
+		// invented: AWS documents no answer for an instance already terminating,
+		// and ../shared/AWS.md reads "only MinSize stops a double decrement"; the
+		// fake takes that, the worse reading for a caller (a retried decrement
+		// shrinks the group twice unless MinSize stops it), so a caller proven
+		// against it copes with either.
+		if decrement {
+			if g.desired-1 < g.min {
+				return nil, validationError("Currently, desiredSize equals minSize (%d). Terminating instance without replacement will violate group's min size constraint. Either set shouldDecrementDesiredCapacity flag to false or lower group's min size.", g.min)
+			}
+			g.setDesired(g.desired-1, "TerminateInstanceInAutoScalingGroup", "")
+			s.reconcile(g)
+		}
 		act := inst.termAct
 		if act == nil { // a launch that failed and is shutting down: no termination activity of its own
 			act = &activity{Activity: Activity{ID: requestID(), Description: "Terminating EC2 instance: " + id,

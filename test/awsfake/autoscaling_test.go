@@ -160,6 +160,34 @@ func TestTerminateInstanceInAutoScalingGroup_DecrementBelowMinIsValidationError(
 	assert.Equal(t, astypes.LifecycleStateInService, lifecycles(describeGroup(t, a, "consul"))[aws.ToString(g.Instances[0].InstanceId)])
 }
 
+// TestTerminateInstanceInAutoScalingGroup_ARetriedDecrementIsMadeAgainDownToMinSize:
+// the fake's reading of a terminate repeated on an instance already terminating
+// (invented, the worse case for a caller): not terminated twice, but decremented
+// again, and the group scales in to match; only MinSize stops it.
+func TestTerminateInstanceInAutoScalingGroup_ARetriedDecrementIsMadeAgainDownToMinSize(t *testing.T) {
+	srv, _, a := newFake(t, awsfake.Options{})
+	seedGroup(srv, 1, 3, 3)
+	srv.AddLifecycleHook("consul", awsfake.LifecycleHook{Name: "drain", Transition: "autoscaling:EC2_INSTANCE_TERMINATING"})
+	g := waitInService(t, a, "consul", 3)
+	victim := g.Instances[0].InstanceId
+	for range 2 {
+		_, err := a.TerminateInstanceInAutoScalingGroup(ctx(t), &autoscaling.TerminateInstanceInAutoScalingGroupInput{
+			InstanceId: victim, ShouldDecrementDesiredCapacity: aws.Bool(true),
+		})
+		require.NoError(t, err)
+	}
+	assert.Equal(t, 1, srv.Group("consul").Desired, "decremented twice")
+	waiting := srv.WaitingForHook("consul")
+	assert.Len(t, waiting, 2, "the second decrement scaled another instance in")
+	assert.Contains(t, waiting, aws.ToString(victim))
+	_, err := a.TerminateInstanceInAutoScalingGroup(ctx(t), &autoscaling.TerminateInstanceInAutoScalingGroupInput{
+		InstanceId: victim, ShouldDecrementDesiredCapacity: aws.Bool(true),
+	})
+	code, _ := apiCode(t, err)
+	assert.Equal(t, "ValidationError", code, "MinSize stops a third")
+	assert.Equal(t, 1, srv.Group("consul").Desired)
+}
+
 func TestTerminateInstanceInAutoScalingGroup_WithoutDecrementTheGroupReplacesIt(t *testing.T) {
 	srv, _, a := newFake(t, awsfake.Options{ShutdownDelay: 200 * time.Millisecond})
 	seedGroup(srv, 2, 2, 2)

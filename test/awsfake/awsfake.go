@@ -127,6 +127,16 @@ type Server struct {
 	params    map[string]Parameter // SSM Parameter Store
 	calls     []Call
 	imds      map[string]*imdsServer // by instance ID; see IMDS
+	lagged    int                    // see Lagged
+}
+
+// Lagged counts the instances DescribeInstances did not know yet (DescribeLag)
+// although a request asked for them, by InstanceId (the call failed) or by a
+// filter they match (they were left out): the proof that a test met the lag.
+func (s *Server) Lagged() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lagged
 }
 
 // New starts a fake on a fresh 127.0.0.1 port. Close it when done.

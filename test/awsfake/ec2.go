@@ -179,16 +179,13 @@ func (s *Server) describeInstances(p url.Values) (any, error) {
 	// "Eventual consistency in the Amazon EC2 API"). Asked for by InstanceId, the
 	// whole call fails; a filter (instance-id included) just does not match it.
 	now := time.Now()
-	var all []*instance
-	for _, i := range s.sortedInstances() {
-		if !now.Before(i.visible) {
-			all = append(all, i)
-		}
-	}
 	var missing []string
 	for _, id := range ids {
 		if i := s.instances[id]; i == nil || now.Before(i.visible) {
 			missing = append(missing, id)
+			if i != nil {
+				s.lagged++
+			}
 		}
 	}
 	switch {
@@ -198,7 +195,7 @@ func (s *Server) describeInstances(p url.Values) (any, error) {
 		return nil, apiErr(http.StatusBadRequest, "InvalidInstanceID.NotFound", "The instance IDs '%s' do not exist", strings.Join(missing, ", "))
 	}
 	out := &describeInstancesResponse{}
-	for _, i := range all {
+	for _, i := range s.sortedInstances() {
 		tags := map[string]string{
 			"aws:autoscaling:groupName":     i.group,
 			"aws:ec2launchtemplate:id":      i.templateID,
@@ -217,6 +214,10 @@ func (s *Server) describeInstances(p url.Values) (any, error) {
 			}
 			return tagAttr(tags, name)
 		}) {
+			continue
+		}
+		if now.Before(i.visible) {
+			s.lagged++ // asked for (by a filter) but not known yet: left out
 			continue
 		}
 		x := xmlInstance{

@@ -29,7 +29,7 @@ func lifecycleOf(srv *awsfake.Server, id string) string {
 func TestTerminationHook_HoldsTheInstanceInTerminatingWaitUntilCompleted(t *testing.T) {
 	m := &machines{}
 	srv, e, a := newFake(t, awsfake.Options{Machines: m})
-	seedGroup(srv, 0, 3, 2)
+	seedGroup(srv, 1, 3, 2)
 	srv.AddLifecycleHook("consul", awsfake.LifecycleHook{Name: "drain", Transition: terminating})
 	is := inServiceSnapshot(t, srv, 2)
 	victim := is[0].ID
@@ -43,12 +43,23 @@ func TestTerminationHook_HoldsTheInstanceInTerminatingWaitUntilCompleted(t *test
 	_, shutdowns := m.counts()
 	assert.Zero(t, shutdowns, "its machine is not shut down yet")
 
-	// A second terminate neither fails nor decrements again.
-	again := terminate(t, a, victim, true)
+	// A second terminate (a retry after the first ran) does not terminate it
+	// twice; the decrement it asks for again is stopped here by MinSize (1), as
+	// TestTerminateInstanceInAutoScalingGroup_ARetriedDecrementIsMadeAgainDownToMinSize
+	// shows above it.
+	again := terminate(t, a, victim, false)
 	assert.Equal(t, aws.ToString(act.ActivityId), aws.ToString(again.ActivityId))
 	assert.Equal(t, 1, srv.Group("consul").Desired)
+	_, err := a.TerminateInstanceInAutoScalingGroup(ctx(t), &autoscaling.TerminateInstanceInAutoScalingGroupInput{
+		InstanceId: aws.String(victim), ShouldDecrementDesiredCapacity: aws.Bool(true),
+	})
+	code, msg := apiCode(t, err)
+	assert.Equal(t, "ValidationError", code)
+	assert.Contains(t, msg, "desiredSize equals minSize (1)")
+	assert.Equal(t, 1, srv.Group("consul").Desired)
+	assert.Equal(t, []string{victim}, srv.WaitingForHook("consul"))
 
-	_, err := a.RecordLifecycleActionHeartbeat(ctx(t), &autoscaling.RecordLifecycleActionHeartbeatInput{
+	_, err = a.RecordLifecycleActionHeartbeat(ctx(t), &autoscaling.RecordLifecycleActionHeartbeatInput{
 		AutoScalingGroupName: aws.String("consul"), LifecycleHookName: aws.String("drain"), InstanceId: aws.String(victim),
 	})
 	require.NoError(t, err)
@@ -72,7 +83,7 @@ func TestTerminationHook_HoldsTheInstanceInTerminatingWaitUntilCompleted(t *test
 		AutoScalingGroupName: aws.String("consul"), LifecycleHookName: aws.String("drain"),
 		InstanceId: aws.String(victim), LifecycleActionResult: aws.String("CONTINUE"),
 	})
-	code, msg := apiCode(t, err)
+	code, msg = apiCode(t, err)
 	assert.Equal(t, "ValidationError", code)
 	assert.Equal(t, "No active Lifecycle Action found with instance ID "+victim, msg)
 }

@@ -39,6 +39,10 @@ func TestDescribeInstances_DescribeLagFailsByIDAndHidesFromFilters(t *testing.T)
 	out, err := e.DescribeInstances(ctx(t), &ec2.DescribeInstancesInput{Filters: []ec2types.Filter{filter("instance-id", id)}})
 	require.NoError(t, err)
 	assert.Empty(t, out.Reservations, "the filter just does not match it")
+	assert.Equal(t, 2, srv.Lagged(), "both calls met the lag")
+	_, err = e.DescribeInstances(ctx(t), &ec2.DescribeInstancesInput{Filters: []ec2types.Filter{filter("instance-id", "i-0123456789abcdef0")}})
+	require.NoError(t, err)
+	assert.Equal(t, 2, srv.Lagged(), "a call that did not ask for it did not")
 
 	require.Eventually(t, func() bool {
 		out, err := e.DescribeInstances(ctx(t), &ec2.DescribeInstancesInput{InstanceIds: []string{id}})
@@ -205,6 +209,22 @@ func TestDescribeAutoScalingGroups_ShowsMixedInstancesWarmPoolAndMaxInstanceLife
 	_, err = a.UpdateAutoScalingGroup(ctx(t), &autoscaling.UpdateAutoScalingGroupInput{AutoScalingGroupName: aws.String("consul"), MaxInstanceLifetime: aws.Int32(0)})
 	require.NoError(t, err)
 	assert.Nil(t, describeGroup(t, a, "consul").MaxInstanceLifetime, "0 clears it")
+
+	// Nor can a group be seeded with a lifetime AWS refuses.
+	assert.Panics(t, func() {
+		srv.AddGroup(awsfake.Group{Name: "short", LaunchTemplate: "consul", Version: "1", MaxInstanceLifetime: 30 * time.Minute})
+	})
+}
+
+func TestSetLaunchTime_IsWhatDescribeInstancesReports(t *testing.T) {
+	srv, e, a := newFake(t, awsfake.Options{})
+	seedGroup(srv, 1, 1, 1)
+	g := waitInService(t, a, "consul", 1)
+	id := aws.ToString(g.Instances[0].InstanceId)
+	long := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	require.True(t, srv.SetLaunchTime(id, long))
+	assert.Equal(t, long, aws.ToTime(describeInstance(t, e, id).LaunchTime))
+	assert.False(t, srv.SetLaunchTime("i-0123456789abcdef0", long), "no such instance")
 }
 
 func TestInstanceRefreshes_StartDescribeCancel(t *testing.T) {

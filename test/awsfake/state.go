@@ -86,7 +86,8 @@ type Group struct {
 	// DescribeAutoScalingGroups and DescribeWarmPool; the pool holds no instances).
 	WarmPool bool
 	// MaxInstanceLifetime is shown as MaxInstanceLifetime (seconds); the fake
-	// does not replace instances for it.
+	// does not replace instances for it. Zero or at least 24h, as AWS accepts
+	// (AddGroup panics otherwise).
 	MaxInstanceLifetime time.Duration
 
 	// The rest is only set in snapshots.
@@ -457,8 +458,8 @@ func (s *Server) AddLaunchTemplateVersion(name string, d LaunchTemplateData, set
 
 // AddGroup seeds an Auto Scaling group, which at once starts launching Desired
 // instances. It panics if the name is taken, the launch template or its version is
-// unknown, not Min <= Desired <= Max, an AZ is empty or repeated, or a suspended
-// process is not one of AWS's.
+// unknown, not Min <= Desired <= Max, an AZ is empty or repeated, a suspended
+// process is not one of AWS's, or MaxInstanceLifetime is one AWS refuses.
 func (s *Server) AddGroup(g Group) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -480,6 +481,12 @@ func (s *Server) AddGroup(g Group) {
 		if az == "" || slices.Contains(azs[:i], az) {
 			panic(fmt.Sprintf("awsfake: AddGroup: empty or repeated AZ in %q", azs))
 		}
+	}
+	// "If specified, the value must be either 0 or a number equal to or greater
+	// than 86,400 seconds (1 day)" (CreateAutoScalingGroupType$MaxInstanceLifetime,
+	// docs-2.json), as UpdateAutoScalingGroup checks too.
+	if g.MaxInstanceLifetime != 0 && g.MaxInstanceLifetime < minLifetime {
+		panic(fmt.Sprintf("awsfake: AddGroup: max instance lifetime %s is neither 0 nor at least 86400 s", g.MaxInstanceLifetime))
 	}
 	switch g.HealthCheckType {
 	case "":
@@ -504,6 +511,23 @@ func (s *Server) AddGroup(g Group) {
 	}
 	s.groups[g.Name] = gr
 	s.reconcile(gr)
+}
+
+// minLifetime is the shortest max instance lifetime AWS accepts (see AddGroup).
+const minLifetime = 86400 * time.Second
+
+// SetLaunchTime backdates (or moves) an instance's launch time, as DescribeInstances
+// reports it, so a test can seed an instance launched long ago (one near its max
+// instance lifetime). It reports whether the instance exists.
+func (s *Server) SetLaunchTime(id string, t time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	inst := s.instances[id]
+	if inst == nil {
+		return false
+	}
+	inst.launched = t
+	return true
 }
 
 // Group returns a snapshot of the named group; the zero Group if there is none.

@@ -55,6 +55,7 @@ func TestAWSGroup_LatestTemplateLaggingEC2AndABusyGroup(t *testing.T) {
 	out, code := e.run("fire", "--image", amiB)
 	require.Equal(t, app.ExitOK, code, out)
 	e.waitRolled(amiB, 5*time.Minute)
+	assert.Positive(t, fake.Lagged(), "the roll met EC2's lag: a new instance the group named that DescribeInstances did not know yet")
 
 	busy := 0
 	for _, c := range fake.Calls() {
@@ -104,7 +105,14 @@ func TestAWSGroup_RefusalsAndAFailedLaunch(t *testing.T) {
 		{"min size", func(g *awsfake.Group) { g.Min = 1 }, nil, "MinSize is 1, not servers = 3"},
 		{"mixed instances", func(g *awsfake.Group) { g.MixedInstances = true }, nil, "MixedInstancesPolicy"},
 		{"warm pool", func(g *awsfake.Group) { g.WarmPool = true }, nil, "warm pool"},
-		{"max instance lifetime", func(g *awsfake.Group) { g.MaxInstanceLifetime = 10 * time.Minute }, nil, "max instance lifetime (10m0s) is shorter than a roll"},
+		// AWS takes no lifetime under a day: what refuses the roll is a server that
+		// reaches it before the roll could end.
+		{"max instance lifetime", func(g *awsfake.Group) { g.MaxInstanceLifetime = 24 * time.Hour }, func(f *awsfake.Server) {
+			testcluster.WaitFor(t, 30*time.Second, "an instance to backdate", func() (bool, string) {
+				is := f.Group("consul-servers").Instances
+				return len(is) > 0 && f.SetLaunchTime(is[0].ID, time.Now().Add(-24*time.Hour+time.Minute)), "no instance yet"
+			})
+		}, "max instance lifetime (24h0m0s) replaces"},
 		{"instance refresh", nil, func(f *awsfake.Server) { f.AddInstanceRefresh("consul-servers", "InProgress") }, "instance refresh"},
 	}
 	for _, sh := range shapes {

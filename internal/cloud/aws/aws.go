@@ -2,7 +2,7 @@
 // from a launch template: images are AMIs chosen by owner, name pattern and tags;
 // a launch is a new launch template version on the target AMI made the group's
 // version, then the desired capacity set to the absolute N+1; a retire terminates the
-// instance in the group with a decrement.
+// instance in the group, with a decrement while the group is above N.
 package aws
 
 import (
@@ -63,8 +63,11 @@ type Config struct {
 	Tags        map[string]string
 	// LaunchWait bounds how long Launch waits for the group to name the new instance.
 	LaunchWait time.Duration
-	Logger     hclog.Logger
-	Now        func() time.Time
+	// LaunchTimeout is the roll's launch_timeout: a group with ELB health checks
+	// needs a grace period at least this long (Survey). Zero: not checked.
+	LaunchTimeout time.Duration
+	Logger        hclog.Logger
+	Now           func() time.Time
 }
 
 // Provider implements the roll's provider on EC2 and Auto Scaling.
@@ -132,6 +135,11 @@ func (p *Provider) Instances(ctx context.Context) ([]cloud.Instance, error) {
 	if err != nil {
 		return nil, err
 	}
+	return p.instancesOf(ctx, g)
+}
+
+// instancesOf describes the instances of g that are not terminated.
+func (p *Provider) instancesOf(ctx context.Context, g *astypes.AutoScalingGroup) ([]cloud.Instance, error) {
 	var ids []string
 	lifecycle := map[string]astypes.LifecycleState{}
 	zone := map[string]string{}
@@ -292,9 +300,17 @@ func (p *Provider) awaitNew(ctx context.Context, before map[string]bool, imageID
 	return found, nil
 }
 
-// Terminate terminates the instance in the group, decrementing the desired capacity.
-// The instance's shutdown stops Consul, which leaves gracefully (leave_on_terminate).
-// An instance already terminating or gone is left alone.
+// Terminate terminates the instance in the group, decrementing the desired capacity
+// while it is above N. The instance's shutdown stops Consul, which leaves gracefully
+// (leave_on_terminate). An instance already terminating or gone is left alone.
+//
+// At N or below it terminates without the decrement: a scale-in during the surge (a
+// person's SetDesiredCapacity, which the roll does not suspend) lowers the desired
+// capacity to N yet terminates nothing, every server being protected; a decrement
+// would then go below MinSize = N, a ValidationError on every trigger for ever. Without
+// it, "Amazon EC2 Auto Scaling launches instances to replace the ones that are
+// terminated" (TerminateInstanceInAutoScalingGroup, docs-2.json) only to bring the
+// group back to its desired capacity, N, which the retire itself reaches.
 func (p *Provider) Terminate(ctx context.Context, instanceID, actionID string) error {
 	g, err := p.group(ctx)
 	if err != nil {
@@ -307,13 +323,14 @@ func (p *Provider) Terminate(ctx context.Context, instanceID, actionID string) e
 		if strings.HasPrefix(string(i.LifecycleState), "Terminat") {
 			return nil
 		}
+		decrement := int(aws.ToInt32(g.DesiredCapacity)) > p.cfg.Servers
 		_, err := p.asg.TerminateInstanceInAutoScalingGroup(ctx, &autoscaling.TerminateInstanceInAutoScalingGroupInput{
-			InstanceId: aws.String(instanceID), ShouldDecrementDesiredCapacity: aws.Bool(true),
+			InstanceId: aws.String(instanceID), ShouldDecrementDesiredCapacity: aws.Bool(decrement),
 		})
 		if err != nil {
 			return fmt.Errorf("terminate %s in group %q: %w", instanceID, p.cfg.Group, err)
 		}
-		p.cfg.Logger.Info("terminated instance", "instance_id", instanceID, "group", p.cfg.Group, "action_id", actionID)
+		p.cfg.Logger.Info("terminated instance", "instance_id", instanceID, "group", p.cfg.Group, "desired", aws.ToInt32(g.DesiredCapacity), "action_id", actionID)
 		return nil
 	}
 	return nil // not (or no longer) in the group

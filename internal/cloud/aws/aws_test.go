@@ -244,6 +244,13 @@ func TestTerminate_DecrementsAndIsIdempotent(t *testing.T) {
 	require.NoError(t, p.Terminate(ctx, "i-2", "retire/i-2"), "already terminating")
 	require.NoError(t, p.Terminate(ctx, "i-gone", "retire/i-gone"), "no longer in the group")
 	assert.Len(t, a.terminated, 1)
+
+	// Desired already at N (a scale-in during the surge took the surge back):
+	// no decrement, which would go below MinSize = N.
+	a.group.DesiredCapacity = aws.Int32(3)
+	require.NoError(t, p.Terminate(ctx, "i-3", "retire/i-3"))
+	require.Len(t, a.terminated, 2)
+	assert.False(t, *a.terminated[1].ShouldDecrementDesiredCapacity)
 }
 
 func TestErrors_NameWhatFailed(t *testing.T) {

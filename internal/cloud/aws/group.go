@@ -40,7 +40,11 @@ func (p *Provider) Survey(ctx context.Context, since time.Time, rollFor time.Dur
 	if err != nil {
 		return cloud.Survey{}, err
 	}
-	sv := cloud.Survey{Problems: p.problems(g, rollFor), Zones: slices.Sorted(slices.Values(g.AvailabilityZones))}
+	insts, err := p.instancesOf(ctx, g)
+	if err != nil {
+		return cloud.Survey{}, err
+	}
+	sv := cloud.Survey{Problems: p.problems(g, insts, rollFor), Zones: slices.Sorted(slices.Values(g.AvailabilityZones))}
 	refreshes, err := p.asg.DescribeInstanceRefreshes(ctx, &autoscaling.DescribeInstanceRefreshesInput{AutoScalingGroupName: aws.String(p.cfg.Group)})
 	if err != nil {
 		return cloud.Survey{}, fmt.Errorf("describe instance refreshes of group %q: %w", p.cfg.Group, err)
@@ -83,8 +87,9 @@ func imageFault(msg string) bool {
 	return false
 }
 
-// problems says what about the group itself keeps a roll from being safe.
-func (p *Provider) problems(g *astypes.AutoScalingGroup, rollFor time.Duration) []string {
+// problems says what about the group itself keeps a roll from being safe; insts are
+// its instances, whose launch times the max instance lifetime counts from.
+func (p *Provider) problems(g *astypes.AutoScalingGroup, insts []cloud.Instance, rollFor time.Duration) []string {
 	var out []string
 	if g.MixedInstancesPolicy != nil {
 		out = append(out, "the group has a MixedInstancesPolicy: its launch template sits inside the policy, and the roll points the group's own LaunchTemplate at each new version")
@@ -94,11 +99,49 @@ func (p *Provider) problems(g *astypes.AutoScalingGroup, rollFor time.Duration) 
 	if g.WarmPoolConfiguration != nil {
 		out = append(out, "the group has a warm pool: its instances were made from the old template version and are not refreshed by a new one")
 	}
-	if l := time.Duration(aws.ToInt32(g.MaxInstanceLifetime)) * time.Second; l > 0 && l <= rollFor {
-		out = append(out, fmt.Sprintf("the group's max instance lifetime (%s) is shorter than a roll may take (%s): the group would replace servers on its own under it", l, rollFor))
+	// AWS accepts no lifetime under a day ("the value must be either 0 or a number
+	// equal to or greater than 86,400 seconds (1 day)",
+	// UpdateAutoScalingGroupType$MaxInstanceLifetime, docs-2.json of the Auto
+	// Scaling API model in github.com/aws/aws-sdk-go@v1.55.7), longer than any
+	// roll: so the lifetime itself is no problem, an instance that reaches it
+	// before a roll could end is. The group then replaces it on its own (user
+	// guide, "Replace Auto Scaling instances based on maximum instance lifetime"),
+	// terminating first ("Instance maintenance policy for Auto Scaling group",
+	// default behaviors), with no leadership transfer.
+	if l := time.Duration(aws.ToInt32(g.MaxInstanceLifetime)) * time.Second; l > 0 {
+		end := p.cfg.Now().Add(rollFor)
+		for _, i := range insts {
+			if !i.Live() {
+				continue
+			}
+			if due := i.Launched.Add(l); due.Before(end) {
+				out = append(out, fmt.Sprintf("the group's max instance lifetime (%s) replaces %s at %s, before a roll started now could end (%s): the group would replace a server on its own under the roll; wait until it has",
+					l, i.ID, due.UTC().Format(time.RFC3339), rollFor))
+				break
+			}
+		}
 	}
 	if n := int(aws.ToInt32(g.MinSize)); n != p.cfg.Servers {
 		out = append(out, fmt.Sprintf("the group's MinSize is %d, not servers = %d: only MinSize stops a retried terminate from shrinking the group twice", n, p.cfg.Servers))
+	}
+	// The grace period is "the amount of time, in seconds, that Amazon EC2 Auto
+	// Scaling waits before checking the health status of an EC2 instance that has
+	// come into service and marking it unhealthy due to a failed health check"
+	// (UpdateAutoScalingGroupType$HealthCheckGracePeriod, docs-2.json): with ELB
+	// checks a server still catching up could be marked unhealthy and replaced
+	// (ReplaceUnhealthy, which the roll leaves on). EC2 status checks pass for a
+	// running machine whatever Consul does, so they need no grace.
+	if g.HealthCheckType != nil && aws.ToString(g.HealthCheckType) != "EC2" && p.cfg.LaunchTimeout > 0 {
+		if grace := time.Duration(aws.ToInt32(g.HealthCheckGracePeriod)) * time.Second; grace < p.cfg.LaunchTimeout {
+			out = append(out, fmt.Sprintf("the group's health check type is %s with a grace period of %s, shorter than launch_timeout (%s): a new server still catching up could be marked unhealthy and replaced",
+				aws.ToString(g.HealthCheckType), grace, p.cfg.LaunchTimeout))
+		}
+	}
+	// One zone per server, up to three: with fewer zones two servers share one,
+	// and losing that zone loses quorum sooner than it need.
+	if want := min(p.cfg.Servers, 3); len(g.AvailabilityZones) < want {
+		out = append(out, fmt.Sprintf("the group spans %d availability zone(s), fewer than %d: %d servers need one zone each, up to three, so that losing a zone cannot lose quorum",
+			len(g.AvailabilityZones), want, p.cfg.Servers))
 	}
 	return out
 }
@@ -115,7 +158,7 @@ func (p *Provider) Prepare(ctx context.Context) (*cloud.GroupState, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &cloud.GroupState{MaxSize: int(aws.ToInt32(g.MaxSize)), TemplateVersion: v}
+	st := &cloud.GroupState{MaxSize: int(aws.ToInt32(g.MaxSize)), TemplateVersion: v, GroupVersion: groupVersion(g)}
 	for _, name := range RollSuspends {
 		if !slices.ContainsFunc(g.SuspendedProcesses, func(s astypes.SuspendedProcess) bool { return aws.ToString(s.ProcessName) == name }) {
 			st.Suspended = append(st.Suspended, name)
@@ -186,8 +229,14 @@ func (p *Provider) End(ctx context.Context, st *cloud.GroupState, failed bool) e
 			desired = p.cfg.Servers
 			in.DesiredCapacity, change = aws.Int32(int32(desired)), true
 		}
-		if st.TemplateVersion != "" && (g.LaunchTemplate == nil || aws.ToString(g.LaunchTemplate.Version) != st.TemplateVersion) {
-			in.LaunchTemplate = &astypes.LaunchTemplateSpecification{LaunchTemplateName: aws.String(p.cfg.LaunchTemplate), Version: aws.String(st.TemplateVersion)}
+		// Back on the version as the group named it: a group on $Latest follows
+		// $Latest again, not the number it resolved to when the roll started.
+		back := st.GroupVersion
+		if back == "" {
+			back = st.TemplateVersion
+		}
+		if back != "" && (g.LaunchTemplate == nil || groupVersion(g) != back) {
+			in.LaunchTemplate = &astypes.LaunchTemplateSpecification{LaunchTemplateName: aws.String(p.cfg.LaunchTemplate), Version: aws.String(back)}
 			change = true
 		}
 	}
@@ -202,16 +251,25 @@ func (p *Provider) End(ctx context.Context, st *cloud.GroupState, failed bool) e
 	return nil
 }
 
+// groupVersion is the group's launch template version as the group names it: a
+// number, "$Latest" or "$Default" ("" without a launch template of its own).
+func groupVersion(g *astypes.AutoScalingGroup) string {
+	if g.LaunchTemplate == nil {
+		return ""
+	}
+	if v := aws.ToString(g.LaunchTemplate.Version); v != "" {
+		return v
+	}
+	return "$Default" // "The default value is $Default" (LaunchTemplateSpecification$Version, docs-2.json)
+}
+
 // resolveVersion returns the group's launch template version as a number:
 // "$Latest" and "$Default" are looked up.
 func (p *Provider) resolveVersion(ctx context.Context, g *astypes.AutoScalingGroup) (string, error) {
 	if g.LaunchTemplate == nil {
 		return "", fmt.Errorf("group %q has no launch template of its own (a MixedInstancesPolicy?)", p.cfg.Group)
 	}
-	v := aws.ToString(g.LaunchTemplate.Version)
-	if v == "" {
-		v = "$Default" // the API model: the default version when none is given
-	}
+	v := groupVersion(g)
 	if _, err := strconv.ParseInt(v, 10, 64); err == nil {
 		return v, nil
 	}

@@ -69,7 +69,10 @@ func TestSurvey_NamesEachProblemOfTheGroup(t *testing.T) {
 		{"min size", func(_ *awsfake.Server, g *awsfake.Group) { g.Min = 2 }, "MinSize is 2, not servers = 3"},
 		{"mixed", func(_ *awsfake.Server, g *awsfake.Group) { g.MixedInstances = true }, "MixedInstancesPolicy"},
 		{"warm pool", func(_ *awsfake.Server, g *awsfake.Group) { g.WarmPool = true }, "warm pool"},
-		{"lifetime", func(_ *awsfake.Server, g *awsfake.Group) { g.MaxInstanceLifetime = 30 * time.Minute }, "max instance lifetime (30m0s) is shorter than a roll may take (1h0m0s)"},
+		{"health check grace", func(_ *awsfake.Server, g *awsfake.Group) {
+			g.HealthCheckType, g.HealthCheckGracePeriod = "ELB", 5*time.Minute
+		}, "health check type is ELB with a grace period of 5m0s, shorter than launch_timeout (10m0s)"},
+		{"zones", func(_ *awsfake.Server, g *awsfake.Group) { g.AZs = g.AZs[:2] }, "spans 2 availability zone(s), fewer than 3"},
 		{"other template", func(f *awsfake.Server, g *awsfake.Group) {
 			f.AddLaunchTemplate("web", imgA)
 			g.LaunchTemplate = "web"
@@ -77,12 +80,48 @@ func TestSurvey_NamesEachProblemOfTheGroup(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, _ := onFake(t, tc.shape)
+			p.cfg.LaunchTimeout = 10 * time.Minute
 			sv, err := p.Survey(ctx, time.Time{}, time.Hour)
 			require.NoError(t, err)
 			require.Len(t, sv.Problems, 1, "%v", sv.Problems)
 			assert.Contains(t, sv.Problems[0], tc.want)
 		})
 	}
+	t.Run("health checks fit", func(t *testing.T) {
+		for _, shape := range []func(*awsfake.Server, *awsfake.Group){
+			func(_ *awsfake.Server, g *awsfake.Group) {
+				g.HealthCheckType, g.HealthCheckGracePeriod = "ELB", 10*time.Minute
+			},
+			func(_ *awsfake.Server, g *awsfake.Group) { g.HealthCheckType, g.HealthCheckGracePeriod = "EC2", 0 },
+		} {
+			p, _ := onFake(t, shape)
+			p.cfg.LaunchTimeout = 10 * time.Minute
+			sv, err := p.Survey(ctx, time.Time{}, time.Hour)
+			require.NoError(t, err)
+			assert.Empty(t, sv.Problems)
+		}
+	})
+	// AWS takes no max instance lifetime under a day, longer than any roll: what
+	// matters is whether an instance reaches it before a roll could end.
+	t.Run("lifetime", func(t *testing.T) {
+		p, fake := onFake(t, func(_ *awsfake.Server, g *awsfake.Group) { g.MaxInstanceLifetime = 24 * time.Hour })
+		sv, err := p.Survey(ctx, time.Time{}, time.Hour)
+		require.NoError(t, err)
+		assert.Empty(t, sv.Problems, "every instance is new: a day to go")
+
+		insts, err := p.Instances(ctx)
+		require.NoError(t, err)
+		require.True(t, fake.SetLaunchTime(insts[1].ID, time.Now().Add(-23*time.Hour-30*time.Minute)))
+		sv, err = p.Survey(ctx, time.Time{}, time.Hour)
+		require.NoError(t, err)
+		require.Len(t, sv.Problems, 1, "%v", sv.Problems)
+		assert.Contains(t, sv.Problems[0], "max instance lifetime (24h0m0s) replaces "+insts[1].ID)
+		assert.Contains(t, sv.Problems[0], "before a roll started now could end (1h0m0s)")
+
+		sv, err = p.Survey(ctx, time.Time{}, 20*time.Minute)
+		require.NoError(t, err)
+		assert.Empty(t, sv.Problems, "a shorter roll ends before it")
+	})
 	t.Run("instance refresh", func(t *testing.T) {
 		p, fake := onFake(t, nil)
 		id := fake.AddInstanceRefresh("consul", "InProgress")
@@ -108,7 +147,7 @@ func TestGroupState_SuspendProtectLaunchAndRestore(t *testing.T) {
 	})
 	st, err := p.Prepare(ctx)
 	require.NoError(t, err)
-	assert.Equal(t, &cloud.GroupState{Suspended: []string{"AlarmNotification", "ScheduledActions"}, MaxSize: 3, TemplateVersion: "2"}, st)
+	assert.Equal(t, &cloud.GroupState{Suspended: []string{"AlarmNotification", "ScheduledActions"}, MaxSize: 3, TemplateVersion: "2", GroupVersion: "$Latest"}, st)
 	assert.Empty(t, callsOf(fake, "SuspendProcesses"), "Prepare changes nothing")
 
 	require.NoError(t, p.Begin(ctx, st))
@@ -137,8 +176,59 @@ func TestGroupState_SuspendProtectLaunchAndRestore(t *testing.T) {
 	assert.Equal(t, []string{"AZRebalance"}, g.Suspended, "only what the roll suspended is resumed")
 	assert.Equal(t, 3, g.Desired, "a failed roll's surge is undone")
 	assert.Equal(t, 3, g.Max)
-	assert.Equal(t, "2", g.Version, "back on the version it launched from")
+	assert.Equal(t, "$Latest", g.Version, "back on $Latest, as the group named it, not the number it resolved to")
+	updates := len(callsOf(fake, "UpdateAutoScalingGroup"))
 	require.NoError(t, p.End(ctx, st, true), "idempotent")
+	assert.Len(t, callsOf(fake, "UpdateAutoScalingGroup"), updates, "nothing left to restore")
+
+	// A record written before GroupVersion existed puts back the number.
+	old := *st
+	old.GroupVersion = ""
+	require.NoError(t, p.End(ctx, &old, true))
+	assert.Equal(t, "2", fake.Group("consul").Version)
+}
+
+// TestTerminate_AScaleInDuringTheSurgeDoesNotWedgeTheRetire: a person sets the
+// desired capacity back to N during the surge; every server is protected, so the
+// group terminates nothing and stays at N+1 instances with N desired. The retire
+// then terminates without a decrement (one would go below MinSize = N, a
+// ValidationError on every trigger), and the group ends at N, replacing nothing.
+func TestTerminate_AScaleInDuringTheSurgeDoesNotWedgeTheRetire(t *testing.T) {
+	ctx := context.Background()
+	p, fake := onFake(t, nil)
+	st, err := p.Prepare(ctx)
+	require.NoError(t, err)
+	require.NoError(t, p.Begin(ctx, st))
+	old, err := p.Instances(ctx)
+	require.NoError(t, err)
+	_, err = p.Launch(ctx, imgB, "launch/b/3-outdated", st)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { g := fake.Group("consul"); return len(g.Instances) == 4 && g.Launching == 0 }, 10*time.Second, 20*time.Millisecond)
+
+	a := autoscaling.NewFromConfig(fake.Config())
+	_, err = a.SetDesiredCapacity(ctx, &autoscaling.SetDesiredCapacityInput{AutoScalingGroupName: aws.String("consul"), DesiredCapacity: aws.Int32(3)})
+	require.NoError(t, err)
+	g := fake.Group("consul")
+	require.Equal(t, 3, g.Desired)
+	require.Len(t, g.Instances, 4, "every server is protected: nothing scaled in")
+
+	require.NoError(t, p.Terminate(ctx, old[0].ID, "retire/"+old[0].ID))
+	terms := callsOf(fake, "TerminateInstanceInAutoScalingGroup")
+	require.Len(t, terms, 1)
+	assert.Equal(t, "false", terms[0].Params.Get("ShouldDecrementDesiredCapacity"))
+	require.Eventually(t, func() bool {
+		g := fake.Group("consul")
+		return len(g.Instances) == 3 && g.Launching == 0
+	}, 10*time.Second, 20*time.Millisecond)
+	g = fake.Group("consul")
+	assert.Equal(t, 3, g.Desired)
+	for _, i := range g.Instances {
+		assert.NotEqual(t, old[0].ID, i.ID)
+	}
+	for _, act := range fake.Activities("consul") {
+		assert.False(t, act.Kind == "launch" && act.Start.After(terms[0].Time), "no replacement launched: %+v", act)
+	}
+
 }
 
 // TestSurvey_ReportsTheGroupsFailedLaunchesSinceTheSurge: the group retries a launch
