@@ -79,6 +79,7 @@ const (
 	AttrDeployMinHealthyTime = "min_healthy_time"
 	AttrDeployArtifacts      = "artifacts"
 	AttrDeployRequireSHA256  = "require_sha256"
+	AttrDeployNodeFilter     = "node_filter"
 
 	// A reconfigure block's keys are reconfigure.<name>.<attribute>.
 	KeyReconfigure                   = "reconfigure"
@@ -109,6 +110,16 @@ const (
 	// JobReconfigure is the reconfigure handler's: at least one reconfigure block
 	// is required.
 	JobReconfigure
+	// JobTrigger is the image-published Lambda's (internal/trigger), given with
+	// JobRoll: JobRoll|JobTrigger. The Lambda reads the servers' own file, copied
+	// into its zip, but its Consul token comes from elsewhere (an SSM parameter),
+	// so consul.token_file (or $CONSUL_HTTP_TOKEN_FILE) names a file that is not
+	// there: under JobTrigger the token file is neither required to exist nor
+	// checked for its permissions. ConsulConfig.TokenFile keeps the path; the
+	// trigger must supply its token itself (ConsulConfig.InlineToken, which
+	// Token prefers) rather than call Token on the file's settings. Everything
+	// else is validated as for the jobs given with it.
+	JobTrigger
 )
 
 // Provider types: the label of the file's one provider block.
@@ -259,6 +270,16 @@ type DeployConfig struct {
 	// the digest to the command in $REHYDRATE_DEPLOY_SHA256, and the command must
 	// check what it downloads against it.
 	RequireSHA256 bool
+	// NodeFilter, when set, is a Consul filter expression on the catalog's entries of
+	// the service (the fields of /v1/catalog/service/:service, as `consul catalog
+	// nodes -service <service> -filter` takes them), e.g. `Node matches "^web-"` or
+	// `NodeMeta.pool == "blue"`: a rollout (`rehydrate deploy start`) deploys only to
+	// the nodes it selects. The catalog is anyone's to write who may register a node
+	// or service, so the filter says which nodes the operator means. A rollout's
+	// --node-filter can only narrow it: both apply. Empty: every node of the service
+	// (that passes the rollout's other checks). It is checked at load to parse as
+	// Consul parses it; whether its fields exist, Consul says at the first rollout.
+	NodeFilter string
 }
 
 // Deploy returns the deploy block of service, or nil.

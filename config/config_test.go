@@ -367,6 +367,7 @@ func TestExamples_LoadWithTheValuesTheyShow(t *testing.T) {
 				MinHealthyTime:  10 * time.Second,
 				Artifacts:       []string{"https://releases.example.com/web/*"},
 				RequireSHA256:   true,
+				NodeFilter:      `NodeMeta.role == "web"`,
 			}}
 			return c
 		}},
@@ -515,7 +516,8 @@ func TestKeys_MatchTheFileSchema(t *testing.T) {
 		keys = append(keys, KeyReconfigure+"."+attr)
 	}
 	for _, attr := range []string{AttrDeployCommand, AttrDeployRollback, AttrDeployTimeout,
-		AttrDeployHealthTimeout, AttrDeployMinHealthyTime, AttrDeployArtifacts, AttrDeployRequireSHA256} {
+		AttrDeployHealthTimeout, AttrDeployMinHealthyTime, AttrDeployArtifacts, AttrDeployRequireSHA256,
+		AttrDeployNodeFilter} {
 		keys = append(keys, KeyDeploy+"."+attr)
 	}
 	slices.Sort(schema)

@@ -356,3 +356,32 @@ func selfSignedCA(t *testing.T) string {
 	require.NoError(t, err)
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }
+
+// The image-published Lambda loads the servers' file, copied into its zip without
+// the token file it names: its token comes from SSM. Under JobTrigger the file
+// loads; under JobRoll alone the missing token file is still an error.
+func TestLoadFor_TriggerDoesNotNeedTheTokenFile(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.hcl")
+	write(t, cfg, minimal+"consul {\n  token_file = \"absent.token\"\n}\n")
+
+	c, err := LoadFor(cfg, JobRoll|JobTrigger, NoEnv)
+	require.NoError(t, err)
+	assert.Equal(t, filepath.Join(dir, "absent.token"), c.Consul.TokenFile, "the path is kept as the file has it")
+
+	_, err = LoadFor(cfg, JobRoll, NoEnv)
+	var cerr *Error
+	require.ErrorAs(t, err, &cerr)
+	assert.Contains(t, err.Error(), cfg+":8:3: consul.token_file: stat "+filepath.Join(dir, "absent.token"))
+
+	// A token file others may read is not the trigger's concern either; the rest
+	// of the file is validated as for the roll.
+	open := filepath.Join(dir, "open.token")
+	write(t, open, "secret-token\n")
+	require.NoError(t, os.Chmod(open, 0o644))
+	_, err = ParseFor([]byte(minimal+"consul {\n  token_file = \""+open+"\"\n}\n"), "config.hcl", JobRoll|JobTrigger, nil)
+	require.NoError(t, err)
+	_, err = ParseFor([]byte("consul {\n  token_file = \"absent.token\"\n}\n"), "config.hcl", JobRoll|JobTrigger, nil)
+	require.ErrorContains(t, err, "cluster is required", "JobTrigger relaxes only the token file")
+	assert.NotContains(t, err.Error(), "token_file")
+}

@@ -171,3 +171,41 @@ deploy "api" {
 }`), "deploy.hcl", JobDeploy, nil)
 	assertLines(t, []string{`deploy.hcl:3:21: invalid value for deploy.web.require_sha256: a bool is required`}, err)
 }
+
+func TestParseFor_DeployNodeFilter(t *testing.T) {
+	c, err := parseFor(t, JobDeploy, `
+deploy "web" {
+  command     = ["d"]
+  node_filter = "NodeMeta.pool == \"blue\" and Node matches \"^web-\""
+}
+deploy "api" {
+  command = ["d"]
+}
+`)
+	require.NoError(t, err)
+	assert.Equal(t, `NodeMeta.pool == "blue" and Node matches "^web-"`, c.Deploy("web").NodeFilter)
+	assert.Empty(t, c.Deploy("api").NodeFilter, "unset: every node of the service")
+
+	// A filter Consul would not parse is refused at load, at its line, with go-bexpr's
+	// own reason (the parser Consul filters with).
+	bad := []struct{ filter, want string }{
+		{`Node ===`, "1:8 (7): no match found"},
+		{`Node == "web`, "Unterminated string literal"},
+		{`(Node == "web"`, "Unmatched parentheses"},
+		{`Node matches "("`, "error parsing regexp"},
+		{`NodeMeta[pool] == "blue"`, "Invalid index"},
+		{`ServicePort == 80x`, "Invalid number literal"},
+		{`Node == "web" and`, "no match found"},
+		{` `, "no match found"},
+	}
+	for _, b := range bad {
+		t.Run(b.filter, func(t *testing.T) {
+			_, err := ParseFor([]byte(`deploy "web" {
+  command     = ["d"]
+  node_filter = `+strconv.Quote(b.filter)+`
+}`), "deploy.hcl", JobDeploy, nil)
+			assertLines(t, []string{`deploy.hcl:3:3: deploy.web.node_filter ` + strconv.Quote(b.filter) + ` is not a Consul filter expression: `}, err)
+			assert.Contains(t, err.Error(), b.want)
+		})
+	}
+}

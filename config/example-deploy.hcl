@@ -59,4 +59,15 @@ deploy "web" {
   # against it, e.g. echo "$REHYDRATE_DEPLOY_SHA256  web.tar.gz" | sha256sum -c.
   # Default: false (a sha256 that is given is still checked and passed on).
   require_sha256 = true
+
+  # The nodes a rollout (`rehydrate deploy start -config <this file>`) may deploy
+  # to: a Consul filter expression over the catalog's entries of the service, the
+  # fields `consul catalog nodes -service web -filter` takes (Node, Address,
+  # NodeMeta.<key>, ServiceTags, ServiceMeta.<key>, ...). The catalog is anyone's
+  # to write who may register a node or service; this says which nodes are meant.
+  # A rollout's --node-filter can only narrow it (both apply). Checked to parse
+  # when the file is loaded; a field the catalog does not have is reported by the
+  # first rollout. The deploy handler itself does not use it. Default: unset,
+  # every node of the service (that is a gossip member with a key-safe name).
+  node_filter = "NodeMeta.role == \"web\""
 }

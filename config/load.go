@@ -145,6 +145,7 @@ type fileDeploy struct {
 	MinHealthyTime  *string   `hcl:"min_healthy_time,optional"`
 	Artifacts       *[]string `hcl:"artifacts,optional"`
 	RequireSHA256   *bool     `hcl:"require_sha256,optional"`
+	NodeFilter      *string   `hcl:"node_filter,optional"`
 	DefRange        hcl.Range `hcl:",def_range"`
 }
 
@@ -420,6 +421,7 @@ func (d *decoder) deploys(blocks []fileDeploy) []*DeployConfig {
 			dc.Artifacts = slices.Clone(*b.Artifacts)
 		}
 		set(&dc.RequireSHA256, b.RequireSHA256)
+		set(&dc.NodeFilter, b.NodeFilter)
 		out = append(out, dc)
 	}
 	return out

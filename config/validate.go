@@ -98,14 +98,20 @@ func (c *Config) validate(jobs Jobs) []problem {
 	if cc.InlineToken != "" && cc.TokenFile != "" {
 		add(KeyConsulToken, "%s and %s are mutually exclusive: keep %s", KeyConsulToken, KeyConsulTokenFile, KeyConsulTokenFile)
 	}
+	// The trigger brings its own token (see JobTrigger): the file's token_file is
+	// the servers', absent where the trigger runs.
+	tokenFile := cc.TokenFile
+	if jobs&JobTrigger != 0 {
+		tokenFile = ""
+	}
 	if cc.InlineToken == "" {
 		// (With both set, the one problem is that both are.)
-		if err := checkSecretFile(cc.TokenFile); err != nil {
+		if err := checkSecretFile(tokenFile); err != nil {
 			add(KeyConsulTokenFile, "%s: %v", KeyConsulTokenFile, err)
 		}
 	}
 	for _, f := range []struct{ key, path string }{
-		{KeyConsulTokenFile, cc.TokenFile},
+		{KeyConsulTokenFile, tokenFile},
 		{KeyConsulTLSCAFile, cc.TLS.CAFile},
 		{KeyConsulTLSCertFile, cc.TLS.CertFile},
 		{KeyConsulTLSKeyFile, cc.TLS.KeyFile},
@@ -262,6 +268,11 @@ func (d *DeployConfig) validate(add func(key, format string, args ...any)) {
 	for i, p := range d.Artifacts {
 		if err := checkArtifactPattern(p); err != nil {
 			add(key+"."+AttrDeployArtifacts, "%s.%s[%d] %q: %v", key, AttrDeployArtifacts, i, p, err)
+		}
+	}
+	if d.NodeFilter != "" {
+		if err := checkFilter(d.NodeFilter); err != nil {
+			add(key+"."+AttrDeployNodeFilter, "%s.%s %q is not a Consul filter expression: %v", key, AttrDeployNodeFilter, d.NodeFilter, err)
 		}
 	}
 	switch {

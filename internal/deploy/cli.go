@@ -75,6 +75,8 @@ func exitCode(err error) int {
 		return app.ExitBadPayload
 	case errors.Is(err, ErrRefused):
 		return app.ExitRefused
+	case errors.Is(err, ErrBadConfigFilter):
+		return app.ExitConfig
 	case errors.Is(err, ErrBadFilter):
 		return app.ExitUsage
 	// A lost lock and a deadline are told apart before what failed under them.
@@ -103,7 +105,7 @@ func StartFlags(f *app.Flags) func(*app.Flags, []string) int {
 	version := f.String("version", "", "the version to deploy: A-Z, a-z, 0-9 and . _ + -, starting with a letter or digit")
 	artifact := f.String("artifact", "", "where the version comes from, handed to the deploy command")
 	sha := f.String("sha256", "", "the artifact's SHA-256 (64 hex digits), handed to the deploy command to check its download")
-	nodeFilter := f.String("node-filter", "", "deploy only to the service's nodes this Consul filter expression selects, e.g. 'Node matches \"^web-\"'")
+	nodeFilter := f.String("node-filter", "", "deploy only to the service's nodes this Consul filter expression selects, e.g. 'Node matches \"^web-\"'; with the deploy block's node_filter, only to the nodes both select")
 	batch := f.Int("batch", 1, "nodes deployed at once")
 	maxUnavailable := f.Int("max-unavailable", 1, "most of the service's nodes out of passing at once")
 	nodeTimeout := f.Duration("node-timeout", 15*time.Minute, "how long a batch may take")

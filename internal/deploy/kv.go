@@ -66,6 +66,9 @@ var (
 	ErrRefused = errors.New("refused")
 	// ErrBadFilter means Consul refused the rollout's --node-filter expression.
 	ErrBadFilter = errors.New("bad node filter")
+	// ErrBadConfigFilter means Consul refused the deploy block's node_filter: the
+	// configuration's fault, not the command line's. It wraps ErrBadFilter.
+	ErrBadConfigFilter = fmt.Errorf("%w in the configuration", ErrBadFilter)
 	// ErrConsul means Consul could not be read or written.
 	ErrConsul = errors.New("consul")
 	// ErrFailed means a deployment did not succeed (it may have rolled back).

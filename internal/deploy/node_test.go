@@ -64,6 +64,7 @@ func TestNode(t *testing.T) {
 		{"Handle_ArtifactAllowListAndRequiredSHA256RefuseOrPassTheDigestOn", testHandle_ArtifactAllowListAndRequiredSHA256RefuseOrPassTheDigestOn},
 		{"Rollout_AFakeCatalogRegistrationDoesNotJoinTheRollout", testRollout_AFakeCatalogRegistrationDoesNotJoinTheRollout},
 		{"Rollout_NodeFilterSelectsTheNodesAndABadOneIsAUsageError", testRollout_NodeFilterSelectsTheNodesAndABadOneIsAUsageError},
+		{"Rollout_ConfiguredNodeFilterLeavesOutARealNodeAndTheFlagOnlyNarrowsIt", testRollout_ConfiguredNodeFilterLeavesOutARealNodeAndTheFlagOnlyNarrowsIt},
 		{"Rollout_NodeWhoseCurrentIsNotAVersionIsRefusedAndAsksAgainForThePreviousArtifact", testRollout_NodeWhoseCurrentIsNotAVersionIsRefusedAndAsksAgainForThePreviousArtifact},
 		{"Show_EscapesTerminalControlsInEveryNodeWritableString", testShow_EscapesTerminalControlsInEveryNodeWritableString},
 	} {
@@ -972,6 +973,111 @@ func testRollout_NodeFilterSelectsTheNodesAndABadOneIsAUsageError(t *testing.T) 
 	assert.Equal(t, []NodeRecord{{Node: f.agent.Name, Previous: "v2", State: NodeSkipped}}, rec.Nodes)
 	assert.Empty(t, rec.Refused, "the filter left the fake out before any other check")
 	assert.Equal(t, r.NodeFilter, rec.NodeFilter)
+}
+
+// The catalog is anyone's to write who may register a service: the deploy block's
+// node_filter says which nodes the operator means. A node in the catalog, with an
+// agent, running the service, but outside the configured filter is not touched; a
+// --node-filter narrows the configured filter and cannot widen it.
+func testRollout_ConfiguredNodeFilterLeavesOutARealNodeAndTheFlagOnlyNarrowsIt(t *testing.T) {
+	f := newFixture(t, "cfgfilter", api.HealthPassing, `echo ok`, `exit 0`)
+	// The client's node runs the version already: the rollout has nothing to wait for.
+	f.put(KeyCurrent, []byte("v2"))
+	fin := time.Now().UTC()
+	f.putJSON(KeyStatus, Status{ID: "d-earlier", Version: "v2", State: StateSucceeded, Started: fin, Finished: &fin, Attempts: 1})
+	// The same service on the server's node: a real member of the gossip pool, with a
+	// passing check, that a rollout without the filter would deploy to.
+	server := shared.Servers[0]
+	sc := server.Client()
+	require.NoError(t, sc.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		ID: f.svc, Name: f.svc, Port: 8080,
+		Check: &api.AgentServiceCheck{CheckID: "ttl-" + f.svc, TTL: "30s", Status: api.HealthPassing},
+	}))
+	t.Cleanup(func() { _ = sc.Agent().ServiceDeregister(f.svc) })
+	testcluster.WaitFor(t, waitLimit, "the service on both nodes in the catalog", func() (bool, string) {
+		svcs, _, err := f.c.Catalog().Service(f.svc, "", nil)
+		return err == nil && len(svcs) == 2, fmt.Sprintf("%d instances, error %v", len(svcs), err)
+	})
+
+	// Without a filter, the server's node would be deployed to (planned, not run).
+	r := newRollout(f.c, f.svc, "v2")
+	r.store = kv{f.c}
+	p, err := r.plan(f.ctx(), "")
+	require.NoError(t, err)
+	assert.ElementsMatch(t, []string{f.agent.Name, server.Name}, p.nodes)
+
+	// With the deploy block's filter, it is left out: no key of it is written.
+	f.dc.NodeFilter = fmt.Sprintf("Node == %q", f.agent.Name)
+	r = newRollout(f.c, f.svc, "v2")
+	r.Policy = f.dc
+	var out bytes.Buffer
+	r.Out = &out
+	rec, err := r.Run(f.ctx())
+	require.NoError(t, err, "output:\n%s", out.String())
+	assert.Equal(t, RolloutDone, rec.State)
+	assert.Equal(t, []NodeRecord{{Node: f.agent.Name, Previous: "v2", State: NodeSkipped}}, rec.Nodes, "only the node the filter selects")
+	assert.Empty(t, rec.Refused, "a node outside the filter is not the rollout's to refuse: it is not selected")
+	assert.Equal(t, f.dc.NodeFilter, rec.NodeFilter)
+	serverKeys := func() []string {
+		pairs, _, err := f.c.KV().List(NodesPrefix(f.svc)+server.Name+"/", nil)
+		require.NoError(t, err)
+		var keys []string
+		for _, p := range pairs {
+			keys = append(keys, p.Key)
+		}
+		return keys
+	}
+	assert.Empty(t, serverKeys(), "nothing written for the node outside the configured filter")
+	before, _, err := f.c.KV().Get(ServiceKey(f.svc, "rollout"), nil)
+	require.NoError(t, err)
+
+	// A --node-filter that selects only the server's node cannot widen the configured
+	// filter: no node is selected by both, and nothing is written.
+	r = newRollout(f.c, f.svc, "v2")
+	r.Policy = f.dc
+	r.NodeFilter = fmt.Sprintf("Node == %q", server.Name)
+	rec, err = r.Run(f.ctx())
+	require.ErrorIs(t, err, ErrRefused)
+	assert.Equal(t, 17, exitCode(err))
+	assert.Nil(t, rec)
+	assert.Contains(t, err.Error(), fmt.Sprintf(`no instance of service cfgfilter in the catalog that deploy.cfgfilter.node_filter %q and --node-filter %q selects`,
+		f.dc.NodeFilter, r.NodeFilter))
+	assert.Empty(t, serverKeys())
+	after, _, err := f.c.KV().Get(ServiceKey(f.svc, "rollout"), nil)
+	require.NoError(t, err)
+	assert.Equal(t, before.ModifyIndex, after.ModifyIndex, "no new rollout record")
+
+	// Both filters that select the client's node: the record keeps both.
+	r = newRollout(f.c, f.svc, "v2")
+	r.Policy = f.dc
+	r.NodeFilter = `Node matches "."`
+	rec, err = r.Run(f.ctx())
+	require.NoError(t, err)
+	assert.Equal(t, []NodeRecord{{Node: f.agent.Name, Previous: "v2", State: NodeSkipped}}, rec.Nodes)
+	assert.Equal(t, fmt.Sprintf(`(Node == %q) and (Node matches ".")`, f.agent.Name), rec.NodeFilter)
+	assert.Empty(t, serverKeys())
+
+	// A configured filter that parses (the load checks that) but names no field of the
+	// catalog's entries is the configuration's error, with or without a flag.
+	for _, flag := range []string{"", `Node matches "."`} {
+		dc := *f.dc
+		dc.NodeFilter = `NoSuchField == "x"`
+		r = newRollout(f.c, f.svc, "v2")
+		r.Policy, r.NodeFilter = &dc, flag
+		_, err = r.Run(f.ctx())
+		require.ErrorIs(t, err, ErrBadConfigFilter, "flag %q", flag)
+		assert.Equal(t, 12, exitCode(err), "a configuration error")
+		assert.Contains(t, err.Error(), `deploy.cfgfilter.node_filter "NoSuchField == \"x\""`)
+	}
+	// A bad flag with a good configured filter is the command line's.
+	r = newRollout(f.c, f.svc, "v2")
+	r.Policy, r.NodeFilter = f.dc, `NoSuchField == "x"`
+	_, err = r.Run(f.ctx())
+	require.ErrorIs(t, err, ErrBadFilter)
+	assert.NotErrorIs(t, err, ErrBadConfigFilter)
+	assert.Equal(t, 11, exitCode(err), "a usage error")
+	assert.Contains(t, err.Error(), `--node-filter "NoSuchField == \"x\""`)
+	assert.Empty(t, serverKeys())
 }
 
 func testRollout_NodeWhoseCurrentIsNotAVersionIsRefusedAndAsksAgainForThePreviousArtifact(t *testing.T) {

@@ -39,10 +39,12 @@ const (
 
 // Record is a rollout, kept at deploy/<service>/rollout.
 type Record struct {
-	ID             string       `json:"id"`
-	Version        string       `json:"version"`
-	Artifact       string       `json:"artifact,omitempty"`
-	SHA256         string       `json:"sha256,omitempty"`
+	ID       string `json:"id"`
+	Version  string `json:"version"`
+	Artifact string `json:"artifact,omitempty"`
+	SHA256   string `json:"sha256,omitempty"`
+	// NodeFilter is the filter the catalog selected the nodes with: the deploy
+	// block's node_filter and the rollout's --node-filter, both when both are set.
 	NodeFilter     string       `json:"node_filter,omitempty"`
 	State          string       `json:"state"`
 	Batch          int          `json:"batch"`
@@ -81,9 +83,14 @@ type Rollout struct {
 	// web -filter` takes), e.g. `Node matches "^web-"` or `NodeMeta.pool == "blue"`;
 	// only the nodes it selects are deployed to. Empty: every node of the service.
 	// Whatever it selects, a node must also pass eligibleNodes.
+	//
+	// It can only narrow Policy's node_filter, never widen it: a node must be
+	// selected by both. The configured filter says which nodes the operator means the
+	// service to run on; a flag given for one rollout cannot reach past it.
 	NodeFilter string
 	// Policy, when set, is the service's deploy block: the rollout refuses a desired
-	// value its handlers would refuse (Allowed) before it writes anything.
+	// value its handlers would refuse (Allowed) before it writes anything, and deploys
+	// only to the nodes its node_filter selects.
 	Policy *config.DeployConfig
 	// Batch is how many nodes deploy at once.
 	Batch int
@@ -153,7 +160,7 @@ func (r *Rollout) Run(ctx context.Context) (*Record, error) {
 		return nil, err
 	}
 	nodes, todo := p.nodes, p.todo
-	r.rec = Record{ID: id, Version: r.Version, Artifact: r.Artifact, SHA256: r.SHA256, NodeFilter: r.NodeFilter,
+	r.rec = Record{ID: id, Version: r.Version, Artifact: r.Artifact, SHA256: r.SHA256, NodeFilter: r.filter().expr(),
 		State: RolloutRunning, Batch: r.Batch, MaxUnavailable: r.MaxUnavailable, Started: r.Now().UTC(),
 		Nodes: p.records, Refused: p.refused}
 	if err := r.save(ctx); err != nil {
@@ -400,7 +407,7 @@ type plan struct {
 // version: it would become the node's rollback version, and its handler would refuse
 // the deployment anyway. A rollout left with no node is refused (ErrRefused).
 func (r *Rollout) plan(ctx context.Context, id string) (*plan, error) {
-	nodes, refused, err := eligibleNodes(ctx, r.Client, r.Service, r.NodeFilter)
+	nodes, refused, err := eligibleNodes(ctx, r.Client, r.Service, r.filter())
 	if err != nil {
 		return nil, err
 	}
@@ -448,6 +455,87 @@ func (r *Rollout) plan(ctx context.Context, id string) (*plan, error) {
 	return p, nil
 }
 
+// nodeFilter is what selects a rollout's nodes in the catalog: the deploy block's
+// node_filter (configured) and the rollout's --node-filter (flag), either or both.
+type nodeFilter struct {
+	service, configured, flag string
+}
+
+func (r *Rollout) filter() nodeFilter {
+	f := nodeFilter{service: r.Service, flag: r.NodeFilter}
+	if r.Policy != nil {
+		f.configured = r.Policy.NodeFilter
+	}
+	return f
+}
+
+// expr is the catalog's filter expression: both filters, each in parentheses, joined
+// with "and", so that the flag narrows the configured filter and cannot widen it
+// (go-bexpr's grammar takes a parenthesized expression wherever it takes a match).
+func (f nodeFilter) expr() string {
+	switch {
+	case f.configured == "":
+		return f.flag
+	case f.flag == "":
+		return f.configured
+	}
+	return "(" + f.configured + ") and (" + f.flag + ")"
+}
+
+// configKey is the configured filter's key, for messages.
+func (f nodeFilter) configKey() string {
+	return config.KeyDeploy + "." + f.service + "." + config.AttrDeployNodeFilter
+}
+
+// String names the filters in messages, as the operator set them.
+func (f nodeFilter) String() string {
+	var parts []string
+	if f.configured != "" {
+		parts = append(parts, fmt.Sprintf("%s %q", f.configKey(), f.configured))
+	}
+	if f.flag != "" {
+		parts = append(parts, fmt.Sprintf("--node-filter %q", f.flag))
+	}
+	return strings.Join(parts, " and ")
+}
+
+// badFilter says whether err is Consul's refusal of a filter: go-bexpr's "Failed to
+// create boolean expression evaluator" (hashicorp/go-bexpr filter.go) for one that
+// does not parse or names no field, a 400 from a server, a 500 through a client
+// agent's RPC.
+func badFilter(err error) (string, bool) {
+	var se api.StatusError
+	if errors.As(err, &se) && strings.Contains(se.Body, "Failed to create boolean expression evaluator") {
+		return strings.TrimSpace(se.Body), true
+	}
+	return "", false
+}
+
+// refused returns the error for Consul's refusal (body) of the filters: the
+// configuration's (ErrBadConfigFilter) when the configured filter alone is refused,
+// the command line's (ErrBadFilter) otherwise. The load checked the configured
+// filter's syntax, not its fields, so it may be the one at fault.
+func (f nodeFilter) refused(ctx context.Context, c *api.Client, body string) error {
+	configBad := f.configured != "" && f.flag == ""
+	if f.configured != "" && f.flag != "" {
+		err := retry(ctx, func() error {
+			_, _, err := c.Catalog().Service(f.service, "", (&api.QueryOptions{Filter: f.configured}).WithContext(ctx))
+			if b, bad := badFilter(err); bad {
+				configBad, body = true, b
+				return nil
+			}
+			return err
+		})
+		if err != nil {
+			return consulErr(ctx, fmt.Errorf("catalog of service %s: %w", f.service, err))
+		}
+	}
+	if configBad {
+		return fmt.Errorf("%w: %s %q: %s", ErrBadConfigFilter, f.configKey(), f.configured, body)
+	}
+	return fmt.Errorf("%w: %s: %s", ErrBadFilter, f, body)
+}
+
 // LAN gossip member states (api.AgentMember.Status, serf.MemberStatus).
 const memberLeft = 3
 
@@ -456,8 +544,8 @@ const memberLeft = 3
 // anyone's to write who holds node or service write for some name: a node must
 // also
 //
-//   - be selected by filter (a Consul filter expression, evaluated by the catalog;
-//     empty selects every node),
+//   - be selected by filter (the deploy block's node_filter and --node-filter, both
+//     Consul filter expressions evaluated by the catalog; none selects every node),
 //   - have a name fit for a key (nodeName), and
 //   - be a member of the LAN gossip pool of the agent the rollout talks to, and not
 //     one that has left. A node registered through /v1/catalog/register alone has
@@ -466,28 +554,26 @@ const memberLeft = 3
 //     reconcileReaped in hashicorp/consul agent/consul/leader.go), so the catalog
 //     alone cannot tell a fake registration from a node. With gossip encryption,
 //     joining the pool takes the key. Names compare case-insensitively, as there.
-func eligibleNodes(ctx context.Context, c *api.Client, service, filter string) ([]string, []NodeRecord, error) {
+func eligibleNodes(ctx context.Context, c *api.Client, service string, filter nodeFilter) ([]string, []NodeRecord, error) {
 	var svcs []*api.CatalogService
+	var refusal string
 	err := retry(ctx, func() (err error) {
-		svcs, _, err = c.Catalog().Service(service, "", (&api.QueryOptions{Filter: filter}).WithContext(ctx))
-		// Consul refuses a filter that does not parse or names no field with go-bexpr's
-		// "Failed to create boolean expression evaluator" (hashicorp/go-bexpr
-		// filter.go): a 400 from a server, a 500 through a client agent's RPC.
-		var se api.StatusError
-		if filter != "" && errors.As(err, &se) && strings.Contains(se.Body, "Failed to create boolean expression evaluator") {
-			return fmt.Errorf("%w: --node-filter %q: %s", ErrBadFilter, filter, strings.TrimSpace(se.Body))
+		svcs, _, err = c.Catalog().Service(service, "", (&api.QueryOptions{Filter: filter.expr()}).WithContext(ctx))
+		if body, bad := badFilter(err); bad && filter.expr() != "" {
+			refusal = body
+			return nil
 		}
 		return err
 	})
-	if errors.Is(err, ErrBadFilter) {
-		return nil, nil, err
-	}
 	if err != nil {
 		return nil, nil, consulErr(ctx, fmt.Errorf("catalog of service %s: %w", service, err))
 	}
+	if refusal != "" {
+		return nil, nil, filter.refused(ctx, c, refusal)
+	}
 	if len(svcs) == 0 {
-		if filter != "" {
-			return nil, nil, fmt.Errorf("%w: no instance of service %s in the catalog that --node-filter %q selects", ErrRefused, service, filter)
+		if filter.expr() != "" {
+			return nil, nil, fmt.Errorf("%w: no instance of service %s in the catalog that %s selects", ErrRefused, service, filter)
 		}
 		return nil, nil, fmt.Errorf("%w: no instance of service %s in the catalog", ErrRefused, service)
 	}

@@ -590,6 +590,22 @@ deploy "web" {
   timeout = "5m"
 }
 `), 0o644))
+	// A deploy block whose node_filter does not parse: refused at load.
+	badFilterCfg := filepath.Join(e.dir, "deploy-bad-filter.hcl")
+	require.NoError(t, os.WriteFile(badFilterCfg, []byte(`deploy "web" {
+  command     = ["/bin/sh", "-c", "echo deployed"]
+  node_filter = "Node ==="
+}
+`), 0o644))
+	// A deploy block for the servers' own "consul" service whose node_filter selects
+	// none of them: real nodes with agents, in the catalog, that a rollout without the
+	// filter would deploy to (and so change the world).
+	outsideCfg := filepath.Join(e.dir, "deploy-outside-filter.hcl")
+	require.NoError(t, os.WriteFile(outsideCfg, []byte(`deploy "consul" {
+  command     = ["/bin/sh", "-c", "echo deployed"]
+  node_filter = "NodeMeta.pool == \"blue\""
+}
+`), 0o644))
 	dcfg := []string{"-config", deployCfg}
 	desiredOf := func(service, node, value string) []byte {
 		b, err := json.Marshal(&api.KVPair{Key: "deploy/" + service + "/nodes/" + node + "/desired", Value: []byte(value)})
@@ -660,6 +676,18 @@ deploy "web" {
 		{name: "rehydrate deploy start: a node filter Consul cannot evaluate", prog: "rehydrate",
 			args: []string{"deploy", "start", "--service", "fakeweb", "--version", "v2", "--node-filter", "Node ==="}, code: app.ExitUsage,
 			want: []string{`--node-filter \"Node ===\"`, "Failed to create boolean expression evaluator"}},
+		{name: "rehydrate deploy start: a node_filter in the deploy block that does not parse", prog: "rehydrate",
+			args: []string{"-config", badFilterCfg, "deploy", "start", "--service", "web", "--version", "v2"}, code: app.ExitConfig,
+			want: []string{badFilterCfg + `:3:3: deploy.web.node_filter "Node ===" is not a Consul filter expression: 1:8 (7): no match found`}},
+		{name: "deploy: a node_filter in the deploy block that does not parse", prog: "deploy", args: []string{"-config", badFilterCfg},
+			stdin: desired(nodeName, goodDesired), code: app.ExitConfig,
+			want: []string{"deploy: " + badFilterCfg + `:3:3: deploy.web.node_filter "Node ===" is not a Consul filter expression`}},
+		{name: "rehydrate deploy start: real nodes outside the configured node_filter", prog: "rehydrate",
+			args: []string{"-config", outsideCfg, "deploy", "start", "--service", "consul", "--version", "v2"}, code: app.ExitRefused,
+			want: []string{`refused: no instance of service consul in the catalog that deploy.consul.node_filter \"NodeMeta.pool == \\"blue\\"\" selects`}},
+		{name: "rehydrate deploy start: a --node-filter cannot widen the configured node_filter", prog: "rehydrate",
+			args: []string{"-config", outsideCfg, "deploy", "start", "--service", "consul", "--version", "v2", "--node-filter", `Node matches "."`}, code: app.ExitRefused,
+			want: []string{`refused: no instance of service consul in the catalog that deploy.consul.node_filter`, `and --node-filter \"Node matches \\".\\"\" selects`}},
 		{name: "rehydrate deploy start: a version that is shell", prog: "rehydrate", args: []string{"deploy", "start", "--service", "web", "--version", "$(reboot)"},
 			code: app.ExitUsage, want: []string{`rehydrate deploy start: --version/--artifact/--sha256: version "$(reboot)" must be 1 to 128 characters`}},
 		{name: "rehydrate deploy start: a sha256 that is not one", prog: "rehydrate", args: []string{"deploy", "start", "--service", "web", "--version", "v2", "--sha256", "abc"},
