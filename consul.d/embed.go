@@ -67,6 +67,11 @@ const (
 	// PolicyRehydrateHandlers is the spinup and spindown handlers' policy, one per
 	// server: it uses Cluster, Node and EventName.
 	PolicyRehydrateHandlers = "rehydrate-handlers"
+	// PolicyRehydrateHandlersShared is the same job's policy for one token shared by
+	// every server of a cluster, where a server's node name is unknown until it runs
+	// (AWS): it uses Cluster, NodePrefix and EventName, and reaches the sessions and
+	// agents of every node named NodePrefix..., so it is wider than the per-server one.
+	PolicyRehydrateHandlersShared = "rehydrate-handlers-shared"
 	// PolicyDeployHandler is the deploy handler's policy, one per node and service: it
 	// uses Node and Service.
 	PolicyDeployHandler = "deploy-handler"
@@ -85,10 +90,15 @@ const (
 	ServiceName = "SERVICE_NAME"
 	// EventName is PolicyVars.EventName's placeholder.
 	EventName = "EVENT_NAME"
+	// NodePrefix is PolicyVars.NodePrefix's placeholder.
+	NodePrefix = "NODE_PREFIX"
 )
 
 //go:embed acl/rehydrate-handlers.hcl
 var rehydrateHandlersPolicy string
+
+//go:embed acl/rehydrate-handlers-shared.hcl
+var rehydrateHandlersSharedPolicy string
 
 //go:embed acl/deploy-handler.hcl
 var deployHandlerPolicy string
@@ -97,9 +107,10 @@ var deployHandlerPolicy string
 var deployRolloutPolicy string
 
 var policies = map[string]string{
-	PolicyRehydrateHandlers: rehydrateHandlersPolicy,
-	PolicyDeployHandler:     deployHandlerPolicy,
-	PolicyDeployRollout:     deployRolloutPolicy,
+	PolicyRehydrateHandlers:       rehydrateHandlersPolicy,
+	PolicyRehydrateHandlersShared: rehydrateHandlersSharedPolicy,
+	PolicyDeployHandler:           deployHandlerPolicy,
+	PolicyDeployRollout:           deployRolloutPolicy,
 }
 
 // PolicyNames returns the names of the policy templates, sorted.
@@ -132,6 +143,9 @@ type PolicyVars struct {
 	Service string
 	// EventName is the roll's roll.event_name.
 	EventName string
+	// NodePrefix is what the node name of every server sharing one token starts with
+	// ("i-" for instance ids): their sessions and agents are scoped to it.
+	NodePrefix string
 }
 
 // The grammar of each value. Every one is a single run of letters, digits, '-' and
@@ -153,12 +167,15 @@ var (
 	// eventGrammar is a stricter form of config's roll.event_name rule (no spaces, no
 	// '/'), which the default "consul-rehydrate" meets.
 	eventGrammar = lazy(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+	// nodePrefixGrammar is the start of a node name (nodeGrammar); a prefix of one
+	// character or two ("i-") is fine, none at all would cover every node.
+	nodePrefixGrammar = nodeGrammar
 )
 
 // RenderPolicy renders the policy template name ("rehydrate-handlers",
-// "deploy-handler" or "deploy-rollout") with v. Every value the template uses must be
-// set and match its grammar; a value it does not use may be empty, but if set it must
-// match too. Any bad value is refused with an error naming it, and nothing is
+// "rehydrate-handlers-shared", "deploy-handler" or "deploy-rollout") with v. Every
+// value the template uses must be set and match its grammar; a value it does not use
+// may be empty, but if set it must match too. Any bad value is refused with an error naming it, and nothing is
 // rendered. The result is ACL rules in HCL, for `consul acl policy create -rules`.
 func RenderPolicy(name string, v PolicyVars) (string, error) {
 	src, err := PolicyTemplate(name)
@@ -174,6 +191,7 @@ func RenderPolicy(name string, v PolicyVars) (string, error) {
 		{NodeName, "Node", v.Node, nodeGrammar, "a node name of 1 to 63 letters, digits and -, starting with a letter or digit"},
 		{ServiceName, "Service", v.Service, serviceGrammar, "1 to 63 letters, digits, - and _, starting with a letter or digit"},
 		{EventName, "EventName", v.EventName, eventGrammar, "1 to 128 letters, digits, -, _ and ., starting with a letter or digit"},
+		{NodePrefix, "NodePrefix", v.NodePrefix, nodePrefixGrammar, "the start of a node name: 1 to 63 letters, digits and -, starting with a letter or digit"},
 	}
 	ruleLines := rules(src)
 	var problems, pairs []string

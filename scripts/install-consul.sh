@@ -5,7 +5,8 @@
 #      the one committed next to this script (scripts/hashicorp.asc, fingerprint
 #      C874 011F 0AB4 0511 0D02 1055 3436 5D94 72D7 468F, as published at
 #      https://www.hashicorp.com/.well-known/pgp-key.txt and
-#      https://www.hashicorp.com/security), checked with gpgv against that key alone;
+#      https://www.hashicorp.com/security), checked with gpgv against that key alone,
+#      and refused if the key has expired or been revoked or the signature has expired;
 #   2. the zip's SHA-256 is the one that signed SHA256SUMS lists for it.
 # A checksum file from the same host as the zip proves nothing by itself: whoever can
 # swap the zip can swap the sums. Any failure stops the script before anything is
@@ -71,9 +72,31 @@ status=$(gpgv --status-fd 1 --keyring "$work/hashicorp.gpg" "$work/$sig" "$work/
 	cat "$work/gpgv.err" >&2
 	die "$sums: no good signature by the key in $HASHICORP_KEY: refusing to install"
 }
-# gpgv exits 0 only for a good signature; VALIDSIG also rules out an expired or
-# revoked key's "good" signature.
-[[ $status == *"[GNUPG:] VALIDSIG "* ]] || die "$sums: signature not valid: refusing to install"
+# gpgv's exit status is not enough: it exits 0 for a signature that is only
+# cryptographically valid, made by a key that has since expired or been revoked.
+# VALIDSIG does not rule those out either: GnuPG emits it beside EXPSIG, EXPKEYSIG
+# or REVKEYSIG as well as beside GOODSIG. GnuPG's doc/DETAILS ("Format of the
+# --status-fd output"): for each signature "only one of the codes GOODSIG, BADSIG,
+# EXPSIG, EXPKEYSIG, REVKEYSIG or ERRSIG will be emitted", and VALIDSIG "is similar to
+# GOODSIG, EXPSIG, EXPKEYSIG, or REVKEYSIG (depending on the date and the state of
+# the signature and signing key)" with "Multiple status lines (VALIDSIG and the other
+# appropriate *SIG status)" for one valid signature. So: any of those five refuses,
+# and a GOODSIG and a VALIDSIG are both required.
+goodsig=0 validsig=0
+while read -r tag keyword _; do
+	[ "$tag" = "[GNUPG:]" ] || continue
+	case $keyword in
+	GOODSIG) goodsig=1 ;;
+	VALIDSIG) validsig=1 ;;
+	EXPKEYSIG) die "$sums: signed by an expired key ($keyword): refusing to install" ;;
+	REVKEYSIG) die "$sums: signed by a revoked key ($keyword): refusing to install" ;;
+	EXPSIG) die "$sums: the signature has expired ($keyword): refusing to install" ;;
+	BADSIG | ERRSIG) die "$sums: bad or uncheckable signature ($keyword): refusing to install" ;;
+	esac
+done <<<"$status"
+if [ "$goodsig" != 1 ] || [ "$validsig" != 1 ]; then
+	die "$sums: no good, valid signature (GOODSIG and VALIDSIG): refusing to install"
+fi
 
 # Exactly one line for the zip in the signed sums, and the zip must match it.
 lines=$(awk -v f="$zip" '$2 == f' "$work/$sums")

@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-cleanhttp"
@@ -172,6 +173,9 @@ func Load(f *Flags, jobs config.Jobs, file File) (*Program, int) {
 			// handler at all; say so there.
 			fmt.Fprintf(env.Stderr, "%s: logging to stderr only: $%s: %v\n", name, EnvLogFile, err)
 		} else {
+			if msg := tightenLogFile(lf); msg != "" {
+				fmt.Fprintf(env.Stderr, "%s: $%s: %s\n", name, EnvLogFile, msg)
+			}
 			out, p.logFile = io.MultiWriter(env.Stderr, lf), lf
 		}
 	}
@@ -179,6 +183,34 @@ func Load(f *Flags, jobs config.Jobs, file File) (*Program, int) {
 		Name: logName(name), Level: hclog.LevelFromString(p.Config.LogLevel), Output: out, TimeFormat: "15:04:05.000",
 	})
 	return p, ExitOK
+}
+
+// tightenLogFile makes an existing log file that group or others may read or write
+// 0600, as a new one is created: OpenFile's mode applies only to a file it creates,
+// and a file left from before (or made by a logrotate `create 0644`) would go on
+// showing every local user which nodes and instances a handler acts on. Only a file
+// we own is changed: one of another user's may be shared on purpose, and root's
+// chmod would take it from its owner's group; that is said, and logging goes on as
+// before. Only a regular file: /dev/null or a FIFO is not ours to change. The chmod
+// goes through the open descriptor, so it is the file we write that changes, whatever
+// the path names by then. It returns what to say on stderr, "" for nothing.
+func tightenLogFile(f *os.File) string {
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Sprintf("cannot check its mode: %v", err)
+	}
+	perm := fi.Mode().Perm()
+	if !fi.Mode().IsRegular() || perm&0o077 == 0 {
+		return ""
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || int(st.Uid) != os.Geteuid() {
+		return fmt.Sprintf("%s has mode %#o and is not ours to change: other users may read the log lines", f.Name(), perm)
+	}
+	if err := f.Chmod(0o600); err != nil {
+		return fmt.Sprintf("%s has mode %#o: %v: other users may read the log lines", f.Name(), perm, err)
+	}
+	return fmt.Sprintf("%s had mode %#o: now 0600", f.Name(), perm)
 }
 
 // Start is how a watch handler with only the common flags begins: it parses args

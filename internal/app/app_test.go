@@ -2,6 +2,7 @@ package app
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -143,6 +144,81 @@ func TestLoad_LogFile(t *testing.T) {
 	require.Equal(t, ExitOK, code)
 	defer p.Close()
 	assert.Contains(t, out.String(), "t: logging to stderr only: $REHYDRATE_LOG_FILE: open ")
+}
+
+// TestLoad_LogFileOfOursLeftReadableByOthersIsMade0600: OpenFile's 0600 applies only
+// to a file it creates. An existing log file of ours that group or others may read
+// is made 0600 (and that is said); one of another user's is left as it is and that is
+// said; either way the program logs to it. /dev/null, not a regular file, is never
+// changed.
+func TestLoad_LogFileOfOursLeftReadableByOthersIsMade0600(t *testing.T) {
+	t.Parallel()
+	cfg := writeFile(t, "r.hcl", minimal)
+	load := func(t *testing.T, logPath string) string {
+		t.Helper()
+		var out bytes.Buffer
+		f := NewFlags("t", envOf(&out, map[string]string{EnvLogFile: logPath}))
+		f.ConfigPath = cfg
+		p, code := Load(f, config.JobRoll, FileRequired)
+		require.Equal(t, ExitOK, code, out.String())
+		p.Log.Info("hello", "node", "n1")
+		p.Close()
+		return out.String()
+	}
+	mode := func(t *testing.T, path string) os.FileMode {
+		t.Helper()
+		st, err := os.Stat(path)
+		require.NoError(t, err)
+		return st.Mode().Perm()
+	}
+	existing := func(t *testing.T, perm os.FileMode) string {
+		t.Helper()
+		p := filepath.Join(t.TempDir(), "handler.log")
+		require.NoError(t, os.WriteFile(p, []byte("before\n"), perm))
+		require.NoError(t, os.Chmod(p, perm)) // whatever the umask
+		return p
+	}
+
+	for _, perm := range []os.FileMode{0o644, 0o640, 0o606, 0o666} {
+		t.Run(fmt.Sprintf("ours %#o", perm), func(t *testing.T) {
+			p := existing(t, perm)
+			out := load(t, p)
+			assert.Equal(t, os.FileMode(0o600), mode(t, p))
+			assert.Contains(t, out, fmt.Sprintf("t: $REHYDRATE_LOG_FILE: %s had mode %#o: now 0600", p, perm))
+			b, err := os.ReadFile(p)
+			require.NoError(t, err)
+			assert.Contains(t, string(b), "before\n", "appended to, not truncated")
+			assert.Contains(t, string(b), "t: hello: node=n1")
+		})
+	}
+
+	t.Run("ours 0600 already", func(t *testing.T) {
+		p := existing(t, 0o600)
+		out := load(t, p)
+		assert.Equal(t, os.FileMode(0o600), mode(t, p))
+		assert.NotContains(t, out, "REHYDRATE_LOG_FILE", "nothing to say")
+	})
+
+	t.Run("another user's", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("making a file of another user's takes root")
+		}
+		p := existing(t, 0o644)
+		require.NoError(t, os.Chown(p, 65534, 65534)) // nobody
+		out := load(t, p)
+		assert.Equal(t, os.FileMode(0o644), mode(t, p), "not ours: left as it is")
+		assert.Contains(t, out, fmt.Sprintf("t: $REHYDRATE_LOG_FILE: %s has mode 0644 and is not ours to change: other users may read the log lines", p))
+		b, err := os.ReadFile(p)
+		require.NoError(t, err)
+		assert.Contains(t, string(b), "t: hello: node=n1", "logging goes on")
+	})
+
+	t.Run("not a regular file", func(t *testing.T) {
+		before := mode(t, os.DevNull)
+		out := load(t, os.DevNull)
+		assert.Equal(t, before, mode(t, os.DevNull), "/dev/null is not ours to change")
+		assert.NotContains(t, out, "REHYDRATE_LOG_FILE")
+	})
 }
 
 func TestConsul_AClientThatCannotBeSetUpIsAConfigurationError(t *testing.T) {

@@ -3,6 +3,7 @@ package acl
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/stretchr/testify/assert"
@@ -97,4 +98,23 @@ func assertSessionLives(t *testing.T, admin *api.Client, id string) {
 	s, _, err := admin.Session().Info(id, nil)
 	require.NoError(t, err)
 	assert.NotNil(t, s, "session %s still exists", id)
+}
+
+// waitKnown waits until each agent knows each token from its own state. A follower
+// server resolves tokens from its own replica, which may lag the write that created
+// them, and a plain read of the token is forwarded to the leader, which knows it at
+// once: so the read is stale, answered by the agent's own server (a client's by the
+// server it forwards to).
+func waitKnown(t *testing.T, agents []*testcluster.Agent, tokens ...string) {
+	t.Helper()
+	for _, a := range agents {
+		for _, tok := range tokens {
+			testcluster.WaitFor(t, 10*time.Second, "the token on "+a.Name, func() (bool, string) {
+				if _, _, err := as(t, a, tok).ACL().TokenReadSelf(&api.QueryOptions{AllowStale: true}); err != nil {
+					return false, err.Error()
+				}
+				return true, ""
+			})
+		}
+	}
 }

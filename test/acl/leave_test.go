@@ -106,18 +106,7 @@ func TestHandlerPolicy_LetsItsServerHandOffAndLeaveAndNothingLessDoes(t *testing
 	tok, _, err := admin.ACL().TokenCreate(&api.ACLToken{Description: "agent read", Policies: []*api.ACLTokenPolicyLink{{ID: p.ID}}}, nil)
 	require.NoError(t, err)
 	agentRead := tok.SecretID
-	// A follower server resolves tokens from its own replica of the state, which may
-	// lag the write just made: wait until each server knows each token.
-	for _, s := range c.Servers {
-		for _, tok := range []string{good, followerGood, wrongCluster, agentRead} {
-			testcluster.WaitFor(t, 10*time.Second, "the tokens on "+s.Name, func() (bool, string) {
-				if _, _, err := as(t, s, tok).ACL().TokenReadSelf(nil); err != nil {
-					return false, err.Error()
-				}
-				return true, ""
-			})
-		}
-	}
+	waitKnown(t, c.Servers, good, followerGood, wrongCluster, agentRead)
 
 	// unchanged asserts that every server still runs as a voter under the same leader.
 	unchanged := func(what string) {
@@ -151,28 +140,7 @@ provider "aws" {
 `), 0o644))
 	stop := func(on *testcluster.Agent, token string) (int, string) {
 		t.Helper()
-		tokenFile := filepath.Join(t.TempDir(), "consul.token")
-		require.NoError(t, os.WriteFile(tokenFile, []byte(token+"\n"), 0o600))
-		env := map[string]string{"CONSUL_HTTP_ADDR": on.APIAddr(), "CONSUL_CACERT": c.CAFile(), "CONSUL_HTTP_TOKEN_FILE": tokenFile}
-		argv, unitEnv := unitCommand(t, "../../scripts/consul.service", "ExecStop", env)
-		require.ElementsMatch(t, []string{"CONSUL_HTTP_ADDR", "CONSUL_CACERT", "CONSUL_HTTP_TOKEN_FILE"}, unitEnv,
-			"the unit's environment is what this test gives the command")
-		require.Equal(t, "/opt/consul-rehydrate/bin/rehydrate", argv[0])
-		args := append([]string(nil), argv[1:]...)
-		n := 0
-		for i, a := range args {
-			if a == "/etc/consul-rehydrate/config.hcl" {
-				args[i], n = cfg, n+1
-			}
-		}
-		require.Equal(t, 1, n, "the unit names the handlers' configuration once: %v", argv)
-		for k, v := range env {
-			t.Setenv(k, v) // api.NewClient reads CONSUL_CACERT from the process
-		}
-		var out strings.Builder
-		code := command.Rehydrate(args, app.Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &out, Getenv: os.Getenv})
-		assert.NotContains(t, out.String(), token, "the token is never printed")
-		return code, out.String()
+		return unitStop(t, c, on, token, cfg)
 	}
 
 	// Refused: the leave without agent:write on the node, with the policy rendered for
@@ -254,4 +222,33 @@ provider "aws" {
 		}
 		return true, ""
 	})
+}
+
+// unitStop runs consul.service's ExecStop, `rehydrate leave`, exactly as the unit writes
+// it, against agent on with token in the unit's CONSUL_HTTP_TOKEN_FILE and cfg as the
+// handlers' configuration, and returns its exit code and output.
+func unitStop(t *testing.T, c *testcluster.Cluster, on *testcluster.Agent, token, cfg string) (int, string) {
+	t.Helper()
+	tokenFile := filepath.Join(t.TempDir(), "consul.token")
+	require.NoError(t, os.WriteFile(tokenFile, []byte(token+"\n"), 0o600))
+	env := map[string]string{"CONSUL_HTTP_ADDR": on.APIAddr(), "CONSUL_CACERT": c.CAFile(), "CONSUL_HTTP_TOKEN_FILE": tokenFile}
+	argv, unitEnv := unitCommand(t, "../../scripts/consul.service", "ExecStop", env)
+	require.ElementsMatch(t, []string{"CONSUL_HTTP_ADDR", "CONSUL_CACERT", "CONSUL_HTTP_TOKEN_FILE"}, unitEnv,
+		"the unit's environment is what this test gives the command")
+	require.Equal(t, "/opt/consul-rehydrate/bin/rehydrate", argv[0])
+	args := append([]string(nil), argv[1:]...)
+	n := 0
+	for i, a := range args {
+		if a == "/etc/consul-rehydrate/config.hcl" {
+			args[i], n = cfg, n+1
+		}
+	}
+	require.Equal(t, 1, n, "the unit names the handlers' configuration once: %v", argv)
+	for k, v := range env {
+		t.Setenv(k, v) // api.NewClient reads CONSUL_CACERT from the process
+	}
+	var out strings.Builder
+	code := command.Rehydrate(args, app.Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &out, Getenv: os.Getenv})
+	assert.NotContains(t, out.String(), token, "the token is never printed")
+	return code, out.String()
 }

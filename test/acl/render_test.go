@@ -65,6 +65,19 @@ func TestRenderPolicy_RendersExactlyTheScopedRules(t *testing.T) {
 			`service "consul" read`,
 			`session "i-0123456789abcdef0" write`,
 		}},
+		// The shared token's: the same rules, with the two node-exact ones (session,
+		// agent) as prefixes, since the token does not know its server.
+		{consuld.PolicyRehydrateHandlersShared, consuld.PolicyVars{Cluster: "prod", NodePrefix: "i-", EventName: "consul-rehydrate"}, []string{
+			`agent_prefix "i-" write`,
+			`event "consul-rehydrate" write`,
+			`key_prefix "rehydrate/prod/" write`,
+			`mesh deny`,
+			`node_prefix "" read`,
+			`operator write`,
+			`peering deny`,
+			`service "consul" read`,
+			`session_prefix "i-" write`,
+		}},
 		{consuld.PolicyDeployHandler, consuld.PolicyVars{Node: "web-3", Service: "web"}, []string{
 			`agent "web-3" read`,
 			`key "deploy/web/nodes/web-3/desired" read`,
@@ -97,10 +110,10 @@ func TestRenderPolicy_RendersExactlyTheScopedRules(t *testing.T) {
 // readable documentation and safe to render: on rule lines every placeholder is inside
 // the quoted label of a rule, and there is no placeholder the renderer does not know.
 func TestPolicyTemplates_PlaceholdersStandOnlyInsideQuotedRuleLabels(t *testing.T) {
-	known := map[string]bool{consuld.ClusterName: true, consuld.NodeName: true, consuld.ServiceName: true, consuld.EventName: true}
-	placeholder := regexp.MustCompile(`\b[A-Z][A-Z_]*_NAME\b`)
+	known := map[string]bool{consuld.ClusterName: true, consuld.NodeName: true, consuld.ServiceName: true, consuld.EventName: true, consuld.NodePrefix: true}
+	placeholder := regexp.MustCompile(`\b(?:[A-Z][A-Z_]*_NAME|NODE_PREFIX)\b`)
 	label := regexp.MustCompile(`^\s*[a-z_]+ "[^"\\$%]*" \{$`)
-	assert.Equal(t, []string{"deploy-handler", "deploy-rollout", "rehydrate-handlers"}, consuld.PolicyNames())
+	assert.Equal(t, []string{"deploy-handler", "deploy-rollout", "rehydrate-handlers", "rehydrate-handlers-shared"}, consuld.PolicyNames())
 	for _, name := range consuld.PolicyNames() {
 		src, err := consuld.PolicyTemplate(name)
 		require.NoError(t, err)
@@ -122,9 +135,10 @@ func TestPolicyTemplates_PlaceholdersStandOnlyInsideQuotedRuleLabels(t *testing.
 // grammar, is refused with an error naming the field, and nothing is rendered.
 func TestRenderPolicy_RefusesEmptyAndHostileValues(t *testing.T) {
 	good := map[string]consuld.PolicyVars{
-		consuld.PolicyRehydrateHandlers: {Cluster: "prod", Node: "i-0123456789abcdef0", EventName: "consul-rehydrate"},
-		consuld.PolicyDeployHandler:     {Node: "web-3", Service: "web"},
-		consuld.PolicyDeployRollout:     {Node: "ci-runner", Service: "web"},
+		consuld.PolicyRehydrateHandlers:       {Cluster: "prod", Node: "i-0123456789abcdef0", EventName: "consul-rehydrate"},
+		consuld.PolicyRehydrateHandlersShared: {Cluster: "prod", NodePrefix: "i-", EventName: "consul-rehydrate"},
+		consuld.PolicyDeployHandler:           {Node: "web-3", Service: "web"},
+		consuld.PolicyDeployRollout:           {Node: "ci-runner", Service: "web"},
 	}
 	hostile := []string{
 		"",                                  // the prefix would cover everything
@@ -136,10 +150,11 @@ func TestRenderPolicy_RefusesEmptyAndHostileValues(t *testing.T) {
 		strings.Repeat("a", 129),
 	}
 	fields := map[string]func(*consuld.PolicyVars, string){
-		"Cluster":   func(v *consuld.PolicyVars, s string) { v.Cluster = s },
-		"Node":      func(v *consuld.PolicyVars, s string) { v.Node = s },
-		"Service":   func(v *consuld.PolicyVars, s string) { v.Service = s },
-		"EventName": func(v *consuld.PolicyVars, s string) { v.EventName = s },
+		"Cluster":    func(v *consuld.PolicyVars, s string) { v.Cluster = s },
+		"Node":       func(v *consuld.PolicyVars, s string) { v.Node = s },
+		"Service":    func(v *consuld.PolicyVars, s string) { v.Service = s },
+		"EventName":  func(v *consuld.PolicyVars, s string) { v.EventName = s },
+		"NodePrefix": func(v *consuld.PolicyVars, s string) { v.NodePrefix = s },
 	}
 	for name, vars := range good {
 		_, err := consuld.RenderPolicy(name, vars)
@@ -185,7 +200,7 @@ func TestRenderPolicy_RefusesEmptyAndHostileValues(t *testing.T) {
 }
 
 func placeholderOf(field string) string {
-	return map[string]string{"Cluster": consuld.ClusterName, "Node": consuld.NodeName, "Service": consuld.ServiceName, "EventName": consuld.EventName}[field]
+	return map[string]string{"Cluster": consuld.ClusterName, "Node": consuld.NodeName, "Service": consuld.ServiceName, "EventName": consuld.EventName, "NodePrefix": consuld.NodePrefix}[field]
 }
 
 func stripComments(src string) string {

@@ -27,25 +27,51 @@ const hashicorpFingerprint = "C874011F0AB405110D02105534365D9472D7468F"
 type gnupg struct {
 	home string
 	t    *testing.T
+	// at, if set, is the time gpg believes it is (--faked-system-time, e.g.
+	// "20200101T000000!"): keys and signatures made in the past, so that a key can
+	// have expired by now without the test waiting.
+	at string
 }
 
-func newGnuPG(t *testing.T, uid string) *gnupg {
+func newGnuPG(t *testing.T, uid string) *gnupg { return newGnuPGAt(t, uid, "", "never") }
+
+// newGnuPGAt is newGnuPG with a key made at the faked time at ("" for now) that
+// expires after expire ("never", "1d", …).
+func newGnuPGAt(t *testing.T, uid, at, expire string) *gnupg {
 	t.Helper()
 	tool(t, "gpg")
 	// Not t.TempDir(): gpg-agent's socket path must stay under the kernel's 108 bytes.
 	home, err := os.MkdirTemp("", "gpg")
 	require.NoError(t, err)
-	g := &gnupg{home: home, t: t}
+	g := &gnupg{home: home, t: t, at: at}
 	t.Cleanup(func() {
 		_ = exec.Command("gpgconf", "--homedir", home, "--kill", "all").Run()
 		_ = os.RemoveAll(home)
 	})
-	g.run("--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never")
+	g.run("--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", expire)
 	return g
+}
+
+// revoke imports the revocation certificate gpg made with the key, so that the
+// exported public key is revoked.
+func (g *gnupg) revoke() {
+	g.t.Helper()
+	revs, err := filepath.Glob(filepath.Join(g.home, "openpgp-revocs.d", "*.rev"))
+	require.NoError(g.t, err)
+	require.Len(g.t, revs, 1)
+	b, err := os.ReadFile(revs[0])
+	require.NoError(g.t, err)
+	// gpg prefixes the armor line with ':' so the file is not imported by accident.
+	f := filepath.Join(g.t.TempDir(), "rev.asc")
+	require.NoError(g.t, os.WriteFile(f, bytes.Replace(b, []byte(":-----BEGIN"), []byte("-----BEGIN"), 1), 0o600))
+	g.run("--import", f)
 }
 
 func (g *gnupg) run(args ...string) []byte {
 	g.t.Helper()
+	if g.at != "" {
+		args = append([]string{"--faked-system-time", g.at}, args...)
+	}
 	cmd := exec.Command("gpg", append([]string{"--batch", "--homedir", g.home}, args...)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -210,6 +236,78 @@ func TestInstallConsul_InstallsOnlyAReleaseWhoseSignedSumsMatch(t *testing.T) {
 		assert.Contains(t, out, "scripts/hashicorp.asc")
 		assert.Empty(t, files(t, root))
 	})
+}
+
+// TestInstallConsul_RefusesAnExpiredOrRevokedKeysSignature: a signature that is
+// cryptographically good, by the trusted key, is still refused when that key has
+// expired or been revoked since, or when the signature itself has expired. For the
+// first two gpgv exits 0 and prints VALIDSIG (the test checks it does, on this
+// machine's GnuPG): only the EXPKEYSIG or REVKEYSIG status beside it tells them apart
+// from a good signature. Keys and signatures are made in 2020 with
+// --faked-system-time, so nothing waits for an expiry.
+func TestInstallConsul_RefusesAnExpiredOrRevokedKeysSignature(t *testing.T) {
+	tool(t, "gpgv")
+	name := "consul_" + fakeVersion + "_linux_amd64.zip"
+	good := fakeZip(t, "Consul v"+fakeVersion)
+	goodSums := sums(map[string][]byte{name: good})
+	const then = "20200101T000000!"
+	const later = "20200101T010000!" // an hour on, while a one-day key is valid
+
+	expired := newGnuPGAt(t, "expired key <expired@example.invalid>", then, "1d")
+	expired.at = later
+	revoked := newGnuPGAt(t, "revoked key <revoked@example.invalid>", then, "never")
+	revoked.at = later
+	revokedSig := revoked.sign(goodSums)
+	revoked.revoke()
+	sigExpires := newGnuPGAt(t, "key <key@example.invalid>", then, "never")
+	sigExpires.at = later
+
+	for _, tt := range []struct {
+		name   string
+		key    *gnupg
+		sig    []byte
+		gpgvOK bool   // gpgv itself exits 0
+		status string // the status gpgv reports beside VALIDSIG
+		want   string
+	}{
+		{"key expired since", expired, expired.sign(goodSums), true, "EXPKEYSIG", "signed by an expired key (EXPKEYSIG)"},
+		{"key revoked since", revoked, revokedSig, true, "REVKEYSIG", "signed by a revoked key (REVKEYSIG)"},
+		{"signature expired", sigExpires, sigExpires.run("--default-sig-expire", "1d", "--detach-sign", "--output", "-", writeTemp(t, goodSums)), false, "EXPSIG", "no good signature by the key in "},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			keyFile := filepath.Join(t.TempDir(), "release.asc")
+			require.NoError(t, os.WriteFile(keyFile, tt.key.publicKey(), 0o644))
+
+			// What gpgv says of it, as the script runs it.
+			dir := t.TempDir()
+			keyring := filepath.Join(dir, "key.gpg")
+			tt.key.run("--output", keyring, "--export")
+			sigFile, sumsFile := filepath.Join(dir, "sums.sig"), filepath.Join(dir, "sums")
+			require.NoError(t, os.WriteFile(sigFile, tt.sig, 0o600))
+			require.NoError(t, os.WriteFile(sumsFile, goodSums, 0o600))
+			status, err := exec.Command("gpgv", "--status-fd", "1", "--keyring", keyring, sigFile, sumsFile).Output()
+			if tt.gpgvOK {
+				require.NoError(t, err, "gpgv exits 0: its exit status cannot tell\n%s", status)
+			}
+			assert.Contains(t, string(status), "[GNUPG:] VALIDSIG ", "VALIDSIG cannot tell either")
+			assert.Contains(t, string(status), "[GNUPG:] "+tt.status+" ")
+			assert.NotContains(t, string(status), "[GNUPG:] GOODSIG ")
+
+			root, out, err := installConsul(t, serve(t, release{good, goodSums, tt.sig}), "HASHICORP_KEY="+keyFile)
+			require.Error(t, err, out)
+			assert.Contains(t, out, tt.want)
+			assert.Contains(t, out, "refusing to install")
+			assert.NotContains(t, out, "Consul v"+fakeVersion, "consul never ran")
+			assert.Empty(t, files(t, root), "a refused release installs nothing")
+		})
+	}
+}
+
+func writeTemp(t *testing.T, data []byte) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "data")
+	require.NoError(t, os.WriteFile(f, data, 0o600))
+	return f
 }
 
 // TestHashiCorpKey_IsHashiCorpsReleaseKey: scripts/hashicorp.asc is one key, with
