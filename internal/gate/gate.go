@@ -12,12 +12,14 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cluster"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/poll"
 )
 
@@ -30,6 +32,7 @@ import (
 // It is pure: obs is what cluster.ObserveRaft saw.
 func MayDepart(obs *cluster.Observation, self string, servers int) (bool, string) {
 	voters, others := 0, 0
+	var names []string
 	for _, s := range obs.Servers {
 		if !s.Voter {
 			continue
@@ -37,12 +40,15 @@ func MayDepart(obs *cluster.Observation, self string, servers int) (bool, string
 		voters++
 		if s.Name != self && s.Healthy {
 			others++
+			names = append(names, s.Name)
 		}
 	}
 	// Not needed for quorum now: the others alone are a majority of the voters.
 	need := max(servers-1, voters/2+1)
 	if others >= need {
-		return true, fmt.Sprintf("%d other healthy voters, %d needed", others, need)
+		// The names say which servers the departure relies on (a test checks a
+		// replacement is among them).
+		return true, fmt.Sprintf("%d other healthy voters (%s), %d needed", others, strings.Join(names, ", "), need)
 	}
 	return false, fmt.Sprintf("only %d other healthy voters of %d in the raft configuration; %d needed to lose %s and survive one more failure",
 		others, voters, need, self)
@@ -171,4 +177,52 @@ func leaveWithin(c *api.Client, d time.Duration) error {
 	case <-time.After(d + 10*time.Second):
 		return fmt.Errorf("leave: no answer within %s", d+10*time.Second)
 	}
+}
+
+// leavingPrefix holds one key per server of the cluster that is departing
+// (rehydrate/<cluster>/leaving/<node>): the handlers' ACL policy already lets each
+// server write under rehydrate/<cluster>/.
+func leavingPrefix(c *api.Client, clusterName string) string {
+	return coord.New(c, clusterName).Key("leaving/")
+}
+
+// MarkLeaving records that the server named self is departing, so that a leader
+// handing off (HandOff's Options.Leaving, read with Leaving) never chooses it. The
+// key is held by a session on self's node whose behavior is delete: it vanishes
+// when self leaves the cluster (its serfHealth check goes), with nothing to clean
+// up, and a gate that dies leaves it only until its server is gone too.
+func MarkLeaving(ctx context.Context, c *api.Client, clusterName, self string) error {
+	q := (&api.WriteOptions{}).WithContext(ctx)
+	id, _, err := c.Session().Create(&api.SessionEntry{
+		Name:     "consul-rehydrate: " + self + " is leaving",
+		Behavior: api.SessionBehaviorDelete,
+	}, q)
+	if err != nil {
+		return fmt.Errorf("mark %s leaving: create session: %w", self, err)
+	}
+	ok, _, err := c.KV().Acquire(&api.KVPair{Key: leavingPrefix(c, clusterName) + self, Session: id}, q)
+	if err != nil || !ok {
+		// !ok: an earlier run of the gate on self marked it, and its session
+		// lives on with self's node: self is marked already.
+		_, _ = c.Session().Destroy(id, q)
+	}
+	if err != nil {
+		return fmt.Errorf("mark %s leaving: %w", self, err)
+	}
+	return nil
+}
+
+// Leaving returns the servers of the cluster that MarkLeaving marked and that
+// have not left yet.
+func Leaving(ctx context.Context, c *api.Client, clusterName string) (map[string]bool, error) {
+	prefix := leavingPrefix(c, clusterName)
+	keys, _, err := c.KV().Keys(prefix, "", (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("read the servers leaving: %w", err)
+	}
+	out := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		out[strings.TrimPrefix(k, prefix)] = true
+	}
+	return out, nil
 }

@@ -1,11 +1,17 @@
 package gate_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -124,4 +130,112 @@ func TestLeave_HandsOffThenLeavesWithoutAFailedWrite(t *testing.T) {
 	moved, err := gate.HandOff(ctx, follower.Client(), follower.Name, gate.Options{})
 	require.NoError(t, err)
 	assert.False(t, moved)
+}
+
+// countingAction is the lifecycle action of a test: it counts heartbeats and the
+// completion.
+type countingAction struct{ beats, completes atomic.Int32 }
+
+func (a *countingAction) Heartbeat(context.Context) error { a.beats.Add(1); return nil }
+func (a *countingAction) Complete(context.Context) error  { a.completes.Add(1); return nil }
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestDepart_HoldExceededThenHandsOffPastALeavingServerAndLeavesRaft: the gate of
+// the leader on a real cluster, told the cluster needs one server more than it has
+// (so quorum never allows the departure): it holds, heartbeating, only until
+// MaxHold, then says HOLD EXCEEDED and goes; it hands leadership to the one server
+// not marked leaving (not the one it would have chosen); it sees itself out of the
+// raft configuration through another server; it completes the action; and its
+// leaving mark vanishes with it.
+func TestDepart_HoldExceededThenHandsOffPastALeavingServerAndLeavesRaft(t *testing.T) {
+	t.Parallel()
+	c := testcluster.Start(t, testcluster.Options{Servers: 3, Clients: 1})
+	client := c.Clients[0].Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	leader := c.Leader(t)
+
+	// The server the leader would hand off to, marked leaving by its own gate.
+	obs, err := cluster.ObserveRaft(ctx, client)
+	require.NoError(t, err)
+	marked := gate.Successor(obs, leader.Name, nil)
+	require.NotNil(t, marked)
+	var markedAgent *testcluster.Agent
+	for _, s := range c.Servers {
+		if s.Name == marked.Name {
+			markedAgent = s
+		}
+	}
+	require.NotNil(t, markedAgent)
+	require.NoError(t, gate.MarkLeaving(ctx, markedAgent.Client(), "gate-test", marked.Name))
+	require.NoError(t, gate.MarkLeaving(ctx, markedAgent.Client(), "gate-test", marked.Name), "marking again is no error")
+	leaving, err := gate.Leaving(ctx, client, "gate-test")
+	require.NoError(t, err)
+	assert.Equal(t, map[string]bool{marked.Name: true}, leaving)
+
+	var out syncBuffer
+	action := &countingAction{}
+	g := &gate.Gate{
+		Consul: leader.Client(), Self: leader.Name, Cluster: "gate-test",
+		Servers: 4, // one more than there are: quorum never allows the departure
+		Action:  action, MaxHold: 3 * time.Second, Heartbeat: 500 * time.Millisecond, Poll: 250 * time.Millisecond,
+		HandOffTimeout: 30 * time.Second, LockTTL: 15 * time.Second,
+		Peer: func(raftAddr string) (*api.Client, error) {
+			for _, s := range c.Servers {
+				if s.ServerAddr() == raftAddr {
+					return s.Client(), nil
+				}
+			}
+			return nil, fmt.Errorf("no server at %s", raftAddr)
+		},
+		Log: hclog.New(&hclog.LoggerOptions{Output: &out, Level: hclog.Debug}),
+	}
+	require.NoError(t, g.Depart(ctx))
+	logs := out.String()
+	t.Log(logs)
+	for _, step := range []string{"holding the termination for quorum", "HOLD EXCEEDED: departing although quorum may need this server",
+		"handing leadership off", "left the cluster", "out of the raft configuration", "completed the lifecycle action"} {
+		assert.Contains(t, logs, step)
+	}
+	assert.Less(t, strings.Index(logs, "HOLD EXCEEDED"), strings.Index(logs, "handing leadership off"), "the hold ended before the hand-off")
+	assert.Less(t, strings.Index(logs, "left the cluster"), strings.Index(logs, "out of the raft configuration"))
+	assert.Less(t, strings.Index(logs, "out of the raft configuration"), strings.Index(logs, "completing the lifecycle action"))
+	assert.Positive(t, action.beats.Load(), "heartbeats while held")
+	assert.Equal(t, int32(1), action.completes.Load())
+
+	// Out of raft when the action completed; the leader is the server not marked.
+	obs, err = cluster.ObserveRaft(ctx, client)
+	require.NoError(t, err)
+	for _, s := range obs.Servers {
+		assert.NotEqual(t, leader.Name, s.Name, "out of the raft configuration")
+	}
+	now := obs.Leader()
+	require.NotNil(t, now)
+	assert.NotEqual(t, marked.Name, now.Name, "leadership went to the server not leaving")
+	assert.Contains(t, logs, "to="+now.Name)
+
+	// The departed server's mark went with it; the marked one's stays while it is here.
+	testcluster.WaitFor(t, 30*time.Second, "the departed server's mark gone", func() (bool, string) {
+		leaving, err := gate.Leaving(ctx, client, "gate-test")
+		if err != nil {
+			return false, err.Error()
+		}
+		return !leaving[leader.Name] && leaving[marked.Name], fmt.Sprint(leaving)
+	})
 }

@@ -37,9 +37,11 @@ type Action interface {
 // Gate waits for the group to decide to terminate this server, then lets it go
 // only once that is safe: under the cluster's departure lock (one departure at a
 // time), once MayDepart holds (bounded by MaxHold, then it goes anyway and says
-// so loudly), after HandOff, after the leave; then it completes the lifecycle
-// action. It heartbeats the action meanwhile. A gate stopped anywhere leaves the
-// termination to the hook's heartbeat timeout: nothing worse than a plain shutdown.
+// so loudly), after HandOff (never to a server marked leaving: MarkLeaving),
+// after the leave and once another server no longer lists it in the raft
+// configuration (bounded); then it completes the lifecycle action. It heartbeats
+// the action meanwhile. A gate stopped anywhere leaves the termination to the
+// hook's heartbeat timeout: nothing worse than a plain shutdown.
 type Gate struct {
 	Consul  *api.Client // this server's own agent
 	Self    string      // this server's node name
@@ -58,7 +60,12 @@ type Gate struct {
 	HandOffTimeout time.Duration
 	// LockTTL is the departure lock's session TTL (lock.session_ttl).
 	LockTTL time.Duration
-	Log     hclog.Logger
+	// Peer returns a client for the HTTP API of another server of the cluster,
+	// given its raft address (host:port): after the leave this server's own agent
+	// is gone, and only another server can say it is out of the raft
+	// configuration. Nil: the gate does not check.
+	Peer func(raftAddr string) (*api.Client, error)
+	Log  hclog.Logger
 }
 
 // Run watches the target lifecycle state until it is Terminated, then Departs. It
@@ -83,7 +90,8 @@ func (g *Gate) Run(ctx context.Context) error {
 // departureKey is the lock that lets one server of the cluster depart at a time.
 func (g *Gate) departureKey() string { return coord.New(g.Consul, g.Cluster).Key("departure") }
 
-// Depart runs the gate's steps: lock, quorum hold, hand-off, leave, complete.
+// Depart runs the gate's steps: mark leaving, lock, quorum hold, hand-off, leave,
+// out of raft, complete.
 func (g *Gate) Depart(ctx context.Context) error {
 	deadline := time.Now().Add(g.MaxHold)
 	hctx, stopBeats := context.WithCancel(ctx)
@@ -93,6 +101,12 @@ func (g *Gate) Depart(ctx context.Context) error {
 		g.heartbeat(hctx)
 	}()
 	defer func() { stopBeats(); <-beats }()
+
+	// Marked first, so that no leader hands leadership to this server while it
+	// waits for the lock or for quorum.
+	if err := MarkLeaving(ctx, g.Consul, g.Cluster, g.Self); err != nil {
+		g.Log.Warn("mark this server leaving", "node", g.Self, "error", err)
+	}
 
 	// The lock stays held until this server has left: its session lives on this
 	// node, which the leave takes out of the cluster, so the next gate takes it
@@ -104,10 +118,25 @@ func (g *Gate) Depart(ctx context.Context) error {
 	g.holdForQuorum(ctx, deadline)
 	fault.Point("gate:held")
 
-	if _, err := HandOff(ctx, g.Consul, g.Self, Options{Timeout: g.HandOffTimeout, Poll: g.Poll, Log: g.Log}); err != nil {
+	// Other servers terminating at the same time (each marked by its own gate)
+	// are no successors: leadership handed to one would move again at once.
+	leaving, err := Leaving(ctx, g.Consul, g.Cluster)
+	if err != nil {
+		g.Log.Warn("handing off without knowing which servers are leaving", "node", g.Self, "error", err)
+	}
+	if _, err := HandOff(ctx, g.Consul, g.Self, Options{Timeout: g.HandOffTimeout, Poll: g.Poll, Leaving: leaving, Log: g.Log}); err != nil {
 		g.Log.Warn("leaving without a hand-off", "node", g.Self, "error", err)
 	}
 	fault.Point("gate:handed-off")
+	// The other servers, read before the leave takes this server's agent away.
+	var peers []cluster.Server
+	if obs, err := cluster.ObserveRaft(ctx, g.Consul); err == nil {
+		for _, s := range obs.Servers {
+			if s.Name != g.Self {
+				peers = append(peers, s)
+			}
+		}
+	}
 	if err := leaveWithin(g.Consul, g.HandOffTimeout); err != nil {
 		// Already gone (a second run, or the agent stopped): the leave is done.
 		g.Log.Warn("leave", "node", g.Self, "error", err)
@@ -115,6 +144,7 @@ func (g *Gate) Depart(ctx context.Context) error {
 		g.Log.Info("left the cluster", "node", g.Self)
 	}
 	fault.Point("gate:left")
+	g.waitOutOfRaft(ctx, peers)
 	stopBeats()
 	<-beats
 	g.Log.Info("completing the lifecycle action: the termination goes on", "node", g.Self)
@@ -167,6 +197,9 @@ func (g *Gate) holdForQuorum(ctx context.Context, deadline time.Time) {
 		if !ok && why != last {
 			g.Log.Info("holding the termination for quorum", "node", g.Self, "reason", why)
 		}
+		if ok {
+			g.Log.Info("quorum allows the departure", "node", g.Self, "reason", why)
+		}
 		last = why
 		return ok, nil
 	})
@@ -182,4 +215,46 @@ func (g *Gate) heartbeat(ctx context.Context) {
 			g.Log.Warn("lifecycle action heartbeat", "node", g.Self, "error", err)
 		}
 	}
+}
+
+// waitOutOfRaft polls the raft configuration through the other servers, in turn,
+// until this server is no longer in it, bounded by HandOffTimeout
+// (roll.leave_timeout). A server's own leave stops waiting for its removal after
+// five seconds (Consul agent/consul/server.go, Server.Leave), so its agent's
+// answer alone does not say it is out. It only logs: past the bound the leader's
+// reconciliation of the member that left removes it, and holding the termination
+// longer would not help.
+func (g *Gate) waitOutOfRaft(ctx context.Context, peers []cluster.Server) {
+	if g.Peer == nil || len(peers) == 0 {
+		g.Log.Warn("cannot check the raft configuration after the leave: no other server known", "node", g.Self)
+		return
+	}
+	n, via, last := 0, "", ""
+	err := poll.Until(ctx, g.Poll, max(g.HandOffTimeout, time.Second), func(ctx context.Context) (bool, error) {
+		p := peers[n%len(peers)]
+		n++
+		c, err := g.Peer(p.Address)
+		if err != nil {
+			last = err.Error()
+			return false, nil
+		}
+		obs, err := cluster.ObserveRaft(ctx, c)
+		if err != nil {
+			last = err.Error()
+			return false, nil // that server may be leaving too, or electing: the next one
+		}
+		for _, s := range obs.Servers {
+			if s.Name == g.Self {
+				last = "still in the raft configuration"
+				return false, nil
+			}
+		}
+		via = p.Address
+		return true, nil
+	})
+	if err != nil {
+		g.Log.Warn("not seen out of the raft configuration after the leave", "node", g.Self, "error", err, "reason", last)
+		return
+	}
+	g.Log.Info("out of the raft configuration", "node", g.Self, "address", via)
 }

@@ -469,7 +469,12 @@ func (p *Provider) leave(ctx context.Context, in instanceRecord) error {
 	// a leader hands leadership off first, while it still serves, then leaves. The
 	// node name is the instance ID.
 	if client != nil {
-		if _, err := gate.HandOff(ctx, client, in.ID, gate.Options{Timeout: p.cfg.LeaveTimeout, Poll: pollEvery, Log: p.log}); err != nil {
+		// Never to a server that is leaving too (the gate marks a departing one).
+		leaving, err := gate.Leaving(ctx, client, p.cfg.Cluster)
+		if err != nil {
+			p.log.Warn("could not read the servers leaving; handing off to any", "instance_id", in.ID, "error", err)
+		}
+		if _, err := gate.HandOff(ctx, client, in.ID, gate.Options{Timeout: p.cfg.LeaveTimeout, Poll: pollEvery, Log: p.log, Leaving: leaving}); err != nil {
 			p.log.Warn("leaving without a hand-off", "instance_id", in.ID, "error", err)
 		}
 	}
