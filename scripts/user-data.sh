@@ -41,7 +41,8 @@
 #                   the agent's own files (acl.tokens.config_file_service_registration):
 #                   give it a service identity for consul-rehydrate, whose check
 #                   (consul.d/check-roll.hcl, `rehydrate check`) is the roll's alarm
-#   handler-token   the spinup and spindown handlers' ACL token, written to
+#   handler-token   the handlers' ACL token, one for every server of the cluster
+#                   (policy consul.d/acl/rehydrate-handlers-shared.hcl), written to
 #                   /etc/consul-rehydrate/consul.token; consul.service points
 #                   CONSUL_HTTP_TOKEN_FILE at it, so the agent's token-less watches
 #                   read with it too
