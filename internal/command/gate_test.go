@@ -1,11 +1,9 @@
 package command
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	awsprovider "github.com/consul-rehydrate/consul-rehydrate/internal/cloud/aws"
+	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
 )
 
 // noHookYet is a group whose termination hook appears after `missing` looks.
@@ -35,30 +34,13 @@ func (f *noHookYet) DescribeLifecycleHooks(context.Context, *autoscaling.Describ
 	}}}, nil
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestWaitForHook_BacksOffToFiveMinutesAndWarnsOnce: a group without the hook (the
 // image enables the gate everywhere, the hook is opt-in) is asked ever more rarely,
 // up to once every 5 minutes, with one warning; the hook added later is found.
 func TestWaitForHook_BacksOffToFiveMinutesAndWarnsOnce(t *testing.T) {
 	fake := &noHookYet{missing: 12}
 	action := &awsprovider.LifecycleAction{Client: fake, Group: "consul-servers", Hook: "consul-rehydrate", InstanceID: "i-1"}
-	var out syncBuffer
+	var out testcluster.SyncBuffer
 	log := hclog.New(&hclog.LoggerOptions{Output: &out, Level: hclog.Debug})
 	var slept []time.Duration
 	sleep := func(_ context.Context, d time.Duration) error {

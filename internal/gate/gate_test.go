@@ -1,11 +1,9 @@
 package gate_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -139,23 +137,6 @@ type countingAction struct{ beats, completes atomic.Int32 }
 func (a *countingAction) Heartbeat(context.Context) error { a.beats.Add(1); return nil }
 func (a *countingAction) Complete(context.Context) error  { a.completes.Add(1); return nil }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestDepart_HoldExceededThenHandsOffPastALeavingServerAndLeavesRaft: the gate of
 // the leader on a real cluster, told the cluster needs one server more than it has
 // (so quorum never allows the departure): it holds, heartbeating, only until
@@ -189,7 +170,7 @@ func TestDepart_HoldExceededThenHandsOffPastALeavingServerAndLeavesRaft(t *testi
 	require.NoError(t, err)
 	assert.Equal(t, map[string]bool{marked.Name: true}, leaving)
 
-	var out syncBuffer
+	var out testcluster.SyncBuffer
 	action := &countingAction{}
 	g := &gate.Gate{
 		Consul: leader.Client(), Self: leader.Name, Cluster: "gate-test",

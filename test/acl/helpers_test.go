@@ -1,6 +1,8 @@
 package acl
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -117,4 +119,27 @@ func waitKnown(t *testing.T, agents []*testcluster.Agent, tokens ...string) {
 			})
 		}
 	}
+}
+
+// leaveConfig writes the handlers' configuration `rehydrate leave` runs with in these
+// tests (consul.service's ExecStop names one): this cluster, an aws provider that the
+// leave never calls.
+func leaveConfig(t *testing.T) string {
+	t.Helper()
+	cfg := filepath.Join(t.TempDir(), "config.hcl")
+	require.NoError(t, os.WriteFile(cfg, []byte(`cluster = "acl"
+servers = 3
+roll {
+  leave_timeout = "30s"
+}
+provider "aws" {
+  region            = "us-east-1"
+  autoscaling_group = "consul-servers"
+  launch_template   = "consul-server"
+  image {
+    name_pattern = "consul-server-*"
+  }
+}
+`), 0o644))
+	return cfg
 }

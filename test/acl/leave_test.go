@@ -122,22 +122,7 @@ func TestHandlerPolicy_LetsItsServerHandOffAndLeaveAndNothingLessDoes(t *testing
 
 	// `rehydrate leave` as consul.service runs it on a server: its Environment=, with
 	// this cluster's paths for the unit's, and its ExecStop with the test's configuration.
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "config.hcl")
-	require.NoError(t, os.WriteFile(cfg, []byte(`cluster = "acl"
-servers = 3
-roll {
-  leave_timeout = "30s"
-}
-provider "aws" {
-  region            = "us-east-1"
-  autoscaling_group = "consul-servers"
-  launch_template   = "consul-server"
-  image {
-    name_pattern = "consul-server-*"
-  }
-}
-`), 0o644))
+	cfg := leaveConfig(t)
 	stop := func(on *testcluster.Agent, token string) (int, string) {
 		t.Helper()
 		return unitStop(t, c, on, token, cfg)

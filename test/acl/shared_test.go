@@ -2,8 +2,6 @@ package acl
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -127,21 +125,7 @@ func TestSharedHandlerPolicy_ServesEveryServerAndNoOtherNode(t *testing.T) {
 
 	// consul.service's stop, `rehydrate leave`, with the same token on both followers:
 	// each agent leaves the raft configuration and exits.
-	cfg := filepath.Join(t.TempDir(), "config.hcl")
-	require.NoError(t, os.WriteFile(cfg, []byte(`cluster = "acl"
-servers = 3
-roll {
-  leave_timeout = "30s"
-}
-provider "aws" {
-  region            = "us-east-1"
-  autoscaling_group = "consul-servers"
-  launch_template   = "consul-server"
-  image {
-    name_pattern = "consul-server-*"
-  }
-}
-`), 0o644))
+	cfg := leaveConfig(t)
 	for i, f := range followers {
 		code, out := unitStop(t, c, f, tok, cfg)
 		require.Equal(t, app.ExitOK, code, out)
