@@ -25,6 +25,8 @@ const (
 	EnvConfig = "REHYDRATE_CONFIG"
 	// EnvTokenParameter names the SSM SecureString parameter holding the Consul
 	// token (event write for the roll's event, service "consul" and node read).
+	// Required: the configuration file is the servers' own, whose token_file is
+	// not packaged with the function (config.JobTrigger).
 	// A parameter rather than an environment variable: anyone who may read the
 	// function's configuration (lambda:GetFunctionConfiguration) reads its
 	// environment in clear, while the parameter has its own IAM and KMS policy, and
@@ -49,9 +51,15 @@ func FromEnv(ctx context.Context, getenv func(string) string, log hclog.Logger) 
 	if path == "" {
 		path = filepath.Join(getenv("LAMBDA_TASK_ROOT"), "config.hcl")
 	}
-	cfg, err := config.LoadFor(path, config.JobRoll, getenv)
+	// The servers' file, validated as the roll's, except that its token file
+	// (consul.token_file: the servers' token, not packaged) need not be there.
+	cfg, err := config.LoadFor(path, config.JobRoll|config.JobTrigger, getenv)
 	if err != nil {
 		return nil, err
+	}
+	name := getenv(EnvTokenParameter)
+	if name == "" {
+		return nil, fmt.Errorf("%s is not set: the trigger reads its Consul token from that SSM parameter", EnvTokenParameter)
 	}
 	pc := cfg.Provider.AWS
 	if pc == nil {
@@ -74,13 +82,23 @@ func FromEnv(ctx context.Context, getenv func(string) string, log hclog.Logger) 
 	if pc.EndpointURL != "" {
 		ac.BaseEndpoint = aws.String(pc.EndpointURL)
 	}
-	if name := getenv(EnvTokenParameter); name != "" {
-		out, err := ssm.NewFromConfig(ac).GetParameter(ctx, &ssm.GetParameterInput{Name: aws.String(name), WithDecryption: aws.Bool(true)})
+	params := ssm.NewFromConfig(ac)
+	token := func(ctx context.Context) (string, error) {
+		out, err := params.GetParameter(ctx, &ssm.GetParameterInput{Name: aws.String(name), WithDecryption: aws.Bool(true)})
 		if err != nil {
-			return nil, fmt.Errorf("read the Consul token from SSM parameter %s: %w", name, err)
+			return "", fmt.Errorf("read the Consul token from SSM parameter %s: %w", name, err)
 		}
-		cfg.Consul.InlineToken = config.Secret(aws.ToString(out.Parameter.Value))
+		if out.Parameter == nil || aws.ToString(out.Parameter.Value) == "" {
+			return "", fmt.Errorf("SSM parameter %s holds no Consul token", name)
+		}
+		return aws.ToString(out.Parameter.Value), nil
 	}
+	tok, err := token(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// Never the file's token_file (see config.JobTrigger): the parameter's token.
+	cfg.Consul.InlineToken = config.Secret(tok)
 	apiCfg, err := cfg.Consul.APIConfig()
 	if err != nil {
 		return nil, err
@@ -89,8 +107,14 @@ func FromEnv(ctx context.Context, getenv func(string) string, log hclog.Logger) 
 	if err != nil {
 		return nil, fmt.Errorf("consul client: %w", err)
 	}
-	images := awsprovider.New(ec2.NewFromConfig(ac), nil, awsprovider.Config{
+	ec2c := ec2.NewFromConfig(ac)
+	images := awsprovider.New(ec2c, nil, awsprovider.Config{
 		Owners: pc.Image.Owners, NamePattern: pc.Image.NamePattern, Tags: pc.Image.Tags, Logger: log,
 	})
-	return &Trigger{Images: images, Consul: c, EventName: cfg.Roll.EventName, TagWait: wait, Log: log}, nil
+	t := &Trigger{
+		Images: images, Consul: c, EventName: cfg.Roll.EventName, TagWait: wait, Log: log,
+		Token: token, Explain: Explainer(ec2c, pc.Image, time.Now),
+	}
+	t.SetToken(tok)
+	return t, nil
 }

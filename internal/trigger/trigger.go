@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -32,7 +35,73 @@ type Trigger struct {
 	TagWait time.Duration
 	// FirstRetry is the first wait between looks; it doubles up to a minute.
 	FirstRetry time.Duration
-	Log        hclog.Logger
+	// Explain, when set, says why an image the filter does not list is not
+	// among the allowed ones (which part of the filter it fails), for the log.
+	Explain func(ctx context.Context, id string) (string, error)
+	// Token reads the Consul token from its source (the SSM parameter). FromEnv
+	// reads it at cold start; when Consul refuses it (refused: the token was
+	// rotated or revoked since) it is read again once and the call retried once,
+	// so a warm container follows a rotation instead of failing until recycled.
+	Token func(ctx context.Context) (string, error)
+	Log   hclog.Logger
+
+	mu    sync.Mutex
+	token string // the token in use: Token's last answer
+}
+
+// SetToken sets the Consul token the calls send (each call names it, overriding
+// the client's own).
+func (t *Trigger) SetToken(tok string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.token = tok
+}
+
+func (t *Trigger) currentToken() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.token
+}
+
+// withToken runs a Consul call with the token in use; if Consul refuses the token
+// (refused), it reads the token again (Token) and, when that is a different
+// one, runs the call once more with it. A refused call changed nothing, so the
+// retry cannot double an event.
+func (t *Trigger) withToken(ctx context.Context, call func(token string) error) error {
+	tok := t.currentToken()
+	err := call(tok)
+	if err == nil || t.Token == nil || !refused(err) {
+		return err
+	}
+	fresh, rerr := t.Token(ctx)
+	if rerr != nil {
+		return fmt.Errorf("%w (and reading the token again: %w)", err, rerr)
+	}
+	if fresh == tok {
+		return err
+	}
+	t.Log.Info("Consul refused the token; retrying once with the token read again", "error", err)
+	t.SetToken(fresh)
+	return call(fresh)
+}
+
+// refused reports whether Consul refused the token: 401 or 403 (a token it does
+// not know, rotated or deleted, or one without the permission), or the 500 an agent
+// answers an event fire with when the server it forwards to does not know the token
+// (the agent maps only "Permission denied" to 403; the body keeps the server's
+// "ACL not found").
+func refused(err error) bool {
+	var se api.StatusError
+	if !errors.As(err, &se) {
+		return false
+	}
+	switch se.Code {
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return true
+	case http.StatusInternalServerError:
+		return strings.Contains(se.Body, "ACL not found")
+	}
+	return false
 }
 
 // ErrConsul means the event could not be fired: the invocation fails, so that
@@ -62,7 +131,15 @@ func (t *Trigger) Handle(ctx context.Context, payload []byte) error {
 		return err
 	}
 	if !ok {
-		t.Log.Info("not firing: the image does not match the image filter", "image_id", req.Image, "took", t.TagWait)
+		why := "not among the allowed images"
+		if t.Explain != nil {
+			if w, err := t.Explain(ctx, req.Image); err != nil {
+				why += " (could not say why: " + cut(err.Error(), maxErr) + ")"
+			} else {
+				why = w
+			}
+		}
+		t.Log.Info("not firing: the image does not match the image filter", "image_id", req.Image, "took", t.TagWait, "reason", why)
 		return nil
 	}
 	running, err := t.running(ctx, imgs)
@@ -128,7 +205,12 @@ type runningImage struct {
 // their creation time from imgs, the allowed images await just listed (zero if the
 // filter no longer lists them).
 func (t *Trigger) running(ctx context.Context, imgs []cloud.Image) (map[string]runningImage, error) {
-	svcs, _, err := t.Consul.Catalog().Service("consul", "", (&api.QueryOptions{}).WithContext(ctx))
+	var svcs []*api.CatalogService
+	err := t.withToken(ctx, func(token string) error {
+		var err error
+		svcs, _, err = t.Consul.Catalog().Service("consul", "", (&api.QueryOptions{Token: token}).WithContext(ctx))
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: read the servers' images: %w", ErrConsul, err)
 	}
@@ -153,7 +235,12 @@ func (t *Trigger) running(ctx context.Context, imgs []cloud.Image) (map[string]r
 
 // fire sends the event through the agent or server the client talks to.
 func (t *Trigger) fire(ctx context.Context, body []byte, why string) error {
-	id, _, err := t.Consul.Event().Fire(&api.UserEvent{Name: t.EventName, Payload: body}, (&api.WriteOptions{}).WithContext(ctx))
+	var id string
+	err := t.withToken(ctx, func(token string) error {
+		var err error
+		id, _, err = t.Consul.Event().Fire(&api.UserEvent{Name: t.EventName, Payload: body}, (&api.WriteOptions{Token: token}).WithContext(ctx))
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("%w: fire %s: %w", ErrConsul, t.EventName, err)
 	}

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +21,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-rehydrate/consul-rehydrate/internal/cloud"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/command"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/workload"
 	"github.com/consul-rehydrate/consul-rehydrate/test/awsfake"
@@ -107,14 +110,36 @@ func (l *lambdaRIE) logs() string {
 	return l.log.String()
 }
 
-// waitLog waits (up to 5 s: the emulator copies the function's output after it
-// answers) until the function has logged s.
-func (l *lambdaRIE) waitLog(t *testing.T, s string) {
-	t.Helper()
-	testcluster.WaitFor(t, 5*time.Second, "the function to log "+s, func() (bool, string) {
-		return strings.Contains(l.logs(), s), testcluster.Tail(l.logs(), 3)
-	})
+// mark is where the function's log is now: waitLog counts only what comes after.
+func (l *lambdaRIE) mark() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.log.Len()
 }
+
+// waitLog waits (up to 5 s: the emulator copies the function's output after it
+// answers) until the function has logged s n times since mark, and returns the log
+// since mark.
+func (l *lambdaRIE) waitLog(t *testing.T, mark int, s string, n int) string {
+	t.Helper()
+	var since string
+	testcluster.WaitFor(t, 5*time.Second, fmt.Sprintf("the function to log %q %d times", s, n), func() (bool, string) {
+		since = l.logs()[mark:]
+		return strings.Count(since, s) >= n, testcluster.Tail(since, 3)
+	})
+	return since
+}
+
+// firedIDs returns the ids of the events the function logged firing in log.
+func firedIDs(log string) []string {
+	var ids []string
+	for _, m := range firedLine.FindAllStringSubmatch(log, -1) {
+		ids = append(ids, m[1])
+	}
+	return ids
+}
+
+var firedLine = regexp.MustCompile(`fired the event: event_id=([0-9a-f-]{36})`)
 
 // invoke posts an event as EventBridge's asynchronous invocation would, and returns
 // the function's answer: "null" for success, an error object for a failure.
@@ -137,7 +162,9 @@ func amiEvent(image, state string) string {
 
 // triggerToken makes the trigger's Consul token (its documented policy: the roll's
 // event, reads of the servers) and stores it as the SSM parameter the function reads.
-func triggerToken(t *testing.T, e *env, fake *awsfake.Server) string {
+// rotate replaces it as an operator rotating it would: a new token in the parameter,
+// the old one deleted.
+func triggerToken(t *testing.T, e *env, fake *awsfake.Server) (name string, rotate func()) {
 	t.Helper()
 	pol, _, err := e.client.ACL().PolicyCreate(&api.ACLPolicy{Name: "trigger-" + strings.ToLower(t.Name()[len(t.Name())-8:]), Rules: `
 event "consul-rehydrate" { policy = "write" }
@@ -147,9 +174,45 @@ node_prefix "" { policy = "read" }
 	require.NoError(t, err)
 	tok, _, err := e.client.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
 	require.NoError(t, err)
-	const name = "/consul-rehydrate/e2e-aws/trigger-token"
+	name = "/consul-rehydrate/e2e-aws/trigger-token"
 	fake.AddParameter(awsfake.Parameter{Name: name, Value: tok.SecretID})
-	return name
+	return name, func() {
+		t.Helper()
+		fresh, _, err := e.client.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
+		require.NoError(t, err)
+		fake.AddParameter(awsfake.Parameter{Name: name, Value: fresh.SecretID})
+		_, err = e.client.ACL().TokenDelete(tok.AccessorID, nil)
+		require.NoError(t, err)
+		// The function's calls are stale reads and a fire any server may serve
+		// (AllowStale): wait until every server has applied the deletion, so that
+		// whichever serves the function's next call refuses the old token.
+		insts, err := e.p.Instances(context.Background())
+		require.NoError(t, err)
+		for _, in := range insts {
+			if in.State != cloud.StateRunning {
+				continue
+			}
+			c, err := api.NewClient(&api.Config{Address: "https://" + in.Address + ":8501", TLSConfig: api.TLSConfig{CAFile: e.p.CAFile()}})
+			require.NoError(t, err)
+			testcluster.WaitFor(t, time.Minute, in.ID+" to refuse the deleted token", func() (bool, string) {
+				_, _, err := c.Catalog().Service("consul", "", &api.QueryOptions{Token: tok.SecretID, AllowStale: true})
+				var se api.StatusError
+				return errors.As(err, &se) && se.Code == http.StatusForbidden, fmt.Sprint(err)
+			})
+		}
+	}
+}
+
+// triggerConfig is the handlers' configuration file as the README packages it with
+// the function: the servers' own, whose consul.token_file is not in the zip (the
+// function's token comes from SSM), so the function must start without it.
+func triggerConfig(t *testing.T, e *env) string {
+	t.Helper()
+	b, err := os.ReadFile(e.cfgPath)
+	require.NoError(t, err)
+	path := filepath.Join(t.TempDir(), "config.hcl")
+	require.NoError(t, os.WriteFile(path, append(b, "\nconsul {\n  token_file = \"absent.token\"\n}\n"...), 0o644))
+	return path
 }
 
 // kvAndEvents is the cluster's KV under rehydrate/ (keys and modify indexes) and the
@@ -169,21 +232,25 @@ func kvAndEvents(t *testing.T, e *env) (string, int) {
 
 // TestTrigger_APublishedImageRollsTheClusterOnce: the image-published Lambda, built
 // as `bootstrap` and run by the real runtime interface emulator, against the AWS
-// fake and a real local cluster. An "available" event for an image whose tags
-// arrive 5 s later rolls the cluster to it; the same event delivered twice makes
-// one roll; a failed image, one outside the filter, an older one and a malformed
-// event fire nothing and change nothing, and succeed; with Consul unreachable the
-// invocation fails, having changed nothing.
+// fake and a real local cluster, packaged as the README says (the servers' file,
+// whose token_file is not there). An "available" event for an image whose tags
+// arrive 5 s later rolls the cluster to it; the same event delivered twice makes one
+// roll; a failed image, one outside the filter, one never tagged, an older one and a
+// malformed event fire nothing and change nothing, and succeed; the scheduled
+// backstop fires one event the handlers answer "up to date"; a rotated token is read
+// again by the warm function; with Consul unreachable the invocation fails, having
+// changed nothing.
 func TestTrigger_APublishedImageRollsTheClusterOnce(t *testing.T) {
 	t.Parallel()
 	e, fake := newAWSEnv(t)
-	param := triggerToken(t, e, fake)
+	param, rotate := triggerToken(t, e, fake)
+	cfg := triggerConfig(t, e)
 	// The function talks to the cluster through an address that outlives the
 	// servers the roll replaces (the local provider's client agent; in a VPC an
 	// internal load balancer or DNS name in front of the servers' HTTPS API), with
 	// the cluster's CA; its token comes from SSM.
 	_, srvEnv := e.asServer()
-	env := []string{"REHYDRATE_CONFIG=" + e.cfgPath, "REHYDRATE_TOKEN_PARAMETER=" + param, "REHYDRATE_TAG_WAIT=15s",
+	env := []string{"REHYDRATE_CONFIG=" + cfg, "REHYDRATE_TOKEN_PARAMETER=" + param, "REHYDRATE_TAG_WAIT=15s",
 		"CONSUL_HTTP_ADDR=" + e.httpAddr, srvEnv[0]}
 	fn := startLambda(t, env...)
 
@@ -195,14 +262,33 @@ func TestTrigger_APublishedImageRollsTheClusterOnce(t *testing.T) {
 	}()
 	writer := workload.StartWriter(e.client, "trigger/", 20, 3, 5*time.Second)
 	start := time.Now()
+	mark := fn.mark()
 	got := fn.invoke(t, amiEvent(amiB, "available"))
 	triggered := time.Since(start)
 	require.Equal(t, "null", got, fn.logs())
 	assert.GreaterOrEqual(t, triggered, 5*time.Second, "fired only once the tags were there")
-	fn.waitLog(t, "fired the event")
+	first := firedIDs(fn.waitLog(t, mark, "fired the event", 1))
+	require.Len(t, first, 1)
+	e.handledAs("e2e-aws", first[0])
+	started := e.rollRecord("e2e-aws")
+	require.Equal(t, amiB, started.Target)
 
-	// 2. Delivered again while the roll runs: a trigger of that roll, not another.
+	// 2. Delivered again while the roll runs: fired again (the Lambda cannot know),
+	// and handled as a trigger of that roll, not another.
+	mark = fn.mark()
 	require.Equal(t, "null", fn.invoke(t, amiEvent(amiB, "available")), fn.logs())
+	second := firedIDs(fn.waitLog(t, mark, "fired the event", 1))
+	require.Len(t, second, 1)
+	assert.Len(t, firedIDs(fn.logs()), 2, "two \"fired the event\" lines")
+	assert.NotEqual(t, first[0], second[0])
+	// Recorded as a step (or a wait) of the roll in progress: not refused, not a
+	// request to follow it, not "up to date" (the roll takes a minute).
+	rec := e.handledAs("e2e-aws", second[0])
+	t.Logf("the duplicate's event %s was handled as %q", second[0], rec)
+	for _, not := range []string{"refused", "can follow when it is done", "up to date"} {
+		assert.NotContains(t, rec, not, "the duplicate is a trigger of the roll in progress")
+	}
+	assert.Equal(t, started.Started, e.rollRecord("e2e-aws").Started, "the duplicate started no roll")
 	st := e.waitRolled(amiB, 5*time.Minute)
 	res, err := writer.Stop(context.Background())
 	require.NoError(t, err)
@@ -242,6 +328,7 @@ func TestTrigger_APublishedImageRollsTheClusterOnce(t *testing.T) {
 		rec := e.rollRecord("e2e-aws")
 		return rec.Group != nil && rec.Group.Released, "not yet"
 	})
+	assert.Equal(t, started.Started, e.rollRecord("e2e-aws").Started, "one roll")
 	// And the roll's own trailing continuations, handled (and recorded) as
 	// "nothing" once it is done: wait until the KV has been still for 5 s.
 	last, _ := kvAndEvents(t, e)
@@ -253,27 +340,71 @@ func TestTrigger_APublishedImageRollsTheClusterOnce(t *testing.T) {
 		}
 		return time.Since(still) >= 5*time.Second, kvDiff(last, now)
 	})
-	// (ami-0ccc…, tagged role=web, is seeded by newAWSEnv; ami-0eee… does not exist.)
+	// (ami-0ccc…, tagged role=web, is seeded by newAWSEnv; ami-0eee… does not exist;
+	// ami-0ddd… is named as the filter wants and never tagged.)
+	fake.AddImage(awsfake.Image{ID: "ami-0dddddddddddddddd", Name: "consul-server-3", CreationDate: time.Now()})
 	for _, c := range []struct{ name, event, log string }{
 		{"already rolled (a late duplicate)", amiEvent(amiB, "available"), "every server already runs the image"},
 		{"a failed image", amiEvent("ami-0eeeeeeeeeeeeeeee", "failed"), "not available"},
-		{"outside the filter", amiEvent("ami-0cccccccccccccccc", "available"), "does not match the image filter"},
+		{"outside the filter", amiEvent("ami-0cccccccccccccccc", "available"), `does not match the filter's name_pattern \"consul-server-*\"`},
+		{"never tagged", amiEvent("ami-0dddddddddddddddd", "available"), `no tag role (the filter wants role = \"consul-server\"`},
 		{"older than what runs", amiEvent(amiA, "available"), "older than one a server runs"},
 		{"malformed", `{"detail-type":"EC2 AMI State Change","source":"aws.ec2","detail":{"ImageId":"ami-0eeeeeeeeeeeeeeee; rm -rf /","State":"available"}}`, "refusing the invocation's event"},
+		{"a case-variant key", strings.Replace(amiEvent(amiB, "available"), `"source"`, `"Source"`, 1), "refusing the invocation's event"},
 		{"another source", `{"version":"0","id":"x","detail-type":"EC2 Instance State-change Notification","source":"aws.ec2","account":"1","time":"t","region":"r","resources":[],"detail":{}}`, "not an EC2 AMI State Change"},
 		{"not JSON", `{"detail":`, "refusing the invocation's event"},
 	} {
 		kvBefore, evBefore := kvAndEvents(t, e)
+		mark := fn.mark()
 		got := fn.invoke(t, c.event)
 		assert.Equal(t, "null", got, "%s: the invocation succeeds", c.name)
-		fn.waitLog(t, c.log)
+		fn.waitLog(t, mark, c.log, 1)
 		kvAfter, evAfter := kvAndEvents(t, e)
 		assert.Equal(t, evBefore, evAfter, "%s: no event fired", c.name)
 		assert.Equal(t, kvBefore, kvAfter, "%s: nothing in KV changed: %s", c.name, kvDiff(kvBefore, kvAfter))
 	}
 
-	// 4. Consul unreachable: the invocation fails, so EventBridge retries it.
-	down := startLambda(t, "REHYDRATE_CONFIG="+e.cfgPath, "REHYDRATE_TOKEN_PARAMETER="+param, "REHYDRATE_TAG_WAIT=5s",
+	// 4. The scheduled backstop, as EventBridge Scheduler invokes it
+	// (config/trigger-schedule.json's input): one event, no image, which the
+	// handlers answer "up to date"; no roll starts.
+	backstop := func(name string) string {
+		t.Helper()
+		_, evBefore := kvAndEvents(t, e)
+		mark := fn.mark()
+		require.Equal(t, "null", fn.invoke(t, `{}`), "%s: the invocation succeeds: %s", name, fn.logs())
+		since := fn.waitLog(t, mark, "fired the event", 1)
+		ids := firedIDs(since)
+		require.Len(t, ids, 1, name)
+		assert.Contains(t, e.handledAs("e2e-aws", ids[0]), "nothing: up to date", name)
+		// The agent counted from hears of the event by gossip, maybe after the
+		// servers handled it.
+		testcluster.WaitFor(t, 30*time.Second, "the agent to hear of event "+ids[0], func() (bool, string) {
+			evs, _, err := e.client.Event().List("consul-rehydrate", nil)
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, ev := range evs {
+				if ev.ID == ids[0] {
+					return true, ""
+				}
+			}
+			return false, fmt.Sprintf("%d events", len(evs))
+		})
+		_, evAfter := kvAndEvents(t, e)
+		assert.Equal(t, evBefore+1, evAfter, "%s: exactly one event fired", name)
+		assert.Equal(t, started.Started, e.rollRecord("e2e-aws").Started, "%s: no roll started", name)
+		return since
+	}
+	backstop("the scheduled backstop")
+
+	// 5. The token rotated while the function is warm: Consul refuses the one it
+	// read at cold start, it reads the parameter again and fires once.
+	rotate()
+	since := backstop("after a rotation")
+	assert.Contains(t, since, "Consul refused the token; retrying once with the token read again")
+
+	// 6. Consul unreachable: the invocation fails, so EventBridge retries it.
+	down := startLambda(t, "REHYDRATE_CONFIG="+cfg, "REHYDRATE_TOKEN_PARAMETER="+param, "REHYDRATE_TAG_WAIT=5s",
 		"CONSUL_HTTP_ADDR=https://127.0.0.1:1", srvEnv[0])
 	kvBefore, evBefore := kvAndEvents(t, e)
 	got = down.invoke(t, amiEvent(amiB, "available"))

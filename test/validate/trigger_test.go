@@ -468,19 +468,19 @@ const (
 )
 
 // TestTriggerLambdaPolicy_GrantsOnlyWhatTheTriggerNeeds keeps the Lambda's role
-// least-privilege: every statement allows, and the actions are exactly these: the two
-// Describe calls (no resource-level permissions: "*"), the token's one parameter, its
+// least-privilege: every statement allows, and the actions are exactly these:
+// DescribeImages (no resource-level permissions: "*"), the token's one parameter, its
 // key only through SSM and only for that parameter (Parameter Store's encryption
 // context is PARAMETER_ARN,
 // https://docs.aws.amazon.com/kms/latest/developerguide/services-parameter-store.html),
 // its own log group's streams, and the network interfaces Lambda creates to put the
 // function in the servers' VPC (the EC2 part of AWSLambdaVPCAccessExecutionRole,
 // https://docs.aws.amazon.com/lambda/latest/dg/configuration-vpc.html): Consul's API
-// listens on the servers' private addresses.
+// listens on the servers' private addresses. Not DescribeInstances: the function
+// reaches the servers through a configured address, never by their join tag.
 func TestTriggerLambdaPolicy_GrantsOnlyWhatTheTriggerNeeds(t *testing.T) {
 	want := map[string]string{
 		"ec2:DescribeImages":             "*",
-		"ec2:DescribeInstances":          "*",
 		"ssm:GetParameter":               triggerToken,
 		"kms:Decrypt":                    "arn:aws:kms:REGION:ACCOUNT_ID:key/KMS_KEY_ID",
 		"logs:CreateLogStream":           "arn:aws:logs:REGION:ACCOUNT_ID:log-group:/aws/lambda/consul-rehydrate-CLUSTER-image-published:*",
