@@ -37,7 +37,7 @@ var LogKeys = map[string]string{
 	"proc":                    "what /proc showed of a process",
 	"proc_before":             "what /proc showed of a process earlier",
 	"previous_version":        "the version a node ran before",
-	"reason":                  "why the planner chose its step",
+	"reason":                  "why a step was chosen, or an event refused, ignored or not fired",
 	"reconfigure":             "a reconfigure block's name",
 	"result":                  "what a step did",
 	"running":                 "an image a server runs",
