@@ -98,7 +98,7 @@ func TestIAMPolicy_AllowsEveryRequestTheProviderSendsAndNoWiderOne(t *testing.T)
 		}, 10*time.Second, 20*time.Millisecond)
 		return insts
 	}
-	old := live(3)
+	live(3)
 
 	// A roll that fails after its surge: the group goes back on $Latest.
 	_, err := p.Images(ctx)
@@ -112,7 +112,7 @@ func TestIAMPolicy_AllowsEveryRequestTheProviderSendsAndNoWiderOne(t *testing.T)
 	require.NoError(t, err)
 	require.NoError(t, p.End(ctx, st, true))
 	require.NoError(t, p.Terminate(ctx, bad.ID, "fail/"+bad.ID))
-	old = live(3)
+	old := live(3)
 	require.Equal(t, "$Latest", fake.Group("consul-servers").Version)
 
 	// A roll that succeeds, its retire held by a termination hook the gate completes.
