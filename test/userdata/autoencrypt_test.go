@@ -46,8 +46,7 @@ type renderedServer struct {
 
 // startRenderedServer boots the real consul on user-data.sh's rendered secure.hcl
 // and node.hcl (one server on the loopback "private IP" ip; only retry_join, which
-// would call AWS, is dropped) with the shipped server.hcl and acl.hcl, as
-// TestUserData_TheRenderedServerSpeaksOnlyTLSAndGossipsOnlyWithTheKey does, and
+// would call AWS, is dropped) with the shipped server.hcl and acl.hcl, and
 // waits for it to lead.
 func startRenderedServer(t *testing.T, ip string) renderedServer {
 	t.Helper()

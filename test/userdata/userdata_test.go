@@ -517,47 +517,17 @@ func loopbackPair(t *testing.T) (string, string) {
 // is denied; and an agent without the gossip key cannot join.
 func TestUserData_TheRenderedServerSpeaksOnlyTLSAndGossipsOnlyWithTheKey(t *testing.T) {
 	ip, stranger := loopbackPair(t)
-	s := makeSecrets(t, imdsmock.Region)
-	root, out, err := runUserData(t, "IMDS_ENDPOINT="+startMetadata(t, ip), "SECRETS_DIR="+secretsDir(t, s), "CONSUL_SERVERS=1")
-	require.NoError(t, err, out)
-	etc := filepath.Join(root, "etc/consul.d")
-	node := read(t, filepath.Join(etc, "node.hcl"))
-	require.Contains(t, node, `bind_addr        = "`+ip+`"`)
-	var kept []string
-	for _, l := range strings.Split(node, "\n") {
-		if !strings.HasPrefix(l, "retry_join") {
-			kept = append(kept, l)
-		}
-	}
-	require.NoError(t, os.WriteFile(filepath.Join(etc, "node.hcl"), []byte(strings.Join(kept, "\n")), 0o644))
-	for _, f := range []string{"server.hcl", "acl.hcl"} {
-		require.NoError(t, os.WriteFile(filepath.Join(etc, f), []byte(read(t, filepath.Join("../../consul.d", f))), 0o644))
-	}
-	serverLog := filepath.Join(t.TempDir(), "server.log")
-	startAgent(t, etc, serverLog)
+	srv := startRenderedServer(t, ip) // leads, over HTTPS verified as server.<dc>.consul
+	remote := srv.https
 
 	pool := x509.NewCertPool()
-	require.True(t, pool.AppendCertsFromPEM(s["ca.pem"]))
+	require.True(t, pool.AppendCertsFromPEM(srv.secrets["ca.pem"]))
 	client := func(serverName string, roots *x509.CertPool) *http.Client {
 		return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 			TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: serverName, MinVersion: tls.VersionTLS12},
 		}}
 	}
-	// Remote callers name the server as its certificate does (CONSUL_TLS_SERVER_NAME).
-	remote := client("server."+imdsmock.Region+".consul", pool)
-	get := func(c *http.Client, url string) (int, string, error) {
-		resp, err := c.Get(url)
-		if err != nil {
-			return 0, "", err
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b), nil
-	}
-	waitFor(t, 60*time.Second, "a leader over HTTPS (server log "+serverLog+")", func() bool {
-		code, body, err := get(remote, "https://"+ip+":8501/v1/status/leader")
-		return err == nil && code == http.StatusOK && strings.Contains(body, ip+":8300")
-	})
+	get := func(c *http.Client, url string) (int, string, error) { return call(c, http.MethodGet, url, "", "") }
 
 	// The agent's own watches reach it at https://127.0.0.1:8501, verified as is.
 	code, _, err := get(client("", pool), "https://127.0.0.1:8501/v1/status/leader")
