@@ -172,20 +172,22 @@ func (r *Roller) run(ctx context.Context, trig Trigger) error {
 		}
 	}
 
-	return r.locked(ctx, func(held *coord.Held) error {
+	return r.locked(ctx, trig.EventID, func(held *coord.Held) error {
 		r.hook("locked")
 		return r.step(held, trig)
 	})
 }
 
 // locked runs f under the roll's lock. If another handler holds it, that handler
-// takes the step and locked returns nil without running f.
-func (r *Roller) locked(ctx context.Context, f func(*coord.Held) error) error {
+// takes the step and locked returns nil without running f, saying which event
+// (eventID, "" for none) it leaves to the roll in progress: such an event is not
+// recorded as handled.
+func (r *Roller) locked(ctx context.Context, eventID string, f func(*coord.Held) error) error {
 	held, err := r.Store.Lock(ctx, coord.LockOptions{
 		TTL: r.Config.Lock.SessionTTL, Delay: r.Config.Lock.LockDelay, Wait: r.Config.Lock.Wait, Holder: r.Holder,
 	})
 	if errors.Is(err, coord.ErrLockHeld) {
-		r.Log.Info("another handler holds the lock and takes the step")
+		r.Log.Info("another handler holds the lock and takes the step", "event_id", eventID)
 		return nil
 	}
 	if err != nil {
@@ -202,7 +204,7 @@ func (r *Roller) locked(ctx context.Context, f func(*coord.Held) error) error {
 // release takes the lock and undoes a finished roll's changes to the group, if
 // they are still not undone.
 func (r *Roller) release(ctx context.Context) error {
-	return r.locked(ctx, func(held *coord.Held) error {
+	return r.locked(ctx, "", func(held *coord.Held) error {
 		lctx := held.Context()
 		rec, err := r.Store.Roll(lctx)
 		if err != nil {
