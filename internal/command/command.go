@@ -190,8 +190,9 @@ func (a *prog) handlerTimeout() time.Duration {
 	return a.cfg.Lock.Wait + a.cfg.Roll.LaunchTimeout + a.cfg.Roll.LeaveTimeout + time.Minute
 }
 
-// exitCode maps an error from a roll to an exit code and logs it.
-func (a *prog) exitCode(err error) int {
+// exitCode maps an error from a roll to an exit code and logs it, with args (more
+// key/value pairs, e.g. the event being handled) on the line.
+func (a *prog) exitCode(err error, args ...interface{}) int {
 	if err == nil {
 		return app.ExitOK
 	}
@@ -211,7 +212,7 @@ func (a *prog) exitCode(err error) int {
 	case errors.Is(err, payload.ErrBadPayload):
 		code = app.ExitBadPayload
 	}
-	a.log.Error("step failed", "error", err, "exit_code", code)
+	a.log.Error("step failed", append([]interface{}{"error", err, "exit_code", code}, args...)...)
 	return code
 }
 

@@ -64,6 +64,8 @@ func TestHandlers_RefuseBadInputBeforeTalkingToConsul(t *testing.T) {
 			`[{"ID":"00000000-0000-0000-0000-0000000000e1","Name":"consul-rehydrate"},{"ID":"00000000-0000-0000-0000-0000000000e2","Name":"consul-rehydrate","Payload":"bm90IGpzb24="}]`, app.ExitConsul, "refusing event: event_id=00000000-0000-0000-0000-0000000000e2"},
 		{"spinup: a malformed event before a good one is refused too", Spinup, []string{"-config", cfg},
 			`[{"ID":"00000000-0000-0000-0000-0000000000e2","Name":"consul-rehydrate","Payload":"bm90IGpzb24="},{"ID":"00000000-0000-0000-0000-0000000000e1","Name":"consul-rehydrate"}]`, app.ExitConsul, "refusing event: event_id=00000000-0000-0000-0000-0000000000e2"},
+		{"spinup: the line of a failed step names its event", Spinup, []string{"-config", cfg},
+			`[{"ID":"00000000-0000-0000-0000-0000000000e1","Name":"consul-rehydrate"}]`, app.ExitConsul, "exit_code=14 event_id=00000000-0000-0000-0000-0000000000e1"},
 		{"spinup: no events does nothing", Spinup, []string{"-config", cfg}, `[]`, app.ExitOK, ""},
 		{"spindown: not JSON", Spindown, []string{"-config", cfg}, "[{", app.ExitBadPayload, "refusing service payload"},
 		{"spindown: another service", Spindown, []string{"-config", cfg}, `[{"Service":{"Service":"web"}}]`, app.ExitBadPayload, `entry for service \"web\", want \"consul\"`},

@@ -93,5 +93,11 @@ func handle(f *app.Flags, trigger func(*prog) (roll.Trigger, int)) int {
 	}
 	ctx, cancel := withTimeout(a.handlerTimeout())
 	defer cancel()
-	return a.exitCode(r.Run(ctx, trig))
+	err := r.Run(ctx, trig)
+	if trig.EventID != "" {
+		// The line names the event, so that an operator (or a test) can tell what
+		// became of each one.
+		return a.exitCode(err, "event_id", trig.EventID)
+	}
+	return a.exitCode(err)
 }

@@ -357,9 +357,21 @@ func (t *turn) hold(rec *coord.Roll, in plan.Input, st plan.Step) (next, error) 
 // event again, so that a fresh handler (and plan) takes over.
 func (t *turn) wait(st plan.Step) (next, error) {
 	if t.Now().After(t.deadline) {
-		return stop, t.fire(t.ctx, "gave up waiting: "+st.Reason, payload.NewContinuePayload())
+		return stop, t.handOff("gave up waiting: " + st.Reason)
 	}
 	return t.pause()
+}
+
+// handOff fires a continuation for another handler to take the roll's next step,
+// then records the event as handled (why): it was taken under the lock, and the
+// continuation carries the roll on, so a handler that sees it later must not take
+// it again. Recorded only once the continuation is out: if the fire fails, the
+// event stays unrecorded for another handler to take.
+func (t *turn) handOff(why string) error {
+	if err := t.fire(t.ctx, why, payload.NewContinuePayload()); err != nil {
+		return err
+	}
+	return t.markHandled(t.ctx, t.trig, why)
 }
 
 // pause sleeps one poll interval before the loop plans again.
@@ -483,7 +495,7 @@ func (t *turn) retire(rec *coord.Roll, in plan.Input, st plan.Step) (next, error
 	if st.Instance == t.self {
 		// This handler runs on the server to go: terminating it would cut the handler
 		// off mid-step. Hand the step to another server.
-		return stop, t.fire(t.ctx, "handing off: this server is the one to "+string(st.Kind), payload.NewContinuePayload())
+		return stop, t.handOff("handing off: this server is the one to " + string(st.Kind))
 	}
 	// A failed launch has no instance: the group never started one.
 	if st.Instance != "" {

@@ -305,3 +305,69 @@ func TestRun_AHandlerRestoresTheGroupOfARollThatEndedUnrestored(t *testing.T) {
 		assert.Len(t, spy.ends, 1, "%s: restored once", phase)
 	}
 }
+
+// TestRun_AHandlerOnTheServerToRetireHandsOffAndRecordsItsEvent: a handler that runs
+// on the server the roll retires next cannot terminate it (it would cut itself off
+// mid-step). It fires a continuation for another server's handler, and records its
+// event as handled: the event was taken under the lock, so a handler that sees it
+// later must not take it again, and an operator can tell what became of it. Nothing
+// is terminated.
+func TestRun_AHandlerOnTheServerToRetireHandsOffAndRecordsItsEvent(t *testing.T) {
+	t.Parallel()
+	r, p, c := newLocalRoller(t)
+	ctx := t.Context()
+	const req, dup = "00000000-0000-0000-0000-0000000000d0", "00000000-0000-0000-0000-0000000000d1"
+	require.NoError(t, r.Run(ctx, Trigger{EventID: req, Image: "B"}), "launches the surge")
+
+	// Once the surge is a stable voter, the roll retires (or first moves
+	// leadership off) an outdated server: the handler to test runs on that one.
+	var st plan.Step
+	require.NoError(t, poll.Until(ctx, 200*time.Millisecond, time.Minute, func(ctx context.Context) (bool, error) {
+		rec, err := r.Store.Roll(ctx)
+		if err != nil {
+			return false, err
+		}
+		in, err := r.Observe(ctx, rec, "B")
+		if err != nil {
+			return false, err
+		}
+		st = plan.Next(in)
+		return st.Kind == plan.Retire || st.Kind == plan.Transfer, nil
+	}), "the surge settles")
+	before, err := p.Instances(ctx)
+	require.NoError(t, err)
+	addr := ""
+	for _, in := range before {
+		if in.ID == st.Instance {
+			addr = in.Address
+		}
+	}
+	require.NotEmpty(t, addr, "%s is an instance", st.Instance)
+	ac, err := p.APIConfig()
+	require.NoError(t, err)
+	ac.Address = addr + ":8501"
+	ac.TLSConfig.Address = "server." + local.DefaultDatacenter + ".consul"
+	sc, err := api.NewClient(ac)
+	require.NoError(t, err)
+	on := New(r.Config, sc, p, r.Log)
+	events, _, err := c.Event().List(r.Config.Roll.EventName, nil)
+	require.NoError(t, err)
+
+	require.NoError(t, on.Run(ctx, Trigger{EventID: dup, Image: "B"}))
+	kv, _, err := c.KV().Get(r.Store.Key("events/"+dup), &api.QueryOptions{RequireConsistent: true})
+	require.NoError(t, err)
+	require.NotNil(t, kv, "the event is recorded")
+	assert.Equal(t, "handing off: this server is the one to retire", string(kv.Value))
+	after, err := p.Instances(ctx)
+	require.NoError(t, err)
+	assert.Len(t, after, len(before), "nothing terminated")
+	var more []*api.UserEvent
+	require.NoError(t, poll.Until(ctx, 100*time.Millisecond, 20*time.Second, func(context.Context) (bool, error) {
+		more, _, err = c.Event().List(r.Config.Roll.EventName, nil)
+		return len(more) > len(events), err
+	}), "an event reaches the client agent")
+	require.Len(t, more, len(events)+1, "one event fired")
+	got, err := payload.ParseRequest(more[len(more)-1], r.Config.Roll.EventName)
+	require.NoError(t, err)
+	assert.Equal(t, payload.Request{Continue: true}, got, "a continuation")
+}
