@@ -260,10 +260,12 @@ func TestTrigger_APublishedImageRollsTheClusterOnce(t *testing.T) {
 	assert.Len(t, firedIDs(fn.logs()), 2, "two \"fired the event\" lines")
 	assert.NotEqual(t, first[0], second[0])
 	// Taken as a trigger of the roll in progress, one of two ways: a handler that got
-	// the lock recorded it as a step (or a wait) of that roll; or every handler that
-	// saw it found the lock held by the one taking the roll's steps, and left it to
-	// that roll unrecorded (which of the two is timing). Never refused, never a
-	// request to follow the roll, never "up to date" (the roll takes a minute).
+	// the lock recorded it with the step it took (a hold, a launch, a retire, or a
+	// hand-off to another server's handler when its own server is the one to retire);
+	// or every handler that saw it found the lock held by the one taking the roll's
+	// steps, and left it to that roll unrecorded (which of the two is timing). Never
+	// refused, never a request to follow the roll, never "up to date" (the roll takes
+	// a minute).
 	var rec string
 	testcluster.WaitFor(t, time.Minute, "a handler to take event "+second[0], func() (bool, string) {
 		kv, _, err := e.client.KV().Get("rehydrate/e2e-aws/events/"+second[0], nil)
