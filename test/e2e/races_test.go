@@ -97,7 +97,7 @@ func (e *env) live() []cloud.Instance {
 }
 
 // TestRaces_EventStormsWatchStormsAndReplaysMakeExactlyOneRoll fires the roll event
-// ten times within a second; every server's handler gets each of them at once, by
+// ten times at once; every server's handler gets each of them at once, by
 // design. While a step is in progress, storms of service-watch handlers run. Exactly
 // one roll must follow: one launch and one retire per server, never more than N+1.
 // Then every agent is reloaded (a watch's first run hands its handler everything the
@@ -109,12 +109,25 @@ func TestRaces_EventStormsWatchStormsAndReplaysMakeExactlyOneRoll(t *testing.T) 
 	require.Equal(t, app.ExitOK, code, out)
 	samples := e.sample()
 
+	// Fired at once, not one after another: sequential fires over HTTPS on a busy
+	// CI machine once took 1.8 s for ten, and a test must not hang on the clock.
 	start := time.Now()
+	var fired sync.WaitGroup
+	errs := make(chan error, 10)
 	for range 10 {
-		_, _, err := e.client.Event().Fire(&api.UserEvent{Name: "consul-rehydrate"}, nil)
+		fired.Add(1)
+		go func() {
+			defer fired.Done()
+			_, _, err := e.client.Event().Fire(&api.UserEvent{Name: "consul-rehydrate"}, nil)
+			errs <- err
+		}()
+	}
+	fired.Wait()
+	close(errs)
+	for err := range errs {
 		require.NoError(t, err)
 	}
-	require.Less(t, time.Since(start), time.Second, "ten events within a second")
+	t.Logf("ten events fired in %s", time.Since(start).Round(time.Millisecond))
 
 	// Storms while steps are in progress: whenever the surge is up.
 	stop := make(chan struct{})
