@@ -30,6 +30,7 @@ var LogKeys = map[string]string{
 	"max_size":                "an Auto Scaling group's MaxSize",
 	"protected":               "instances just protected from scale-in",
 	"resumed":                 "Auto Scaling processes resumed",
+	"session":                 "a Consul session's id",
 	"suspended":               "Auto Scaling processes suspended",
 	"node":                    "a Consul node name",
 	"output":                  "the last lines a command printed",

@@ -112,7 +112,8 @@ func (a *prog) lifecycle() int {
 		Consul: c, Self: self, Cluster: a.cfg.Cluster, Servers: a.cfg.Servers,
 		Meta: awsprovider.Metadata{Client: md}, Action: action,
 		MaxHold: pc.GateMaxHold, Heartbeat: max(timeout/3, time.Second), Poll: gatePoll,
-		HandOffTimeout: a.cfg.Roll.LeaveTimeout, LockTTL: a.cfg.Lock.SessionTTL, Peer: peer, Log: a.log,
+		HandOffTimeout: a.cfg.Roll.LeaveTimeout, LockTTL: a.cfg.Lock.SessionTTL, LockDelay: a.cfg.Lock.LockDelay,
+		Peer: peer, Log: a.log,
 	}
 	err = g.Run(ctx)
 	switch {

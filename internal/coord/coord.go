@@ -182,6 +182,9 @@ func (s *Store) Lock(ctx context.Context, o LockOptions) (*Held, error) {
 	return LockKey(ctx, s.c, s.Key("lock"), o)
 }
 
+// SessionName is the name of the session behind a lock that holder takes.
+func SessionName(holder string) string { return "consul-rehydrate " + holder }
+
 // LockKey tries to take the session lock at key, waiting at most o.Wait. It
 // returns ErrLockHeld if another holder keeps it that long.
 func LockKey(ctx context.Context, c *api.Client, key string, o LockOptions) (*Held, error) {
@@ -190,7 +193,7 @@ func LockKey(ctx context.Context, c *api.Client, key string, o LockOptions) (*He
 		Key:   key,
 		Value: []byte(o.Holder),
 		SessionOpts: &api.SessionEntry{
-			Name: "consul-rehydrate " + o.Holder, TTL: ttl, LockDelay: o.Delay,
+			Name: SessionName(o.Holder), TTL: ttl, LockDelay: o.Delay,
 			Behavior: api.SessionBehaviorDelete,
 		},
 		SessionTTL:   ttl,

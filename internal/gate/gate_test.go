@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/consul-rehydrate/consul-rehydrate/internal/cluster"
+	"github.com/consul-rehydrate/consul-rehydrate/internal/coord"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/gate"
 	"github.com/consul-rehydrate/consul-rehydrate/internal/workload"
 	"github.com/consul-rehydrate/consul-rehydrate/test/testcluster"
@@ -219,4 +220,68 @@ func TestDepart_HoldExceededThenHandsOffPastALeavingServerAndLeavesRaft(t *testi
 		}
 		return !leaving[leader.Name] && leaving[marked.Name], fmt.Sprint(leaving)
 	})
+}
+
+// TestDepart_ARestartedGateEndsItsDeadPredecessorsLockSession: the gate of a server
+// died holding the departure lock, and systemd started it again. Its session would
+// hold the lock for up to twice its TTL (15 s here) after the death, and the lock
+// delay after that, longer than this gate's MaxHold: without ending it, the gate
+// would depart without the lock, HOLD EXCEEDED. It ends that session (and no other:
+// another server's gate's stays), takes the lock, leaves and completes.
+func TestDepart_ARestartedGateEndsItsDeadPredecessorsLockSession(t *testing.T) {
+	t.Parallel()
+	c := testcluster.Start(t, testcluster.Options{Servers: 3, Clients: 1})
+	client := c.Clients[0].Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var self, other *testcluster.Agent
+	leader := c.Leader(t)
+	for _, s := range c.Servers {
+		switch {
+		case s == leader:
+		case self == nil:
+			self = s
+		default:
+			other = s
+		}
+	}
+	key := coord.New(client, "gate-test").Key("departure")
+	lock := func(a *testcluster.Agent) *coord.Held {
+		held, err := coord.LockKey(ctx, a.Client(), key+"-"+a.Name, coord.LockOptions{
+			TTL: 15 * time.Second, Delay: time.Second, Holder: "lifecycle gate on " + a.Name,
+		})
+		require.NoError(t, err)
+		return held
+	}
+	// The other server's gate holds a lock of its own: it must keep it.
+	otherHeld := lock(other)
+	defer func() { _ = otherHeld.Release() }()
+	// The dead predecessor: its session holds the departure lock, never released.
+	_, err := coord.LockKey(ctx, self.Client(), key, coord.LockOptions{
+		TTL: 15 * time.Second, Delay: time.Second, Holder: "lifecycle gate on " + self.Name,
+	})
+	require.NoError(t, err)
+
+	var out testcluster.SyncBuffer
+	action := &countingAction{}
+	g := &gate.Gate{
+		Consul: self.Client(), Self: self.Name, Cluster: "gate-test", Servers: 3, Action: action,
+		MaxHold: 10 * time.Second, Heartbeat: 500 * time.Millisecond, Poll: 250 * time.Millisecond,
+		HandOffTimeout: 30 * time.Second, LockTTL: 15 * time.Second, LockDelay: time.Second,
+		Log: hclog.New(&hclog.LoggerOptions{Output: &out, Level: hclog.Debug}),
+	}
+	require.NoError(t, g.Depart(ctx))
+	logs := out.String()
+	t.Log(logs)
+	assert.Equal(t, 1, strings.Count(logs, "ended the departure lock session of a gate that ran here before"), "one session ended")
+	assert.Contains(t, logs, "took the departure lock")
+	assert.NotContains(t, logs, "HOLD EXCEEDED")
+	assert.Contains(t, logs, "left the cluster")
+	assert.Equal(t, int32(1), action.completes.Load())
+
+	// The other server's gate still holds its lock.
+	kv, _, err := client.KV().Get(key+"-"+other.Name, &api.QueryOptions{RequireConsistent: true})
+	require.NoError(t, err)
+	require.NotNil(t, kv)
+	assert.NotEmpty(t, kv.Session, "another server's gate's lock is untouched")
 }

@@ -60,6 +60,9 @@ type Gate struct {
 	HandOffTimeout time.Duration
 	// LockTTL is the departure lock's session TTL (lock.session_ttl).
 	LockTTL time.Duration
+	// LockDelay is the departure lock's lock delay (lock.lock_delay). Zero means
+	// Consul's default, 15s.
+	LockDelay time.Duration
 	// Peer returns a client for the HTTP API of another server of the cluster,
 	// given its raft address (host:port): after the leave this server's own agent
 	// is gone, and only another server can say it is out of the raft
@@ -108,6 +111,8 @@ func (g *Gate) Depart(ctx context.Context) error {
 		g.Log.Warn("mark this server leaving", "node", g.Self, "error", err)
 	}
 
+	g.endPredecessor(ctx)
+
 	// The lock stays held until this server has left: its session lives on this
 	// node, which the leave takes out of the cluster, so the next gate takes it
 	// only after this server is gone (lock delay included).
@@ -155,6 +160,34 @@ func (g *Gate) Depart(ctx context.Context) error {
 	return nil
 }
 
+// holder names this server's gate in the departure lock.
+func (g *Gate) holder() string { return "lifecycle gate on " + g.Self }
+
+// endPredecessor ends the departure lock session of a gate that ran on this server
+// before this one and died (systemd restarts the unit on failure, and this gate
+// runs the departure again). That session would hold the departure lock for up to
+// twice its TTL after the death (Consul's TTL grace), while this gate waited for
+// it. One gate runs per server, so a gate session on this node is a dead
+// predecessor's: only this node's token can create one (session:write on the
+// node). Its lock delay still applies.
+func (g *Gate) endPredecessor(ctx context.Context) {
+	sessions, _, err := g.Consul.Session().Node(g.Self, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		g.Log.Warn("read this server's sessions", "node", g.Self, "error", err)
+		return
+	}
+	for _, s := range sessions {
+		if s.Name != coord.SessionName(g.holder()) {
+			continue
+		}
+		if _, err := g.Consul.Session().Destroy(s.ID, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+			g.Log.Warn("end the departure lock session of an earlier gate", "node", g.Self, "session", s.ID, "error", err)
+			continue
+		}
+		g.Log.Info("ended the departure lock session of a gate that ran here before", "node", g.Self, "session", s.ID)
+	}
+}
+
 // lock takes the departure lock, waiting until deadline at most; nil if it could not.
 func (g *Gate) lock(ctx context.Context, deadline time.Time) *coord.Held {
 	start := time.Now()
@@ -164,7 +197,7 @@ func (g *Gate) lock(ctx context.Context, deadline time.Time) *coord.Held {
 			return nil
 		}
 		held, err := coord.LockKey(ctx, g.Consul, g.departureKey(), coord.LockOptions{
-			TTL: g.LockTTL, Wait: min(left, 30*time.Second), Holder: "lifecycle gate on " + g.Self,
+			TTL: g.LockTTL, Delay: g.LockDelay, Wait: min(left, 30*time.Second), Holder: g.holder(),
 		})
 		switch {
 		case err == nil:
