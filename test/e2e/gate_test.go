@@ -634,6 +634,68 @@ func TestGate_ARebootStopOfTheLeaderAndAGateThatDies(t *testing.T) {
 	assert.False(t, *r.HookCompleted, "the gate died before completing")
 	// A lower bound, not a speed target: the hook's timeout, not the gate, ended it.
 	assert.GreaterOrEqual(t, released.Sub(terminated), gateHookTimeout, "the heartbeat timeout ended it")
+
+	// 3. The same crash, and systemd restarts the gate (Restart=on-failure in
+	// scripts/rehydrate-lifecycle.service; a SIGKILL is a failure). The new gate
+	// finds the target state still Terminated and runs the departure again: it
+	// heartbeats the action, ends the session by which its dead predecessor still
+	// held the departure lock (rather than wait up to twice its TTL for Consul to),
+	// finds leadership already handed off, leaves, and completes the action itself:
+	// the hook's timeout does not end it.
+	leader = leaderInstance(t, e)
+	g.stop(leader)
+	g.start(leader, "", fault.EnvCrashAt+"=gate:handed-off")
+	r, _ = underLoad(t, e, "gate_restarted_after_a_crash", func() {
+		time.Sleep(3 * time.Second)
+		terminated = time.Now()
+		_, err := client.TerminateInstanceInAutoScalingGroup(context.Background(), &autoscaling.TerminateInstanceInAutoScalingGroupInput{
+			InstanceId: aws.String(leader), ShouldDecrementDesiredCapacity: aws.Bool(false),
+		})
+		require.NoError(t, err)
+		testcluster.WaitFor(t, time.Minute, "the gate to die after its hand-off", func() (bool, string) {
+			return g.exited(leader), ""
+		})
+		// systemd's part. The unit waits RestartSec=10 s before the restart, well
+		// inside a production hook's heartbeat timeout; 2 s here, inside this
+		// test's 20 s one.
+		time.Sleep(2 * time.Second)
+		g.start(leader, "")
+		testcluster.WaitFor(t, 2*time.Minute, "the restarted gate's instance to leave Terminating:Wait", func() (bool, string) {
+			w := fake.WaitingForHook("consul-servers")
+			if slices.Contains(w, leader) {
+				return false, fmt.Sprint(w)
+			}
+			released = time.Now()
+			return true, ""
+		})
+		waitHealthyThree(t, e, fake, leader)
+	})
+	r.HookCompleted = aws.Bool(completed(fake, leader))
+	r.SecondsInTerminatingWait = released.Sub(terminated).Round(100 * time.Millisecond).Seconds()
+	assertSteady(t, r)
+	log = g.logOf(leader)
+	assert.Equal(t, 2, strings.Count(log, "the group is terminating this server"), "two gates ran the departure:\n%s", log)
+	assert.Equal(t, 1, strings.Count(log, "leadership handed off"), "only the first gate handed off:\n%s", log)
+	assert.Contains(t, log, "ended the departure lock session of a gate that ran here before")
+	assert.NotContains(t, log, "HOLD EXCEEDED")
+	assert.Contains(t, log, "left the cluster", "the restarted gate left")
+	assert.True(t, *r.HookCompleted, "the restarted gate completed the action, not the hook's timeout")
+}
+
+// exited reports whether the gate of id was started and its process has ended.
+func (g *gates) exited(id string) bool {
+	g.mu.Lock()
+	done := g.done[id]
+	g.mu.Unlock()
+	if done == nil {
+		return false
+	}
+	select {
+	case <-done:
+		return true
+	default:
+		return false
+	}
 }
 
 // heartbeatsSince counts the fake's answered RecordLifecycleActionHeartbeat calls
