@@ -24,6 +24,7 @@ func (s *SyncBuffer) String() string {
 	return s.b.String()
 }
 
+// Len returns how many bytes have been written so far.
 func (s *SyncBuffer) Len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()

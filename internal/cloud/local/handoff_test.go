@@ -6,8 +6,8 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -60,10 +60,7 @@ func TestTerminate_TheLeaderHandsOffFirstNeverToAServerLeaving(t *testing.T) {
 		}
 	}
 	require.NotEmpty(t, addr)
-	ac, err := p.APIConfig()
-	require.NoError(t, err)
-	ac.Address, ac.TLSConfig.Address = addr+":"+httpsPort, "server."+p.cfg.Datacenter+".consul"
-	own, err := api.NewClient(ac)
+	own, err := p.managementClient(addr, 10*time.Second)
 	require.NoError(t, err)
 	// The handlers' cluster name, which a provider that runs handlers has (New
 	// requires it with BinDir); without one the marks' keys would hold "//", which
